@@ -1,0 +1,52 @@
+"""Task Manager: the Flask application factory.
+
+``create_app`` wires settings, database, vault, audit key and Redis; the worker and the
+scheduler call it too, so every process shares one configuration.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask
+
+from . import audit, db
+from .config import Settings, load_settings
+from .redis_conn import init_redis
+from .vault import init_vault
+
+
+def create_app(overrides: dict[str, Any] | None = None) -> Flask:
+    settings: Settings = load_settings()
+    app = Flask(__name__, instance_path=str(settings.instance_dir))
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        TM=settings,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        WTF_CSRF_TIME_LIMIT=None,
+        MAX_CONTENT_LENGTH=16 * 1024 * 1024,
+        JSON_SORT_KEYS=False,
+    )
+    if overrides:
+        app.config.update(overrides)
+
+    db.init_engine(settings.database_url)
+    init_vault(settings.vault_keys)
+    audit.init_audit(settings.secret_key)
+    init_redis(settings.effective_redis_url)
+
+    @app.teardown_appcontext
+    def _remove_session(_exc: BaseException | None) -> None:
+        db.session.remove()
+
+    from . import cli, web
+    from .api import api_bp
+
+    web.init_app(app)
+    app.register_blueprint(api_bp)
+    cli.init_app(app)
+    return app

@@ -1,0 +1,112 @@
+"""HTTP API v1: JSON in, JSON out, errors as ``{"error": {"code", "message"}}``.
+
+One module per resource registers its routes on ``api_bp``; this module owns
+authentication (bearer token or the web session) and error rendering.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, g, jsonify, request
+from flask_login import current_user
+from flask_wtf.csrf import validate_csrf
+from wtforms.validators import ValidationError as CSRFValidationError
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from werkzeug.exceptions import HTTPException
+
+from .. import db
+from ..auth import user_for_token
+from ..errors import ApiError, Unauthorized, ValidationError
+from ..models import User
+
+api_bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+# Endpoints reachable without a user (the token exchange itself).
+PUBLIC_ENDPOINTS = {"api.create_token", "api.openapi"}
+
+
+def me() -> User:
+    """The authenticated user of this request (set by ``_authenticate``)."""
+    return g.user
+
+
+def json_body(required: bool = True) -> dict[str, Any]:
+    """The request's JSON object, or a clear 400."""
+    if not request.data and not required:
+        return {}
+    data = request.get_json(silent=True)
+    if data is None:
+        if not request.data and not required:
+            return {}
+        raise ApiError("request body must be valid JSON (Content-Type: application/json)", code="malformed_json")
+    if not isinstance(data, dict):
+        raise ValidationError("request body must be a JSON object")
+    return data
+
+
+@api_bp.before_request
+def _authenticate() -> None:
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        user = user_for_token(db.session(), header[7:].strip())
+        if user is None:
+            raise Unauthorized("invalid or revoked API token")
+        db.session.commit()  # last_used_at
+        g.user = user
+        g.api_token = True
+        return
+    if current_user.is_authenticated:
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            # Cookie-authenticated writes need the CSRF token the pages carry.
+            try:
+                validate_csrf(request.headers.get("X-CSRFToken", ""))
+            except CSRFValidationError as exc:
+                raise ApiError("missing or invalid X-CSRFToken header", code="csrf", status=400) from exc
+        g.user = current_user._get_current_object()
+        g.api_token = False
+        return
+    raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
+
+
+@api_bp.errorhandler(ApiError)
+def _api_error(err: ApiError):
+    db.session.rollback()
+    return jsonify(err.to_dict()), err.status
+
+
+@api_bp.errorhandler(IntegrityError)
+def _integrity(err: IntegrityError):
+    db.session.rollback()
+    return jsonify({"error": {"code": "conflict", "message": "conflicts with an existing record"}}), 409
+
+
+@api_bp.errorhandler(HTTPException)
+def _http_error(err: HTTPException):
+    db.session.rollback()
+    code = (err.name or "error").lower().replace(" ", "_")
+    return jsonify({"error": {"code": code, "message": err.description}}), err.code
+
+
+def register_health(app) -> None:
+    @app.get("/healthz")
+    def healthz():
+        from ..redis_conn import redis
+
+        problems = {}
+        try:
+            db.session.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001 - report, don't crash
+            problems["database"] = type(exc).__name__
+        try:
+            redis().ping()
+        except Exception as exc:  # noqa: BLE001
+            problems["redis"] = type(exc).__name__
+        if problems:
+            return jsonify({"status": "unavailable", "problems": problems}), 503
+        return jsonify({"status": "ok"})
+
+
+from . import tokens  # noqa: E402,F401  (route modules register on api_bp)

@@ -1,0 +1,149 @@
+"""Flask CLI: ``flask --app wsgi <group> <command>`` (see ../shared/CONTRACT.md)."""
+from __future__ import annotations
+
+import secrets
+import sys
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+from sqlalchemy import select
+
+from . import audit, db
+from .errors import ApiError
+from .models import User
+
+users_cli = AppGroup("users", help="Manage users and API tokens.")
+db_cli = AppGroup("db", help="Database migrations.")
+audit_cli = AppGroup("audit", help="The tamper-evident audit trail.")
+hosts_cli = AppGroup("hosts", help="Hosts and inventories.")
+
+
+def init_app(app: Flask) -> None:
+    for group in (users_cli, db_cli, audit_cli, hosts_cli):
+        app.cli.add_command(group)
+    app.cli.add_command(worker_cmd)
+    app.cli.add_command(scheduler_cmd)
+    app.cli.add_command(serve_cmd)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+@users_cli.command("create")
+@click.argument("name")
+@click.option("--role", required=True, help="admin, author, operator, approver or auditor")
+@click.option("--password-stdin", is_flag=True, help="read the password from standard input")
+def users_create(name: str, role: str, password_stdin: bool) -> None:
+    from .auth import create_user
+
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        user = create_user(db.session(), name, role, password, actor="cli")
+        db.session.commit()
+    except ApiError as err:
+        db.session.rollback()
+        _fail(err.message)
+    click.echo(f"created user {user.username} ({user.role})")
+
+
+@users_cli.command("token")
+@click.argument("name")
+@click.option("--label", default="cli", help="a name for the token")
+def users_token(name: str, label: str) -> None:
+    from .auth import issue_token
+
+    user = db.session.execute(select(User).where(User.username == name)).scalar_one_or_none()
+    if user is None:
+        _fail(f"no user named {name!r}")
+    token = issue_token(db.session(), user, name=label, actor="cli")
+    db.session.commit()
+    click.echo(token)
+
+
+@users_cli.command("ensure-admin")
+def users_ensure_admin() -> None:
+    """Create the first admin if there is none; print its one-time password."""
+    from .auth import create_user
+
+    if db.session.execute(select(User.id).where(User.role == "admin")).first():
+        click.echo("an admin already exists")
+        return
+    password = secrets.token_urlsafe(12)
+    user = create_user(db.session(), "admin", "admin", password, actor="bootstrap")
+    user.must_change_password = True
+    db.session.commit()
+    click.echo("=" * 60)
+    click.echo(f"First admin created. Username: admin   One-time password: {password}")
+    click.echo("=" * 60)
+
+
+@db_cli.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    from .migrate import upgrade
+
+    upgrade(revision)
+    click.echo(f"database at {revision}")
+
+
+@audit_cli.command("verify")
+def audit_verify() -> None:
+    ok, bad, why = audit.verify(audit.iter_rows(db.session()))
+    if not ok:
+        click.echo(f"audit trail BROKEN at row {bad.id} ({bad.action} at {bad.ts.isoformat()}): {why}", err=True)
+        sys.exit(1)
+    click.echo(f"audit trail intact: {why}")
+
+
+@audit_cli.command("export")
+@click.option("--output", "-o", type=click.File("w"), default="-")
+def audit_export(output) -> None:
+    """Export the audit trail as JSON lines."""
+    import json
+
+    for row in audit.iter_rows(db.session()):
+        output.write(json.dumps(audit.as_dict(row)) + "\n")
+
+
+@hosts_cli.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=True))
+def hosts_import(path: str) -> None:
+    """Import an Ansible inventory (any format ansible-inventory reads)."""
+    from .inventory import import_inventory
+
+    try:
+        result = import_inventory(db.session(), path, actor="cli")
+        db.session.commit()
+    except ApiError as err:
+        db.session.rollback()
+        _fail(err.message)
+    click.echo(f"imported {result['hosts']} hosts and {result['groups']} groups from {path}")
+
+
+@click.command("worker")
+@click.option("--burst", is_flag=True, help="exit when the queue is empty")
+@click.option("--name", default=None)
+def worker_cmd(burst: bool, name: str | None) -> None:
+    """Run one RQ worker for executions."""
+    from .worker import run_worker
+
+    run_worker(current_app.config["TM"], burst=burst, name=name)
+
+
+@click.command("scheduler")
+def scheduler_cmd() -> None:
+    """Run the scheduler loop (state in the database; any number may run)."""
+    from .scheduler import run_scheduler
+
+    run_scheduler()
+
+
+@click.command("serve")
+def serve_cmd() -> None:
+    """Web UI + API, one worker and the scheduler in the foreground (what `make run` starts)."""
+    from .launcher import serve
+
+    serve(current_app.config["TM"])

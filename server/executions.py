@@ -1,0 +1,148 @@
+"""Starting executions: validate the request, fix its revision and fingerprint, enqueue.
+
+Every trigger (API, web, scheduler, relaunch) goes through ``request_execution`` so that
+access rules, approvals and auditing apply the same way to all of them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import current_app
+from sqlalchemy.orm import Session
+
+from . import access, audit, jobs, playbooks
+from .errors import ValidationError
+from .models import Execution, Host, Task, User, utcnow
+
+MAX_REASON = 2000
+
+
+def target_hosts(task: Task, limit: list[str] | None = None) -> list[Host]:
+    """The task's hosts: named hosts plus members of its groups, de-duplicated, by name."""
+    hosts = {h.id: h for h in task.hosts}
+    for group in task.groups:
+        for h in group.hosts:
+            hosts.setdefault(h.id, h)
+    result = sorted(hosts.values(), key=lambda h: h.name)
+    if limit is not None:
+        wanted = set(limit)
+        result = [h for h in result if h.name in wanted]
+    return result
+
+
+def revision_of(task: Task) -> tuple[str | None, str]:
+    """(git commit or None, content hash) of what the task will run."""
+    if task.kind == "commands":
+        return None, playbooks.commands_hash(task.commands or [])
+    settings = current_app.config["TM"]
+    path = playbooks.resolve(settings.playbook_dir, task.playbook or "")
+    roles = [settings.playbook_dir / "roles", settings.playbook_dir.parent / "roles"]
+    return playbooks.git_commit(settings.playbook_dir), playbooks.content_hash(path, roles)
+
+
+def fingerprint(task: Task, content_hash: str, run_vars: dict[str, Any], hosts: list[Host]) -> str:
+    """What an approval binds: definition, content, variables, targets and credential."""
+    cred = task.credential
+    doc = {
+        "task": task.id,
+        "kind": task.kind,
+        "commands": task.commands,
+        "playbook": task.playbook,
+        "content": content_hash,
+        "task_vars": task.vars,
+        "run_vars": run_vars,
+        "become": task.become,
+        "timeout_s": task.timeout_s,
+        "hosts": [[h.name, h.address, h.port, h.protocol, h.vars] for h in hosts],
+        "credential": [cred.id, cred.version] if cred else None,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def validate_run_input(run_vars: Any, reason: Any) -> tuple[dict[str, Any], str | None]:
+    if run_vars is None:
+        run_vars = {}
+    if not isinstance(run_vars, dict):
+        raise ValidationError("'vars' must be an object", field="vars")
+    for key in run_vars:
+        if not isinstance(key, str) or not key.isidentifier() or key.startswith("ansible_"):
+            raise ValidationError(f"variable name {key!r} is not allowed", field="vars")
+    if reason is not None and not isinstance(reason, str):
+        raise ValidationError("'reason' must be a string", field="reason")
+    if reason is not None and len(reason) > MAX_REASON:
+        raise ValidationError(f"'reason' is longer than {MAX_REASON} characters", field="reason")
+    return run_vars, (reason.strip() or None) if reason else None
+
+
+def request_execution(
+    session: Session,
+    task: Task,
+    user: User | None,
+    *,
+    run_vars: Any = None,
+    reason: Any = None,
+    trigger: str = "manual",
+    schedule_id: int | None = None,
+    scheduled_for: datetime | None = None,
+    limit_hosts: list[str] | None = None,
+    parent_id: int | None = None,
+    enqueue: bool = True,
+) -> Execution:
+    """Create an execution (queued, or waiting for approval) and enqueue it after commit.
+
+    The caller commits; ``jobs.enqueue_after_commit`` pushes the id to Redis only once the
+    row is durable, so a worker never sees an id the database does not have.
+    """
+    run_vars, reason = validate_run_input(run_vars, reason)
+    actor = user.username if user else "scheduler"
+    rules = access.run_rules(session, user, task) if user is not None and trigger == "manual" else access.RunRules()
+    if rules.requires_reason and not reason:
+        raise ValidationError("a reason is required to run this task", field="reason")
+    hosts = target_hosts(task, limit_hosts)
+    if not hosts:
+        raise ValidationError("the task has no target hosts", field="hosts")
+    revision, chash = revision_of(task)
+    now = utcnow()
+    ex = Execution(
+        task_id=task.id,
+        task=task,
+        trigger=trigger,
+        requested_by_id=user.id if user else None,
+        reason=reason,
+        vars=run_vars,
+        limit_hosts=limit_hosts,
+        parent_id=parent_id,
+        schedule_id=schedule_id,
+        scheduled_for=scheduled_for,
+        revision=revision or chash[:12],
+        content_hash=chash,
+        fingerprint=fingerprint(task, chash, run_vars, hosts),
+        host_count=len(hosts),
+        created_at=now,
+    )
+    if rules.requires_approval:
+        ex.status = "waiting_approval"
+        ex.approval_level = rules.levels[0] if rules.levels else 1
+        ex.approval_expires_at = now + timedelta(seconds=rules.approval_ttl_s)
+    else:
+        ex.status = "queued"
+        ex.queued_at = now
+    session.add(ex)
+    session.flush()
+    audit.record(
+        session,
+        "execution.request",
+        actor=actor,
+        target=ex,
+        task=task.name,
+        trigger=trigger,
+        status=ex.status,
+        reason=reason,
+        hosts=len(hosts),
+    )
+    if ex.status == "queued" and enqueue:
+        jobs.enqueue_after_commit(session, ex.id)
+    return ex

@@ -1,0 +1,154 @@
+"""Shared fixtures: a fresh app per test on SQLite or PostgreSQL, real Redis, API helpers.
+
+Select the database with ``TM_TEST_DB=sqlite`` (default) or ``TM_TEST_DB=postgresql``
+(uses ``TM_TEST_PG_URL``, default ``postgresql://postgres@127.0.0.1:5432/test``, in a
+private database created for the session).
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_DB = os.environ.get("TM_TEST_DB", "sqlite")
+PG_ADMIN_URL = os.environ.get("TM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TM_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+ADMIN_PASSWORD = "admin-password-1"
+
+
+def _pg(url: str) -> str:
+    return "postgresql+psycopg://" + url.split("://", 1)[1]
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str | None]:
+    if TEST_DB != "postgresql":
+        yield None
+        return
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    name = f"tm_test_{worker}_{os.getpid()}"
+    admin = create_engine(_pg(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    from server import db
+
+    db.init_engine("sqlite://")  # release connections before dropping
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_db() -> int:
+    """A Redis database number private to this xdist worker."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return 1 + int(worker[2:] or 0) % 15
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_database: str | None, redis_db: int) -> dict[str, str]:
+    """Environment for the app and for any process a test starts (worker, scheduler)."""
+    instance = tmp_path / "instance"
+    values = {
+        "TASKMANAGER_INSTANCE_DIR": str(instance),
+        "TASKMANAGER_DATABASE_URL": pg_database or f"sqlite:///{instance / 'taskmanager.db'}",
+        "TASKMANAGER_REDIS_URL": f"{REDIS_URL}/{redis_db}",
+        "TASKMANAGER_QUEUE": f"test-{uuid.uuid4().hex[:8]}",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return values
+
+
+@pytest.fixture
+def app(env: dict[str, str]):
+    from server import create_app, db
+    from server.db import Base
+    from server.redis_conn import redis
+
+    app = create_app({"TESTING": True})
+    engine = db.engine()
+    if engine.dialect.name == "postgresql":
+        Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    redis().flushdb()
+    with app.app_context():
+        yield app
+    db.session.remove()
+
+
+@pytest.fixture
+def session(app):
+    from server import db
+
+    return db.session()
+
+
+class Api:
+    """A thin JSON client with a bearer token; ``call`` returns (status, json)."""
+
+    def __init__(self, client, token: str) -> None:
+        self.client = client
+        self.token = token
+
+    def call(self, method: str, path: str, json: Any = None, **kw) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {self.token}", **kw.pop("headers", {})}
+        resp = self.client.open(path, method=method, json=json, headers=headers, **kw)
+        body = resp.get_json(silent=True)
+        return resp.status_code, body if body is not None else resp.data
+
+    def get(self, path: str, **kw):
+        return self.call("GET", path, **kw)
+
+    def post(self, path: str, json: Any = None, **kw):
+        return self.call("POST", path, json=json, **kw)
+
+    def patch(self, path: str, json: Any = None, **kw):
+        return self.call("PATCH", path, json=json, **kw)
+
+    def delete(self, path: str, **kw):
+        return self.call("DELETE", path, **kw)
+
+
+def make_user(session, name: str, role: str, password: str = ADMIN_PASSWORD):
+    from server.auth import create_user
+
+    user = create_user(session, name, role, password, actor="test")
+    session.commit()
+    return user
+
+
+def token_for(session, user) -> str:
+    from server.auth import issue_token
+
+    token = issue_token(session, user, name="test")
+    session.commit()
+    return token
+
+
+@pytest.fixture
+def admin_user(session):
+    return make_user(session, "admin", "admin")
+
+
+@pytest.fixture
+def api(app, session, admin_user) -> Api:
+    return Api(app.test_client(), token_for(session, admin_user))
+
+
+@pytest.fixture
+def api_as(app, session):
+    """``api_as("bob", "operator")`` → an Api for a new user with that role."""
+
+    def make(name: str, role: str) -> Api:
+        return Api(app.test_client(), token_for(session, make_user(session, name, role)))
+
+    return make
