@@ -73,4 +73,4 @@ def logout():
     return redirect(url_for("web.login"))
 
 
-from . import views  # noqa: E402,F401
+from . import executions, views  # noqa: E402,F401

@@ -1,16 +1,10 @@
-"""Pages. (Filled in per resource.)"""
+"""Pages for hosts, credentials and tasks."""
 from __future__ import annotations
 
 from flask import render_template
 from flask_login import login_required
 
 from . import web_bp
-
-
-@web_bp.get("/executions")
-@login_required
-def executions():
-    return render_template("base.html")
 
 
 @web_bp.get("/tasks")
