@@ -243,6 +243,8 @@ class Execution(Base):
     # Approval progress
     approval_level: Mapped[int] = mapped_column(Integer, default=0)
     approval_expires_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    # Snapshot at request time: {"levels": {"1": [user ids]}, "parts": {component: hash}} (approvals.py)
+    approval_plan: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Worker lease: a live worker refreshes heartbeat_at; the reaper marks stale ones lost.
     worker_name: Mapped[str | None] = mapped_column(String(255))
     heartbeat_at: Mapped[datetime | None] = mapped_column(TZDateTime)
@@ -323,6 +325,7 @@ class Schedule(Base):
     last_fire_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     approved_fingerprint: Mapped[str | None] = mapped_column(String(64))
     approval_status: Mapped[str | None] = mapped_column(String(20))  # None, pending, approved, rejected
+    approval_plan: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # levels + parts, as on Execution
     suspended_reason: Mapped[str | None] = mapped_column(Text)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
