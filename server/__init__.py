@@ -36,7 +36,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
     db.init_engine(settings.database_url)
     init_vault(settings.vault_keys)
-    audit.init_audit(settings.secret_key)
+    audit.init_audit(settings.secret_key, settings.instance_dir / "audit_head")
     init_redis(settings.effective_redis_url)
 
     @app.teardown_appcontext

@@ -3,17 +3,36 @@
 Roles: ``admin`` (everything), ``author`` (hosts, credentials, tasks), ``operator``
 (runs what policies grant), ``approver`` (decides requests), ``auditor`` (read-only:
 executions, reports, audit). Task permissions come from the role plus every policy that
-names the user.
+names the user; a policy's approvers may *view* its tasks (they must see what they decide).
+
+Visibility follows tasks: a user who may not see every task sees only the executions of
+the tasks they can view (plus their own requests) and only the hosts those tasks target.
+List endpoints call ``filter_tasks`` / ``filter_hosts`` / ``filter_executions``; detail
+endpoints call ``require_task`` / ``require_host`` / ``require_execution``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, false, or_, select, union
 from sqlalchemy.orm import Session
 
 from .errors import Forbidden
-from .models import PERMISSIONS, Policy, Task, User, policy_tasks, policy_users
+from .models import (
+    PERMISSIONS,
+    Execution,
+    Host,
+    Policy,
+    PolicyApprover,
+    Task,
+    User,
+    host_groups,
+    policy_tasks,
+    policy_users,
+    task_groups,
+    task_hosts,
+)
 
 # Role -> resource actions it holds regardless of policies.
 ROLE_GRANTS: dict[str, set[str]] = {
@@ -41,6 +60,10 @@ def require(user: User, grant: str) -> None:
         raise Forbidden(f"role '{user.role}' may not {grant.replace('.', ' ')}")
 
 
+def sees_all_tasks(user: User) -> bool:
+    return "view" in ROLE_TASK_PERMS.get(user.role, set())
+
+
 def policies_for(session: Session, user: User, task: Task) -> list[Policy]:
     return list(
         session.execute(
@@ -53,11 +76,22 @@ def policies_for(session: Session, user: User, task: Task) -> list[Policy]:
     )
 
 
+def _approves_task(session: Session, user: User, task_id: int) -> bool:
+    return session.execute(
+        select(PolicyApprover.id)
+        .join(policy_tasks, policy_tasks.c.policy_id == PolicyApprover.policy_id)
+        .where(PolicyApprover.user_id == user.id, policy_tasks.c.task_id == task_id)
+        .limit(1)
+    ).first() is not None
+
+
 def task_permissions(session: Session, user: User, task: Task) -> set[str]:
     perms = set(ROLE_TASK_PERMS.get(user.role, set()))
     for policy in policies_for(session, user, task):
         perms.update(policy.permissions or [])
     if perms & {"execute", "schedule", "edit"}:
+        perms.add("view")
+    if "view" not in perms and _approves_task(session, user, task.id):
         perms.add("view")
     return perms
 
@@ -67,16 +101,99 @@ def require_task(session: Session, user: User, task: Task, perm: str) -> None:
         raise Forbidden(f"you may not {perm} task '{task.name}'")
 
 
-def visible_task_ids(session: Session, user: User) -> set[int] | None:
-    """Task ids the user may see; None means all of them."""
-    if "view" in ROLE_TASK_PERMS.get(user.role, set()):
-        return None
-    rows = session.execute(
+def _visible_task_ids_query(user: User) -> Select:
+    as_user = (
         select(policy_tasks.c.task_id)
         .join(policy_users, policy_users.c.policy_id == policy_tasks.c.policy_id)
         .where(policy_users.c.user_id == user.id)
-    ).scalars()
-    return set(rows)
+    )
+    as_approver = (
+        select(policy_tasks.c.task_id)
+        .join(PolicyApprover, PolicyApprover.policy_id == policy_tasks.c.policy_id)
+        .where(PolicyApprover.user_id == user.id)
+    )
+    return select(union(as_user, as_approver).subquery().c.task_id)
+
+
+def visible_task_ids(session: Session, user: User) -> set[int] | None:
+    """Task ids the user may see; None means all of them."""
+    if sees_all_tasks(user):
+        return None
+    return set(session.execute(_visible_task_ids_query(user)).scalars())
+
+
+def visible_host_ids(session: Session, user: User) -> set[int] | None:
+    """Host ids the user may see; None means all. Operators and approvers see the hosts
+    their visible tasks target, directly or through a group."""
+    if user.role in ("admin", "author", "auditor"):
+        return None
+    task_ids = visible_task_ids(session, user)
+    if task_ids is None:
+        return None
+    if not task_ids:
+        return set()
+    direct = select(task_hosts.c.host_id).where(task_hosts.c.task_id.in_(task_ids))
+    via_groups = (
+        select(host_groups.c.host_id)
+        .join(task_groups, task_groups.c.group_id == host_groups.c.group_id)
+        .where(task_groups.c.task_id.in_(task_ids))
+    )
+    return set(session.execute(union(direct, via_groups)).scalars())
+
+
+def _session(session: Session | None) -> Session:
+    if session is not None:
+        return session
+    from . import db
+
+    return db.session()
+
+
+def filter_tasks(query: Select, user: User, session: Session | None = None) -> Select:
+    """Restrict a ``select(Task)`` (or any query with Task in FROM) to the visible tasks."""
+    ids = visible_task_ids(_session(session), user)
+    return query if ids is None else query.where(Task.id.in_(ids) if ids else false())
+
+
+def filter_hosts(query: Select, user: User, session: Session | None = None) -> Select:
+    ids = visible_host_ids(_session(session), user)
+    return query if ids is None else query.where(Host.id.in_(ids) if ids else false())
+
+
+def filter_executions(query: Select, user: User, session: Session | None = None) -> Select:
+    """Restrict a ``select(Execution)`` to executions of visible tasks plus the user's own requests."""
+    ids = visible_task_ids(_session(session), user)
+    if ids is None:
+        return query
+    own = Execution.requested_by_id == user.id
+    return query.where(or_(Execution.task_id.in_(ids), own) if ids else own)
+
+
+def filter_by_task(query: Select, task_column: Any, user: User, session: Session | None = None) -> Select:
+    """Generic form for rows that hang off a task (schedules, reports): ``filter_by_task(q, Schedule.task_id, user)``."""
+    ids = visible_task_ids(_session(session), user)
+    return query if ids is None else query.where(task_column.in_(ids) if ids else false())
+
+
+def can_view_execution(session: Session, user: User, ex: Execution) -> bool:
+    if sees_all_tasks(user) or ex.requested_by_id == user.id:
+        return True
+    return "view" in task_permissions(session, user, ex.task)
+
+
+def require_execution(session: Session, user: User, ex: Execution) -> None:
+    if not can_view_execution(session, user, ex):
+        raise Forbidden(f"you may not view execution {ex.id}")
+
+
+def can_view_host(session: Session, user: User, host: Host) -> bool:
+    ids = visible_host_ids(session, user)
+    return ids is None or host.id in ids
+
+
+def require_host(session: Session, user: User, host: Host) -> None:
+    if not can_view_host(session, user, host):
+        raise Forbidden(f"you may not view host '{host.name}'")
 
 
 @dataclass
@@ -94,11 +211,10 @@ class RunRules:
         return sorted(self.approvers)
 
 
-def run_rules(session: Session, user: User, task: Task) -> RunRules:
-    """The strictest combination of every policy that ties this user to this task."""
+def _combine(policies: list[Policy]) -> RunRules:
     rules = RunRules()
     ttls = []
-    for policy in policies_for(session, user, task):
+    for policy in policies:
         rules.policy_ids.append(policy.id)
         rules.requires_reason |= policy.requires_reason
         if policy.requires_approval:
@@ -111,3 +227,22 @@ def run_rules(session: Session, user: User, task: Task) -> RunRules:
     if ttls:
         rules.approval_ttl_s = min(ttls)
     return rules
+
+
+def run_rules(session: Session, user: User, task: Task) -> RunRules:
+    """The strictest combination of every policy that ties this user to this task."""
+    return _combine(policies_for(session, user, task))
+
+
+def task_approval_rules(session: Session, task: Task) -> RunRules:
+    """The strictest combination of every approval-requiring policy on the task, whoever it names.
+
+    Used for schedules: their runs have no requesting user, so a schedule on a task that
+    any policy puts under approval needs approval itself."""
+    policies = session.execute(
+        select(Policy)
+        .join(policy_tasks, policy_tasks.c.policy_id == Policy.id)
+        .where(policy_tasks.c.task_id == task.id, Policy.requires_approval.is_(True))
+        .order_by(Policy.id)
+    ).scalars().all()
+    return _combine(list(policies))

@@ -5,35 +5,60 @@ with the app secret, which is not in the database) over its content and the prev
 row's hash, so editing or deleting any row breaks the chain from that row on.
 Appends are serialised: an advisory lock on PostgreSQL, SQLite's single writer lock
 (taken by the INSERT) elsewhere.
+
+The chain alone cannot reveal that the *last* rows were deleted, so after each commit
+that appended rows the head (id, hash) is also written outside the database: to a file
+under ``instance/`` and to Redis (both only ever move forward). ``verify_trail`` checks
+that every recorded head still exists with the same hash.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
+import logging
+import os
 import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from sqlalchemy import select, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.orm import Session
 
 from .models import AuditLog, utcnow
 
+log = logging.getLogger(__name__)
+
 GENESIS = "0" * 64
 _LOCK_KEY = 7_424_242
 _key: bytes = b""
+_anchor_path: Path | None = None
+# Only move the Redis head forward: concurrent committers may finish out of order.
+_REDIS_SET_HEAD = """
+local cur = redis.call('HGET', KEYS[1], 'id')
+if (not cur) or tonumber(cur) < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'id', ARGV[1], 'hash', ARGV[2], 'mac', ARGV[3])
+  return 1
+end
+return 0
+"""
 
 
-def init_audit(secret_key: str) -> None:
-    global _key
+def init_audit(secret_key: str, anchor_path: Path | str | None = None) -> None:
+    """Set the HMAC key; ``anchor_path`` is the file that keeps the head outside the database."""
+    global _key, _anchor_path
     _key = hashlib.sha256(("audit:" + secret_key).encode()).digest()
+    _anchor_path = Path(anchor_path) if anchor_path else None
 
 
 def _digest(row: AuditLog) -> str:
     body = json.dumps(
         {
             "id": row.id,
-            "ts": row.ts.isoformat(),
+            "ts": row.ts.astimezone(timezone.utc).isoformat(),
             "actor": row.actor,
             "action": row.action,
             "target_type": row.target_type,
@@ -85,7 +110,92 @@ def record(
     row.prev_hash = prev or GENESIS
     row.hash = _digest(row)
     session.flush()
+    session.info["audit_head"] = (row.id, row.hash)  # written out by _after_commit
     return row
+
+
+# ---------------------------------------------------------------- head anchor
+
+
+def _head_mac(row_id: int, row_hash: str) -> str:
+    return hmac.new(_key, f"head:{row_id}:{row_hash}".encode(), hashlib.sha256).hexdigest()
+
+
+def _redis_key() -> str:
+    # Per installation (the key derives from its secret), so installs sharing a Redis don't collide.
+    return "taskmanager:audit:head:" + hmac.new(_key, b"redis-key", hashlib.sha256).hexdigest()[:16]
+
+
+def _write_file_anchor(path: Path, row_id: int, row_hash: str) -> None:
+    lock_fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        current = _read_file_anchor(path)
+        if current is not None and current["id"] >= row_id:
+            return
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"id": row_id, "hash": row_hash, "mac": _head_mac(row_id, row_hash)}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        os.close(lock_fd)
+
+
+def _read_file_anchor(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+        return {"id": int(data["id"]), "hash": str(data["hash"]), "mac": str(data.get("mac", ""))}
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError):
+        return {"id": -1, "hash": "", "mac": "", "corrupt": True}
+
+
+def _write_anchor(row_id: int, row_hash: str) -> None:
+    if _anchor_path is not None:
+        try:
+            _write_file_anchor(_anchor_path, row_id, row_hash)
+        except OSError as exc:
+            log.error("could not write the audit head anchor %s: %s", _anchor_path, exc)
+    try:
+        from .redis_conn import redis
+
+        redis().eval(_REDIS_SET_HEAD, 1, _redis_key(), row_id, row_hash, _head_mac(row_id, row_hash))
+    except Exception as exc:  # noqa: BLE001 - Redis is a second anchor, not a dependency of the write
+        log.warning("could not write the audit head anchor to Redis: %s", exc)
+
+
+def anchors() -> list[tuple[str, dict[str, Any]]]:
+    """Every head recorded outside the database, as (where, {"id","hash","mac"})."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    if _anchor_path is not None:
+        data = _read_file_anchor(_anchor_path)
+        if data is not None:
+            found.append((f"file {_anchor_path}", data))
+    try:
+        from .redis_conn import redis
+
+        raw = redis().hgetall(_redis_key())
+        if raw:
+            found.append(("redis", {"id": int(raw[b"id"]), "hash": raw[b"hash"].decode(), "mac": raw.get(b"mac", b"").decode()}))
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not read the audit head anchor from Redis: %s", exc)
+    return found
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    head = session.info.pop("audit_head", None)
+    if head is not None:
+        _write_anchor(*head)
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop("audit_head", None)
 
 
 def verify(rows: Iterable[AuditLog]) -> tuple[bool, AuditLog | None, str]:
@@ -100,6 +210,73 @@ def verify(rows: Iterable[AuditLog]) -> tuple[bool, AuditLog | None, str]:
             return False, row, "content does not match its hash: the row was altered"
         prev = row.hash
     return True, None, f"{count} rows verified"
+
+
+@dataclass
+class TrailCheck:
+    ok: bool
+    bad_id: int | None  # the first bad (altered, or missing) row
+    why: str
+    rows: int
+
+
+def verify_trail(session: Session) -> TrailCheck:
+    """The chain (no row altered or removed before the head) plus the anchors (no rows removed at the end)."""
+    ok, bad, why = verify(iter_rows(session))
+    if not ok:
+        return TrailCheck(False, bad.id, why, 0)
+    count = session.execute(select(func.count(AuditLog.id))).scalar() or 0
+    last_id = session.execute(select(func.max(AuditLog.id))).scalar() or 0
+    for where, head in anchors():
+        if head.get("corrupt") or not hmac.compare_digest(head["mac"], _head_mac(head["id"], head["hash"])):
+            return TrailCheck(False, None, f"the head anchor in {where} is corrupt or was forged", count)
+        row = session.get(AuditLog, head["id"])
+        if row is None:
+            first_missing = last_id + 1 if head["id"] > last_id else head["id"]
+            return TrailCheck(
+                False,
+                first_missing,
+                f"row {first_missing} is missing: the head anchor in {where} says the trail reaches row "
+                f"{head['id']}, the database ends at row {last_id or 'none'} (rows were removed)",
+                count,
+            )
+        if row.hash != head["hash"]:
+            return TrailCheck(False, row.id, f"row {row.id} differs from the head anchor in {where}", count)
+    return TrailCheck(True, None, f"{count} rows verified", count)
+
+
+def query(
+    session: Session,
+    *,
+    actor: str | None = None,
+    action: str | None = None,
+    outcome: str | None = None,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+):
+    """A filtered ``select(AuditLog)`` (newest first); ``action`` ending in '.' or '*' matches a prefix."""
+    q = select(AuditLog)
+    if actor:
+        q = q.where(AuditLog.actor == actor)
+    if action:
+        if action.endswith("*") or action.endswith("."):
+            prefix = action.rstrip("*")
+            q = q.where(AuditLog.action.startswith(prefix, autoescape=True))
+        else:
+            q = q.where(AuditLog.action == action)
+    if outcome:
+        q = q.where(AuditLog.outcome == outcome)
+    if target_type:
+        q = q.where(AuditLog.target_type == target_type)
+    if target_id:
+        q = q.where(AuditLog.target_id == str(target_id))
+    if since:
+        q = q.where(AuditLog.ts >= since)
+    if until:
+        q = q.where(AuditLog.ts < until)
+    return q.order_by(AuditLog.id.desc())
 
 
 def iter_rows(session: Session, batch: int = 2000) -> Iterator[AuditLog]:
@@ -117,7 +294,7 @@ def iter_rows(session: Session, batch: int = 2000) -> Iterator[AuditLog]:
 def as_dict(row: AuditLog) -> dict[str, Any]:
     return {
         "id": row.id,
-        "ts": row.ts.isoformat(),
+        "ts": row.ts.astimezone(timezone.utc).isoformat(),
         "actor": row.actor,
         "action": row.action,
         "target_type": row.target_type,
