@@ -253,6 +253,7 @@ class Execution(Base):
     message: Mapped[str | None] = mapped_column(Text)  # why it failed / was refused
     host_count: Mapped[int] = mapped_column(Integer, default=0)
     hosts_done: Mapped[int] = mapped_column(Integer, default=0)
+    output_pruned_at: Mapped[datetime | None] = mapped_column(TZDateTime)  # retention (reaper.py)
     task: Mapped[Task] = relationship()
     requested_by: Mapped[User | None] = relationship()
     operations: Mapped[list["Operation"]] = relationship(
