@@ -1,0 +1,23 @@
+"""``POST /api/v1/executions/<id>/relaunch`` with ``{"failed_only": true, "reason": ...}``."""
+from __future__ import annotations
+
+from flask import jsonify
+
+from .. import db
+from ..models import Execution
+from ..relaunch import relaunch
+from . import api_bp, json_body, me
+from .common import get_or_404
+
+
+@api_bp.post("/executions/<int:execution_id>/relaunch")
+def relaunch_execution(execution_id: int):
+    parent = get_or_404(Execution, execution_id, "execution")
+    body = json_body(required=False)
+    child = relaunch(
+        db.session(), parent, me(), failed_only=body.get("failed_only", True), reason=body.get("reason")
+    )
+    db.session.commit()
+    return jsonify(
+        {"id": child.id, "status": child.status, "parent_id": parent.id, "limit_hosts": child.limit_hosts}
+    ), 202
