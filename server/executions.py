@@ -90,6 +90,7 @@ def request_execution(
     limit_hosts: list[str] | None = None,
     parent_id: int | None = None,
     enqueue: bool = True,
+    dry_run: Any = False,
 ) -> Execution:
     """Create an execution (queued, or waiting for approval) and enqueue it after commit.
 
@@ -143,6 +144,12 @@ def request_execution(
         reason=reason,
         hosts=len(hosts),
     )
+    if ex.status == "waiting_approval":
+        from . import approvals  # late import: approvals uses this module
+
+        approvals.on_requested(session, ex, rules, dry_run=dry_run)
+    elif dry_run:
+        raise ValidationError("'dry_run' applies to runs that need approval; this one does not", field="dry_run")
     if ex.status == "queued" and enqueue:
         jobs.enqueue_after_commit(session, ex.id)
     return ex
