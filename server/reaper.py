@@ -134,6 +134,9 @@ def retry_lost(session: Session, parent: Execution) -> Execution | None:
     if parent.attempt >= MAX_LOST_ATTEMPTS:
         audit.record(session, "execution.retry_skipped", actor=ACTOR, target=parent, reason="too many attempts")
         return None
+    if parent.check_mode:  # a dry run for approvers: its retry would be a real run
+        audit.record(session, "execution.retry_skipped", actor=ACTOR, target=parent, reason="dry run")
+        return None
     try:
         _revision, chash = revision_of(task)
         hosts = target_hosts(task, parent.limit_hosts)
