@@ -4,15 +4,17 @@ from __future__ import annotations
 from flask import jsonify
 
 from .. import db
+from ..errors import NotFound
 from ..models import Execution
 from ..relaunch import relaunch
 from . import api_bp, json_body, me
-from .common import get_or_404
 
 
 @api_bp.post("/executions/<int:execution_id>/relaunch")
 def relaunch_execution(execution_id: int):
-    parent = get_or_404(Execution, execution_id, "execution")
+    parent = db.session.get(Execution, execution_id) if execution_id <= 2**31 - 1 else None
+    if parent is None:
+        raise NotFound(f"execution {execution_id} does not exist")
     body = json_body(required=False)
     child = relaunch(
         db.session(), parent, me(), failed_only=body.get("failed_only", True), reason=body.get("reason")
