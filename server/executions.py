@@ -153,3 +153,48 @@ def request_execution(
     if ex.status == "queued" and enqueue:
         jobs.enqueue_after_commit(session, ex.id)
     return ex
+
+
+def cancel_execution(session: Session, ex: Execution, user: User | None) -> Execution:
+    """Cancel a run. Not started yet (queued / waiting for approval): cancelled at once, with
+    its operations. Running: ``cancel_requested`` is set and the worker stops it. Finished: 409.
+
+    The not-started case is a conditional UPDATE so it cannot race a worker claiming the run.
+    """
+    from sqlalchemy import update
+
+    from .errors import Conflict
+    from .models import EXECUTION_FINAL, OPERATION_FINAL, Operation
+
+    actor = user.username if user else None
+    previous = ex.status
+    if previous in EXECUTION_FINAL:
+        raise Conflict(f"execution #{ex.id} is already {previous}", field="status")
+    now = utcnow()
+    done = session.execute(
+        update(Execution)
+        .where(Execution.id == ex.id, Execution.status.in_(("queued", "waiting_approval")))
+        .values(status="cancelled", finished_at=now, cancel_requested=True,
+                message=f"cancelled by {actor or 'system'} before it started")
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if done:
+        session.execute(
+            update(Operation)
+            .where(Operation.execution_id == ex.id, Operation.status.not_in(OPERATION_FINAL))
+            .values(status="cancelled", finished_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    else:
+        session.refresh(ex)
+        previous = ex.status
+        if previous in EXECUTION_FINAL:
+            raise Conflict(f"execution #{ex.id} is already {previous}", field="status")
+        if ex.cancel_requested:
+            return ex  # asked before; the worker is on it
+        ex.cancel_requested = True
+        session.flush()
+    session.expire(ex)
+    audit.record(session, "execution.cancel", actor=actor, target=ex, task=ex.task.name, previous=previous,
+                 immediate=bool(done))
+    return ex

@@ -1,0 +1,94 @@
+"""Credentials: ``/api/v1/credentials``. Secrets are write-only."""
+from __future__ import annotations
+
+from flask import jsonify, request
+from sqlalchemy import select
+
+from .. import db
+from ..access import require
+from ..credentials import BECOME_METHODS, create_credential, delete_credential, public, update_credential
+from ..models import CREDENTIAL_KINDS, Credential
+from ..pagination import like_pattern, text_arg
+from . import api_bp, json_body, me
+from .common import get_or_404, no_content, page_of
+from .openapi import DATETIME, describe, register_schema
+
+
+@api_bp.get("/credentials")
+@describe(response="Credential", paged=True, query={"q": {"type": "string"}, "kind": {"type": "string"}})
+def list_credentials():
+    """List credentials by name (never their secrets)."""
+    require(me(), "credentials.view")
+    query = select(Credential).order_by(Credential.name)
+    term = text_arg(request.args, "q")
+    if term:
+        query = query.where(Credential.name.ilike(like_pattern(term), escape="\\"))
+    kind = text_arg(request.args, "kind")
+    if kind:
+        query = query.where(Credential.kind == kind)
+    page = page_of(query)
+    return jsonify(page.envelope([public(c) for c in page.items]))
+
+
+@api_bp.post("/credentials")
+@describe(request="CredentialInput", response="Credential", status=201)
+def create_credential_view():
+    """Store a credential; ``secret`` is encrypted and never returned."""
+    user = me()
+    require(user, "credentials.edit")
+    cred = create_credential(db.session(), json_body(), actor=user.username)
+    db.session.commit()
+    return jsonify(public(cred)), 201
+
+
+@api_bp.get("/credentials/<int:credential_id>")
+@describe(response="Credential")
+def get_credential(credential_id: int):
+    """One credential (never its secrets)."""
+    require(me(), "credentials.view")
+    return jsonify(public(get_or_404(Credential, credential_id, "credential")))
+
+
+@api_bp.patch("/credentials/<int:credential_id>")
+@describe(request="CredentialInput", response="Credential")
+def update_credential_view(credential_id: int):
+    """Change a credential; omit ``secret`` to keep it, ``become_password: null`` clears that."""
+    user = me()
+    require(user, "credentials.edit")
+    cred = get_or_404(Credential, credential_id, "credential")
+    update_credential(db.session(), cred, json_body(), actor=user.username)
+    db.session.commit()
+    return jsonify(public(cred))
+
+
+@api_bp.delete("/credentials/<int:credential_id>")
+@describe(status=204)
+def delete_credential_view(credential_id: int):
+    """Delete a credential no task uses (409 names the tasks that do)."""
+    user = me()
+    require(user, "credentials.edit")
+    delete_credential(db.session(), get_or_404(Credential, credential_id, "credential"), actor=user.username)
+    db.session.commit()
+    return no_content()
+
+
+_COMMON = {
+    "name": {"type": "string", "maxLength": 120},
+    "kind": {"type": "string", "enum": list(CREDENTIAL_KINDS)},
+    "username": {"type": ["string", "null"], "maxLength": 255},
+    "become_method": {"type": ["string", "null"], "enum": [*BECOME_METHODS, None]},
+    "become_user": {"type": ["string", "null"], "maxLength": 64},
+    "options": {"type": "object", "description": "non-secret per-protocol options"},
+}
+register_schema("Credential", {"type": "object", "properties": {
+    "id": {"type": "integer"}, **_COMMON,
+    "has_secret": {"type": "boolean"}, "has_become_password": {"type": "boolean"},
+    "version": {"type": "integer", "description": "bumped whenever how it logs in changes"},
+    "created_at": DATETIME, "updated_at": DATETIME}})
+register_schema("CredentialInput", {
+    "type": "object", "additionalProperties": False, "required": ["name", "kind", "secret"],
+    "description": "POST needs name, kind and secret; PATCH takes any subset (changing kind needs a new secret)",
+    "properties": {**_COMMON,
+                   "secret": {"type": "string", "writeOnly": True,
+                              "description": "private key (ssh_key, unencrypted OpenSSH or PEM), password or token"},
+                   "become_password": {"type": ["string", "null"], "writeOnly": True}}})

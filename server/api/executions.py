@@ -1,0 +1,206 @@
+"""Executions: start (``POST /tasks/<id>/executions``), list, inspect, cancel."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import jsonify, request
+from sqlalchemy import select
+from sqlalchemy.orm import joinedload, selectinload
+
+from .. import db
+from ..access import can_view_execution, filter_executions, require_task, task_permissions
+from ..errors import Forbidden, NotFound, ValidationError
+from ..executions import cancel_execution, request_execution
+from ..models import EXECUTION_STATUSES, OPERATION_STATUSES, Execution, Operation, Task
+from ..pagination import text_arg
+from ..validation import Fields, name_list
+from . import api_bp, json_body, me
+from .common import get_or_404, iso, page_of
+from .openapi import DATETIME, describe, register_schema
+from .tasks import visible_task
+
+RUN_FIELDS = ("vars", "reason", "limit", "dry_run")
+_TRIGGER_RE = re.compile(r"^[a-z_]{1,20}$")
+
+
+def execution_dict(ex: Execution) -> dict[str, Any]:
+    """The light form used in lists (no operations)."""
+    return {
+        "id": ex.id,
+        "task": ex.task.name if ex.task else None,
+        "task_id": ex.task_id,
+        "status": ex.status,
+        "trigger": ex.trigger,
+        "requested_by": ex.requested_by.username if ex.requested_by else None,
+        "reason": ex.reason,
+        "vars": ex.vars or {},
+        "limit": ex.limit_hosts,
+        "created_at": iso(ex.created_at),
+        "queued_at": iso(ex.queued_at),
+        "started_at": iso(ex.started_at),
+        "finished_at": iso(ex.finished_at),
+        "duration_s": ex.duration_s,
+        "revision": ex.revision,
+        "content_hash": ex.content_hash,
+        "message": ex.message,
+        "host_count": ex.host_count,
+        "hosts_done": ex.hosts_done,
+        "cancel_requested": ex.cancel_requested,
+        "attempt": ex.attempt,
+        "parent_id": ex.parent_id,
+        "schedule_id": ex.schedule_id,
+        "scheduled_for": iso(ex.scheduled_for),
+        "approval_level": ex.approval_level,
+        "approval_expires_at": iso(ex.approval_expires_at),
+    }
+
+
+def operation_dict(op: Operation) -> dict[str, Any]:
+    return {
+        "host": op.host_name,
+        "host_id": op.host_id,
+        "status": op.status,
+        "rc": op.rc,
+        "stdout": op.stdout or "",
+        "stderr": op.stderr or "",
+        "message": op.message,
+        "started_at": iso(op.started_at),
+        "finished_at": iso(op.finished_at),
+        "steps": [
+            {"name": s.name, "status": s.status, "rc": s.rc, "stdout": s.stdout or "", "stderr": s.stderr or "",
+             "changed": s.changed, "duration_s": s.duration_s, "started_at": iso(s.started_at)}
+            for s in op.steps
+        ],
+    }
+
+
+def execution_detail(ex: Execution) -> dict[str, Any]:
+    body = execution_dict(ex)
+    body["operations"] = [operation_dict(op) for op in ex.operations]
+    return body
+
+
+def visible_execution(execution_id: int) -> Execution:
+    ex = get_or_404(Execution, execution_id, "execution")
+    if not can_view_execution(db.session(), me(), ex):
+        raise NotFound(f"execution {execution_id} does not exist")
+    return ex
+
+
+@api_bp.post("/tasks/<int:task_id>/executions")
+@describe(request="RunRequest", response="Accepted", status=202)
+def run_task(task_id: int):
+    """Run a task now: 202 with the new execution's id (queued, or waiting for approval).
+
+    Optional body: ``vars`` (extra variables), ``reason`` (required by some policies),
+    ``limit`` (host names: run on this subset of the task's targets only).
+    """
+    user = me()
+    task = visible_task(task_id)
+    require_task(db.session(), user, task, "execute")
+    f = Fields(json_body(required=False), RUN_FIELDS, partial=True)
+    f.take("limit", name_list())
+    f.raise_if_invalid()
+    limit = f.clean.get("limit") or None
+    ex = request_execution(db.session(), task, user, run_vars=f.data.get("vars"), reason=f.data.get("reason"),
+                           limit_hosts=limit, dry_run=f.data.get("dry_run", False))
+    db.session.commit()  # then the id goes to Redis (jobs.enqueue_after_commit)
+    return jsonify({"id": ex.id, "status": ex.status, "url": f"/api/v1/executions/{ex.id}"}), 202
+
+
+@api_bp.get("/executions")
+@describe(response="Execution", paged=True, query={
+    "task": {"type": "string", "description": "task id or name"},
+    "status": {"type": "string", "description": "one status or several, comma-separated"},
+    "trigger": {"type": "string", "description": "manual, schedule, ..."}})
+def list_executions():
+    """Executions this user may see, newest first (without operations)."""
+    s = db.session()
+    query = (select(Execution).options(joinedload(Execution.task), joinedload(Execution.requested_by))
+             .order_by(Execution.created_at.desc(), Execution.id.desc()))
+    query = filter_executions(query, me(), s)
+    task = text_arg(request.args, "task")
+    if task:
+        if task.isdigit():
+            query = query.where(Execution.task_id == (int(task) if len(task) < 10 else -1))
+        else:
+            query = query.where(Execution.task_id.in_(select(Task.id).where(Task.name == task)))
+    status = text_arg(request.args, "status")
+    if status:
+        wanted = [v.strip() for v in status.split(",") if v.strip()]
+        bad = [v for v in wanted if v not in EXECUTION_STATUSES]
+        if bad:
+            raise ValidationError(f"unknown status {', '.join(bad)}; use {', '.join(EXECUTION_STATUSES)}",
+                                  field="status")
+        query = query.where(Execution.status.in_(wanted))
+    trigger = text_arg(request.args, "trigger")
+    if trigger:
+        if not _TRIGGER_RE.match(trigger):
+            raise ValidationError("'trigger' must be a trigger name such as manual or schedule", field="trigger")
+        query = query.where(Execution.trigger == trigger)
+    page = page_of(query)
+    return jsonify(page.envelope([execution_dict(ex) for ex in page.items]))
+
+
+@api_bp.get("/executions/<int:execution_id>")
+@describe(response="ExecutionDetail")
+def get_execution(execution_id: int):
+    """One execution with its operations (one per host) and their steps."""
+    visible_execution(execution_id)
+    ex = db.session.execute(
+        select(Execution).where(Execution.id == execution_id)
+        .options(selectinload(Execution.operations).selectinload(Operation.steps))
+    ).scalar_one()
+    return jsonify(execution_detail(ex))
+
+
+@api_bp.post("/executions/<int:execution_id>/cancel")
+@describe(response="Execution", status=202)
+def cancel_execution_view(execution_id: int):
+    """Cancel: at once if not started (200), else ask the worker to stop it (202); 409 if finished."""
+    user = me()
+    ex = visible_execution(execution_id)
+    if ex.requested_by_id != user.id and "execute" not in task_permissions(db.session(), user, ex.task):
+        raise Forbidden(f"you may not cancel executions of task '{ex.task.name}'")
+    cancel_execution(db.session(), ex, user)
+    db.session.commit()
+    return jsonify(execution_dict(ex)), (200 if ex.status == "cancelled" else 202)
+
+
+register_schema("RunRequest", {"type": "object", "additionalProperties": False, "properties": {
+    "vars": {"type": "object", "description": "extra variables for this run (treated as data, never templated)"},
+    "reason": {"type": "string", "maxLength": 2000},
+    "limit": {"type": "array", "items": {"type": "string"}, "description": "run only on these of its hosts"},
+    "dry_run": {"type": "boolean", "description": "for runs needing approval: approve a check-mode run first"}}})
+register_schema("Accepted", {"type": "object", "required": ["id", "status"], "properties": {
+    "id": {"type": "integer"}, "status": {"type": "string", "enum": ["queued", "waiting_approval"]},
+    "url": {"type": "string"}}})
+_EX_PROPS = {
+    "id": {"type": "integer"}, "task": {"type": "string"}, "task_id": {"type": "integer"},
+    "status": {"type": "string", "enum": list(EXECUTION_STATUSES)},
+    "trigger": {"type": "string", "description": "manual or schedule"},
+    "requested_by": {"type": ["string", "null"]}, "reason": {"type": ["string", "null"]},
+    "vars": {"type": "object"}, "limit": {"type": ["array", "null"], "items": {"type": "string"}},
+    "created_at": DATETIME, "queued_at": DATETIME, "started_at": DATETIME, "finished_at": DATETIME,
+    "duration_s": {"type": ["number", "null"]},
+    "revision": {"type": ["string", "null"], "description": "git commit of the playbook dir, or content hash"},
+    "content_hash": {"type": ["string", "null"]}, "message": {"type": ["string", "null"]},
+    "host_count": {"type": "integer"}, "hosts_done": {"type": "integer"},
+    "cancel_requested": {"type": "boolean"}, "attempt": {"type": "integer"},
+    "parent_id": {"type": ["integer", "null"]}, "schedule_id": {"type": ["integer", "null"]},
+    "scheduled_for": DATETIME, "approval_level": {"type": "integer"}, "approval_expires_at": DATETIME,
+}
+register_schema("Execution", {"type": "object", "properties": _EX_PROPS})
+register_schema("Step", {"type": "object", "properties": {
+    "name": {"type": "string"}, "status": {"type": "string"}, "rc": {"type": ["integer", "null"]},
+    "stdout": {"type": "string"}, "stderr": {"type": "string"}, "changed": {"type": "boolean"},
+    "duration_s": {"type": ["number", "null"]}, "started_at": DATETIME}})
+register_schema("Operation", {"type": "object", "properties": {
+    "host": {"type": "string"}, "host_id": {"type": ["integer", "null"]},
+    "status": {"type": "string", "enum": list(OPERATION_STATUSES)}, "rc": {"type": ["integer", "null"]},
+    "stdout": {"type": "string"}, "stderr": {"type": "string"}, "message": {"type": ["string", "null"]},
+    "started_at": DATETIME, "finished_at": DATETIME,
+    "steps": {"type": "array", "items": {"$ref": "#/components/schemas/Step"}}}})
+register_schema("ExecutionDetail", {"type": "object", "properties": {
+    **_EX_PROPS, "operations": {"type": "array", "items": {"$ref": "#/components/schemas/Operation"}}}})

@@ -1,0 +1,108 @@
+"""Hosts: ``/api/v1/hosts``."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import jsonify, request
+from sqlalchemy import or_, select
+from sqlalchemy.orm import selectinload
+
+from .. import db
+from ..access import filter_hosts, require, require_host
+from ..hosts import create_host, delete_host, update_host
+from ..models import PROTOCOLS, Group, Host
+from ..pagination import like_pattern, text_arg
+from . import api_bp, json_body, me
+from .common import get_or_404, iso, no_content, page_of
+from .openapi import DATETIME, NAMES, VARS, describe, register_schema
+
+
+def host_dict(host: Host) -> dict[str, Any]:
+    return {
+        "id": host.id,
+        "name": host.name,
+        "address": host.address,
+        "port": host.port,
+        "protocol": host.protocol,
+        "groups": [g.name for g in host.groups],
+        "vars": host.vars or {},
+        "created_at": iso(host.created_at),
+        "updated_at": iso(host.updated_at),
+    }
+
+
+@api_bp.get("/hosts")
+@describe(response="Host", paged=True, query={"q": {"type": "string", "description": "name or address contains"},
+                                              "group": {"type": "string", "description": "member of this group"}})
+def list_hosts():
+    """List hosts by name."""
+    require(me(), "hosts.view")
+    query = filter_hosts(select(Host).options(selectinload(Host.groups)).order_by(Host.name), me())
+    term = text_arg(request.args, "q")
+    if term:
+        pattern = like_pattern(term)
+        query = query.where(or_(Host.name.ilike(pattern, escape="\\"), Host.address.ilike(pattern, escape="\\")))
+    group = text_arg(request.args, "group")
+    if group:
+        query = query.where(Host.groups.any(Group.name == group))
+    page = page_of(query)
+    return jsonify(page.envelope([host_dict(h) for h in page.items]))
+
+
+@api_bp.post("/hosts")
+@describe(request="HostInput", response="Host", status=201)
+def create_host_view():
+    """Add a host; groups named in ``groups`` are created if missing."""
+    user = me()
+    require(user, "hosts.edit")
+    host = create_host(db.session(), json_body(), actor=user.username)
+    db.session.commit()
+    return jsonify(host_dict(host)), 201
+
+
+@api_bp.get("/hosts/<int:host_id>")
+@describe(response="Host")
+def get_host(host_id: int):
+    """One host."""
+    require(me(), "hosts.view")
+    host = get_or_404(Host, host_id, "host")
+    require_host(db.session(), me(), host)
+    return jsonify(host_dict(host))
+
+
+@api_bp.patch("/hosts/<int:host_id>")
+@describe(request="HostInput", response="Host")
+def update_host_view(host_id: int):
+    """Change some fields of a host; ``groups`` replaces the list."""
+    user = me()
+    require(user, "hosts.edit")
+    host = get_or_404(Host, host_id, "host")
+    update_host(db.session(), host, json_body(), actor=user.username)
+    db.session.commit()
+    return jsonify(host_dict(host))
+
+
+@api_bp.delete("/hosts/<int:host_id>")
+@describe(status=204)
+def delete_host_view(host_id: int):
+    """Remove a host; past operations on it keep its name."""
+    user = me()
+    require(user, "hosts.edit")
+    delete_host(db.session(), get_or_404(Host, host_id, "host"), actor=user.username)
+    db.session.commit()
+    return no_content()
+
+
+_HOST_PROPS = {
+    "name": {"type": "string", "maxLength": 255, "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.:\-\[\]@]*$"},
+    "address": {"type": "string", "maxLength": 255, "description": "DNS name or IP; defaults to the name"},
+    "port": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535},
+    "protocol": {"type": "string", "enum": list(PROTOCOLS), "default": "ssh"},
+    "groups": {**NAMES, "description": "group names; missing groups are created"},
+    "vars": VARS,
+}
+register_schema("Host", {"type": "object", "properties": {
+    "id": {"type": "integer"}, **_HOST_PROPS, "created_at": DATETIME, "updated_at": DATETIME}})
+register_schema("HostInput", {"type": "object", "additionalProperties": False, "required": ["name"],
+                              "properties": _HOST_PROPS,
+                              "description": "POST needs 'name'; PATCH takes any subset"})

@@ -1,0 +1,144 @@
+"""Tasks: ``/api/v1/tasks``."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, jsonify, request
+from sqlalchemy import or_, select
+from sqlalchemy.orm import selectinload
+
+from .. import db
+from ..access import filter_tasks, require, require_task, task_permissions
+from ..errors import NotFound
+from ..models import PERMISSIONS, TASK_KINDS, Task
+from ..pagination import like_pattern, text_arg
+from ..tasks import create_task, delete_task, update_task
+from . import api_bp, json_body, me
+from .common import get_or_404, iso, no_content, page_of
+from .openapi import DATETIME, NAMES, VARS, describe, register_schema
+
+
+def task_dict(task: Task) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "name": task.name,
+        "description": task.description or "",
+        "kind": task.kind,
+        "commands": list(task.commands or []),
+        "playbook": task.playbook,
+        "hosts": [h.name for h in task.hosts],
+        "groups": [g.name for g in task.groups],
+        "credential": task.credential.name if task.credential else None,
+        "vars": task.vars or {},
+        "timeout_s": task.timeout_s,
+        "become": task.become,
+        "allow_simultaneous": task.allow_simultaneous,
+        "retry_attempts": task.retry_attempts,
+        "retry_delay_s": task.retry_delay_s,
+        "retry_on_lost": task.retry_on_lost,
+        "created_at": iso(task.created_at),
+        "updated_at": iso(task.updated_at),
+    }
+
+
+def visible_task(task_id: int) -> Task:
+    """The task if this user may see it; otherwise 404 (its existence is not revealed)."""
+    task = get_or_404(Task, task_id, "task")
+    if "view" not in task_permissions(db.session(), me(), task):
+        raise NotFound(f"task {task_id} does not exist")
+    return task
+
+
+def playbook_dir():
+    return current_app.config["TM"].playbook_dir
+
+
+@api_bp.get("/tasks")
+@describe(response="Task", paged=True, query={"q": {"type": "string", "description": "name contains"},
+                                              "kind": {"type": "string", "enum": list(TASK_KINDS)}})
+def list_tasks():
+    """List the tasks this user may see, by name."""
+    query = (select(Task).options(selectinload(Task.hosts), selectinload(Task.groups),
+                                  selectinload(Task.credential)).order_by(Task.name))
+    query = filter_tasks(query, me())
+    term = text_arg(request.args, "q")
+    if term:
+        pattern = like_pattern(term)
+        query = query.where(or_(Task.name.ilike(pattern, escape="\\"), Task.description.ilike(pattern, escape="\\")))
+    kind = text_arg(request.args, "kind")
+    if kind:
+        query = query.where(Task.kind == kind)
+    page = page_of(query)
+    return jsonify(page.envelope([task_dict(t) for t in page.items]))
+
+
+@api_bp.post("/tasks")
+@describe(request="TaskInput", response="Task", status=201)
+def create_task_view():
+    """Define a task (commands or a playbook, targets, credential)."""
+    user = me()
+    require(user, "tasks.create")
+    task = create_task(db.session(), json_body(), user=user, playbook_dir=playbook_dir())
+    db.session.commit()
+    return jsonify(task_dict(task)), 201
+
+
+@api_bp.get("/tasks/<int:task_id>")
+@describe(response="Task")
+def get_task(task_id: int):
+    """One task, with what this user may do with it (``permissions``)."""
+    task = visible_task(task_id)
+    body = task_dict(task)
+    body["permissions"] = sorted(task_permissions(db.session(), me(), task))
+    return jsonify(body)
+
+
+@api_bp.patch("/tasks/<int:task_id>")
+@describe(request="TaskInput", response="Task")
+def update_task_view(task_id: int):
+    """Change some fields of a task; lists (commands, hosts, groups) are replaced."""
+    user = me()
+    task = visible_task(task_id)
+    require_task(db.session(), user, task, "edit")
+    update_task(db.session(), task, json_body(), user=user, playbook_dir=playbook_dir())
+    db.session.commit()
+    return jsonify(task_dict(task))
+
+
+@api_bp.delete("/tasks/<int:task_id>")
+@describe(status=204)
+def delete_task_view(task_id: int):
+    """Delete a task with its schedules and execution history (409 while one runs)."""
+    user = me()
+    task = visible_task(task_id)
+    require_task(db.session(), user, task, "edit")
+    delete_task(db.session(), task, user=user)
+    db.session.commit()
+    return no_content()
+
+
+_TASK_PROPS = {
+    "name": {"type": "string", "maxLength": 200},
+    "description": {"type": "string", "maxLength": 10000},
+    "kind": {"type": "string", "enum": list(TASK_KINDS)},
+    "commands": {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 1000,
+                 "description": "shell command lines (kind commands), run in order"},
+    "playbook": {"type": ["string", "null"], "description": "path under the playbook directory (kind playbook)"},
+    "hosts": {**NAMES, "description": "host names"},
+    "groups": {**NAMES, "description": "group names"},
+    "credential": {"type": ["string", "null"], "description": "credential name"},
+    "vars": VARS,
+    "timeout_s": {"type": "integer", "minimum": 1, "maximum": 86400, "default": 3600},
+    "become": {"type": "boolean", "default": False},
+    "allow_simultaneous": {"type": "boolean", "default": False},
+    "retry_attempts": {"type": "integer", "minimum": 1, "maximum": 10, "default": 1},
+    "retry_delay_s": {"type": "integer", "minimum": 0, "maximum": 3600, "default": 10},
+    "retry_on_lost": {"type": "boolean", "default": False},
+}
+register_schema("Task", {"type": "object", "properties": {
+    "id": {"type": "integer"}, **_TASK_PROPS, "created_at": DATETIME, "updated_at": DATETIME,
+    "permissions": {"type": "array", "items": {"type": "string", "enum": list(PERMISSIONS)},
+                    "description": "only on GET /tasks/{id}: what the caller may do"}}})
+register_schema("TaskInput", {"type": "object", "additionalProperties": False, "required": ["name", "kind"],
+                              "properties": _TASK_PROPS,
+                              "description": "POST needs name, kind and commands or playbook; PATCH any subset"})

@@ -1,0 +1,171 @@
+"""Tasks: what to run (command lines or a playbook), where (hosts, groups) and as whom.
+
+The write path shared by the API and the web forms. Names in the input (hosts, groups,
+credential) are resolved here; unknown ones are reported by name.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from . import audit, playbooks
+from .errors import Conflict, ValidationError
+from .models import EXECUTION_FINAL, TASK_KINDS, Credential, Execution, Group, Host, Task, User
+from .validation import Fields, Invalid, boolean, choice, integer, name_list, text, type_name, variables
+
+TASK_FIELDS = ("name", "description", "kind", "commands", "playbook", "hosts", "groups", "credential", "vars",
+               "timeout_s", "become", "allow_simultaneous", "retry_attempts", "retry_delay_s", "retry_on_lost")
+MAX_COMMANDS = 1000
+MAX_COMMAND_LEN = 16 * 1024
+_command_text = text(MAX_COMMAND_LEN, multiline=True)
+
+
+def command_list(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise Invalid(f"must be a list of command lines, not {type_name(value)}")
+    if len(value) > MAX_COMMANDS:
+        raise Invalid(f"must have at most {MAX_COMMANDS} commands")
+    out = []
+    for i, cmd in enumerate(value):
+        try:
+            out.append(_command_text(cmd))
+        except Invalid as exc:
+            raise Invalid(f"command {i + 1} {exc}") from None
+    return out
+
+
+def _by_name(session: Session, model, names: list[str]) -> tuple[list[Any], list[str]]:
+    """(objects in the given order, names that do not exist)."""
+    if not names:
+        return [], []
+    found = {o.name: o for o in session.execute(select(model).where(model.name.in_(names))).scalars()}
+    return [found[n] for n in names if n in found], [n for n in names if n not in found]
+
+
+def check_task(session: Session, data: Any, task: Task | None = None, *, playbook_dir: Path) -> dict[str, Any]:
+    """Validated values for a new task or the changed fields of ``task``; names resolved to rows."""
+    f = Fields(data, TASK_FIELDS, partial=task is not None)
+    f.take("name", text(200), required=True)
+    f.take("description", text(10_000, allow_empty=True, multiline=True), default="")
+    f.take("kind", choice(TASK_KINDS), required=True)
+    f.take("commands", command_list, default=list)
+    f.take("playbook", text(500, nullable=True, allow_empty=True), default=None)
+    f.take("hosts", name_list(), default=list)
+    f.take("groups", name_list(item=text(120)), default=list)
+    f.take("credential", text(120, nullable=True, allow_empty=True), default=None)
+    f.take("vars", variables, default=dict)
+    f.take("timeout_s", integer(1, 86_400), default=3600)
+    f.take("become", boolean, default=False)
+    f.take("allow_simultaneous", boolean, default=False)
+    f.take("retry_attempts", integer(1, 10), default=1)
+    f.take("retry_delay_s", integer(0, 3600), default=10)
+    f.take("retry_on_lost", boolean, default=False)
+    f.raise_if_invalid()
+    clean = f.clean
+
+    # What to run: exactly one of commands / playbook, according to the (new) kind.
+    kind = clean.get("kind") or task.kind
+    kind_changed = task is None or kind != task.kind
+    if kind == "commands":
+        if clean.get("playbook"):
+            f.error("playbook", "'playbook' applies only to tasks of kind playbook")
+        commands = clean.get("commands", task.commands if task and not kind_changed else [])
+        if "commands" in clean or kind_changed:
+            if not commands:
+                f.error("commands", "'commands' must list at least one command line")
+            clean["commands"] = commands
+            clean["playbook"] = None
+    else:
+        if clean.get("commands"):
+            f.error("commands", "'commands' applies only to tasks of kind commands")
+        if "playbook" in clean or kind_changed:
+            playbook = clean.get("playbook")
+            if not playbook:
+                f.error("playbook", "'playbook' is required for tasks of kind playbook")
+            else:
+                try:
+                    playbooks.resolve(playbook_dir, playbook)
+                except ValidationError as err:
+                    f.error("playbook", err.message)
+            clean["commands"] = []
+
+    # Names -> rows; report every unknown one.
+    if "hosts" in clean:
+        clean["hosts"], missing = _by_name(session, Host, clean["hosts"])
+        if missing:
+            f.error("hosts", f"unknown host{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+    if "groups" in clean:
+        clean["groups"], missing = _by_name(session, Group, clean["groups"])
+        if missing:
+            f.error("groups", f"unknown group{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+    if "credential" in clean and clean["credential"] is not None:
+        found, missing = _by_name(session, Credential, [clean["credential"]])
+        if missing:
+            f.error("credential", f"unknown credential: {missing[0]}")
+        clean["credential"] = found[0] if found else None
+    f.raise_if_invalid()
+
+    name = clean.get("name")
+    if name is not None and (task is None or name != task.name):
+        if session.execute(select(Task.id).where(Task.name == name)).first():
+            raise Conflict(f"a task named {name!r} already exists", field="name")
+    return clean
+
+
+def _apply(task: Task, clean: dict[str, Any]) -> list[str]:
+    changed = []
+    for key, value in clean.items():
+        old = getattr(task, key)
+        if key in ("hosts", "groups"):
+            same = {o.id for o in old} == {o.id for o in value}
+        elif key == "credential":
+            same = (old.id if old else None) == (value.id if value else None)
+        else:
+            same = old == value
+        if not same:
+            changed.append(key)
+            setattr(task, key, value)
+    return changed
+
+
+def create_task(session: Session, data: Any, *, user: User | None, playbook_dir: Path) -> Task:
+    clean = check_task(session, data, playbook_dir=playbook_dir)
+    task = Task(name=clean["name"], kind=clean["kind"], created_by_id=user.id if user else None)
+    _apply(task, clean)
+    session.add(task)
+    session.flush()
+    audit.record(session, "task.create", actor=user.username if user else None, target=task, name=task.name,
+                 kind=task.kind, hosts=[h.name for h in task.hosts], groups=[g.name for g in task.groups],
+                 credential=task.credential.name if task.credential else None)
+    return task
+
+
+def update_task(session: Session, task: Task, data: Any, *, user: User | None, playbook_dir: Path) -> Task:
+    clean = check_task(session, data, task, playbook_dir=playbook_dir)
+    changed = _apply(task, clean)
+    session.flush()
+    session.refresh(task, ["hosts", "groups"])  # relationship order by name
+    if changed:
+        audit.record(session, "task.update", actor=user.username if user else None, target=task, name=task.name,
+                     changed=sorted(changed))
+    return task
+
+
+def delete_task(session: Session, task: Task, *, user: User | None) -> None:
+    """Delete a task with its schedules and history; refused while a run is in flight."""
+    active = session.execute(
+        select(Execution.id, Execution.status)
+        .where(Execution.task_id == task.id, Execution.status.not_in(EXECUTION_FINAL))
+        .order_by(Execution.id).limit(1)
+    ).first()
+    if active:
+        raise Conflict(f"task {task.name!r} has execution #{active.id} {active.status}; cancel it first",
+                       field="task")
+    history = session.execute(select(func.count(Execution.id)).where(Execution.task_id == task.id)).scalar_one()
+    audit.record(session, "task.delete", actor=user.username if user else None, target=task, name=task.name,
+                 executions_deleted=history)
+    session.delete(task)
+    session.flush()
