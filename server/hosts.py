@@ -93,6 +93,7 @@ def create_host(session: Session, data: Any, *, actor: str | None) -> Host:
     host.groups = ensure_groups(session, clean["groups"], actor=actor)
     session.add(host)
     session.flush()
+    session.refresh(host, ["groups"])  # relationship order by name
     audit.record(session, "host.create", actor=actor, target=host, name=host.name, address=host.address,
                  groups=clean["groups"])
     return host

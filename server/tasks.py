@@ -137,6 +137,7 @@ def create_task(session: Session, data: Any, *, user: User | None, playbook_dir:
     _apply(task, clean)
     session.add(task)
     session.flush()
+    session.refresh(task, ["hosts", "groups"])  # relationship order by name
     audit.record(session, "task.create", actor=user.username if user else None, target=task, name=task.name,
                  kind=task.kind, hosts=[h.name for h in task.hosts], groups=[g.name for g in task.groups],
                  credential=task.credential.name if task.credential else None)

@@ -6,6 +6,7 @@ through the public API so every test exercises the same path a client would.
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,23 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 
-def ed25519_key(passphrase: bytes | None = None) -> str:
+def ed25519_key() -> str:
     key = ed25519.Ed25519PrivateKey.generate()
-    enc = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, enc).decode()
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                             serialization.NoEncryption()).decode()
+
+
+def encrypted_pem_key(passphrase: bytes) -> str:
+    key = ed25519.Ed25519PrivateKey.generate()
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.BestAvailableEncryption(passphrase)).decode()
+
+
+def encrypted_openssh_key(tmp_path: Path, passphrase: str) -> str:
+    """An OpenSSH-format key with a passphrase, made by ssh-keygen (needs bcrypt otherwise)."""
+    path = tmp_path / "enc_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-f", str(path)], check=True)
+    return path.read_text()
 
 
 def rsa_pem_key() -> str:
