@@ -275,7 +275,7 @@ def close(session: Session, ex: Execution, status: str, message: str, *, actor: 
     now = utcnow()
     _cas(session, ex, ex.approval_level, status=status, finished_at=now, message=message)
     audit.record(session, action, actor=actor, target=ex, task=ex.task.name, status=status, message=message)
-    _notify(session, "approval.decided", execution=ex)
+    _notify(session, "approval.decided", execution=ex, decision=status, approver=actor, message=message)
 
 
 def decide(session: Session, ex: Execution, user: User, decision: str, comment: Any = None) -> Outcome:
@@ -299,7 +299,8 @@ def decide(session: Session, ex: Execution, user: User, decision: str, comment: 
         session.add(approval)
         audit.record(session, "approval.reject", actor=user.username, target=ex, level=level, comment=comment,
                      task=ex.task.name)
-        _notify(session, "approval.decided", execution=ex)
+        _notify(session, "approval.decided", execution=ex, decision="rejected", approver=user.username,
+                comment=comment)
         return Outcome(ex, status=ex.status)
 
     snap = current_snapshot(session, ex.task, ex.vars, ex.limit_hosts)
@@ -317,7 +318,8 @@ def decide(session: Session, ex: Execution, user: User, decision: str, comment: 
         session.add(approval)
         audit.record(session, "approval.approve", actor=user.username, target=ex, level=level, comment=comment,
                      next_level=later[0], task=ex.task.name, fingerprint=ex.fingerprint)
-        _notify(session, "approval.requested", execution=ex)
+        _notify(session, "approval.requested", execution=ex, message=f"level {level} approved by {user.username}; "
+                f"level {later[0]} to decide")
         return Outcome(ex, status=ex.status)
     now = utcnow()
     _cas(session, ex, level, status="queued", queued_at=now)
@@ -326,7 +328,7 @@ def decide(session: Session, ex: Execution, user: User, decision: str, comment: 
                  final=True, task=ex.task.name, fingerprint=ex.fingerprint)
     session.flush()
     jobs.enqueue_after_commit(session, ex.id)
-    _notify(session, "approval.decided", execution=ex)
+    _notify(session, "approval.decided", execution=ex, decision="approved", approver=user.username, comment=comment)
     return Outcome(ex, status=ex.status)
 
 
@@ -453,7 +455,9 @@ def request_schedule_approval(session: Session, schedule: Schedule, user: User |
     session.flush()
     audit.record(session, "schedule.approval_request", actor=user.username if user else "system", target=schedule,
                  task=task.name)
-    _notify(session, "approval.requested", schedule=schedule)
+    _notify(session, "approval.requested", schedule=schedule,
+            title=f"[Task Manager] schedule #{schedule.id} of {task.name} needs approval",
+            message=f"cron {schedule.cron} ({schedule.timezone})")
     return True
 
 
@@ -531,7 +535,8 @@ def decide_schedule(session: Session, schedule: Schedule, user: User, decision: 
         session.add(approval)
         schedule.approval_status = "rejected"
         audit.record(session, "schedule.reject", actor=user.username, target=schedule, level=level, comment=comment)
-        _notify(session, "approval.decided", schedule=schedule)
+        _notify(session, "approval.decided", schedule=schedule, decision="rejected", approver=user.username,
+                comment=comment, title=f"[Task Manager] schedule #{schedule.id} was rejected")
         return Outcome(schedule=schedule, status="rejected")
     snap = current_snapshot(session, schedule.task, schedule.vars, None)
     if snap.error or snap.fingerprint != plan.get("fingerprint"):
@@ -552,14 +557,16 @@ def decide_schedule(session: Session, schedule: Schedule, user: User, decision: 
         schedule.approval_plan = dict(plan)
         audit.record(session, "schedule.approve", actor=user.username, target=schedule, level=level,
                      comment=comment, next_level=later[0])
-        _notify(session, "approval.requested", schedule=schedule)
+        _notify(session, "approval.requested", schedule=schedule,
+                title=f"[Task Manager] schedule #{schedule.id} needs approval (level {later[0]})")
         return Outcome(schedule=schedule, status="pending")
     schedule.approval_status = "approved"
     schedule.approved_fingerprint = plan.get("fingerprint")
     schedule.suspended_reason = None
     audit.record(session, "schedule.approve", actor=user.username, target=schedule, level=level, comment=comment,
                  final=True, fingerprint=schedule.approved_fingerprint)
-    _notify(session, "approval.decided", schedule=schedule)
+    _notify(session, "approval.decided", schedule=schedule, decision="approved", approver=user.username,
+            comment=comment, title=f"[Task Manager] schedule #{schedule.id} was approved")
     return Outcome(schedule=schedule, status="approved")
 
 

@@ -113,3 +113,4 @@ from . import tokens  # noqa: E402,F401  (route modules register on api_bp)
 from . import relaunch  # noqa: E402,F401
 from . import notifications, reports  # noqa: E402,F401  (helper F: notification channels, CSV reports)
 from . import credentials, executions, hosts, openapi, tasks  # noqa: E402,F401  (helper B: core resources, OpenAPI)
+from . import approvals, audit_trail, policies, tokens_admin, users  # noqa: E402,F401  (helper E: access, approvals, audit)

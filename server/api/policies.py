@@ -1,0 +1,93 @@
+"""Access policies: ``/api/v1/policies`` (admins manage; everyone may read the ones naming them)."""
+from __future__ import annotations
+
+from flask import jsonify
+from sqlalchemy import or_, select
+from sqlalchemy.orm import selectinload
+
+from .. import access, db
+from ..errors import NotFound
+from ..models import PERMISSIONS, Policy, PolicyApprover, User
+from ..policies import delete_policy, policy_dict, save_policy
+from . import api_bp, json_body, me
+from .common import get_or_404, no_content, page_of
+from .openapi import DATETIME, NAMES, describe, register_schema
+
+
+def _readable(query, user: User):
+    """Admins and auditors see every policy; others the ones naming them as user or approver."""
+    if user.role in ("admin", "auditor"):
+        return query
+    return query.where(or_(Policy.users.any(User.id == user.id), Policy.approvers.any(PolicyApprover.user_id == user.id)))
+
+
+@api_bp.get("/policies")
+@describe(response="Policy", paged=True)
+def list_policies():
+    """Access policies by name."""
+    query = select(Policy).options(selectinload(Policy.users), selectinload(Policy.tasks),
+                                   selectinload(Policy.approvers)).order_by(Policy.name)
+    page = page_of(_readable(query, me()))
+    return jsonify(page.envelope([policy_dict(p) for p in page.items]))
+
+
+@api_bp.post("/policies")
+@describe(request="PolicyInput", response="Policy", status=201)
+def create_policy_view():
+    """Create a policy (admins)."""
+    actor = me()
+    access.require(actor, "policies.manage")
+    policy = save_policy(db.session(), json_body(), actor=actor.username)
+    db.session.commit()
+    return jsonify(policy_dict(policy)), 201
+
+
+def _visible_policy(policy_id: int) -> Policy:
+    policy = get_or_404(Policy, policy_id, "policy")
+    if db.session.execute(_readable(select(Policy.id).where(Policy.id == policy_id), me())).first() is None:
+        raise NotFound(f"policy {policy_id} does not exist")
+    return policy
+
+
+@api_bp.get("/policies/<int:policy_id>")
+@describe(response="Policy")
+def get_policy(policy_id: int):
+    """One policy."""
+    return jsonify(policy_dict(_visible_policy(policy_id)))
+
+
+@api_bp.patch("/policies/<int:policy_id>")
+@describe(request="PolicyInput", response="Policy")
+def update_policy_view(policy_id: int):
+    """Change a policy; list fields replace the whole list. Pending requests keep the
+    approvers they were made with."""
+    actor = me()
+    access.require(actor, "policies.manage")
+    policy = save_policy(db.session(), json_body(), actor=actor.username, policy=get_or_404(Policy, policy_id, "policy"))
+    db.session.commit()
+    return jsonify(policy_dict(policy))
+
+
+@api_bp.delete("/policies/<int:policy_id>")
+@describe()
+def delete_policy_view(policy_id: int):
+    """Delete a policy."""
+    actor = me()
+    access.require(actor, "policies.manage")
+    delete_policy(db.session(), get_or_404(Policy, policy_id, "policy"), actor=actor.username)
+    db.session.commit()
+    return no_content()
+
+
+_APPROVER = {"type": "object", "required": ["user"], "additionalProperties": False,
+             "properties": {"user": {"type": "string"}, "level": {"type": "integer", "minimum": 1, "maximum": 3}}}
+_POLICY = {
+    "name": {"type": "string", "maxLength": 200}, "users": NAMES, "tasks": NAMES,
+    "permissions": {"type": "array", "items": {"type": "string", "enum": list(PERMISSIONS)}},
+    "requires_approval": {"type": "boolean"}, "requires_reason": {"type": "boolean"},
+    "approvers": {"type": "array", "items": _APPROVER},
+    "approval_ttl_s": {"type": "integer", "minimum": 60, "maximum": 2592000},
+}
+register_schema("Policy", {"type": "object", "properties": {"id": {"type": "integer"}, **_POLICY,
+                                                            "created_at": DATETIME}})
+register_schema("PolicyInput", {"type": "object", "additionalProperties": False, "properties": _POLICY})

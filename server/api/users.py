@@ -1,0 +1,123 @@
+"""Users (admins only) and the caller's own account: ``/api/v1/users``, ``/api/v1/me``."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import jsonify, request
+from sqlalchemy import select
+
+from .. import access, db
+from ..accounts import add_user, deactivate_user, update_user
+from ..models import ROLES, User
+from ..pagination import text_arg
+from . import api_bp, json_body, me
+from .common import get_or_404, iso, no_content, page_of
+from .openapi import DATETIME, describe, register_schema
+
+
+def user_dict(user: User) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "username": user.username,
+        "role": user.role,
+        "email": user.email,
+        "is_active": user.is_active,
+        "must_change_password": user.must_change_password,
+        "locked_until": iso(user.locked_until),
+        "last_login_at": iso(user.last_login_at),
+        "created_at": iso(user.created_at),
+    }
+
+
+@api_bp.get("/me")
+@describe(response="Me")
+def get_me():
+    """The authenticated user, with the role's resource grants."""
+    user = me()
+    body = user_dict(user)
+    body["grants"] = sorted(access.ROLE_GRANTS.get(user.role, set()))
+    return jsonify(body)
+
+
+@api_bp.get("/users")
+@describe(response="User", paged=True, query={"role": {"type": "string"}, "q": {"type": "string"},
+                                               "active": {"type": "boolean"}})
+def list_users():
+    """Every user (admins only)."""
+    access.require(me(), "users.manage")
+    query = select(User).order_by(User.username)
+    role = text_arg(request.args, "role")
+    if role:
+        query = query.where(User.role == role)
+    term = text_arg(request.args, "q")
+    if term:
+        query = query.where(User.username.contains(term, autoescape=True))
+    active = request.args.get("active")
+    if active in ("true", "1", "false", "0"):
+        query = query.where(User.is_active.is_(active in ("true", "1")))
+    page = page_of(query)
+    return jsonify(page.envelope([user_dict(u) for u in page.items]))
+
+
+@api_bp.post("/users")
+@describe(request="UserInput", response="User", status=201)
+def create_user_view():
+    """Create a user: ``username``, ``role``, ``password`` (8+ characters), optional ``email``."""
+    actor = me()
+    access.require(actor, "users.manage")
+    user = add_user(db.session(), json_body(), actor=actor.username)
+    db.session.commit()
+    return jsonify(user_dict(user)), 201
+
+
+@api_bp.get("/users/<int:user_id>")
+@describe(response="User")
+def get_user(user_id: int):
+    """One user (admins, or the user themself)."""
+    actor = me()
+    if actor.id != user_id:
+        access.require(actor, "users.manage")
+    return jsonify(user_dict(get_or_404(User, user_id, "user")))
+
+
+@api_bp.patch("/users/<int:user_id>")
+@describe(request="UserPatch", response="User")
+def update_user_view(user_id: int):
+    """Change ``role``, ``email``, ``password``, ``is_active``; ``{"unlock": true}`` lifts a login lockout."""
+    actor = me()
+    access.require(actor, "users.manage")
+    user = update_user(db.session(), get_or_404(User, user_id, "user"), json_body(), actor=actor)
+    db.session.commit()
+    return jsonify(user_dict(user))
+
+
+@api_bp.delete("/users/<int:user_id>")
+@describe()
+def delete_user_view(user_id: int):
+    """Deactivate a user: sign-in and tokens stop working; history stays attributed to them."""
+    actor = me()
+    access.require(actor, "users.manage")
+    deactivate_user(db.session(), get_or_404(User, user_id, "user"), actor=actor)
+    db.session.commit()
+    return no_content()
+
+
+_USER = {
+    "id": {"type": "integer"}, "username": {"type": "string"}, "role": {"type": "string", "enum": list(ROLES)},
+    "email": {"type": ["string", "null"]}, "is_active": {"type": "boolean"},
+    "must_change_password": {"type": "boolean"}, "locked_until": DATETIME, "last_login_at": DATETIME,
+    "created_at": DATETIME,
+}
+register_schema("User", {"type": "object", "properties": _USER})
+register_schema("Me", {"type": "object", "properties": {**_USER, "grants": {"type": "array",
+                                                                             "items": {"type": "string"}}}})
+register_schema("UserInput", {"type": "object", "additionalProperties": False,
+                              "required": ["username", "role", "password"], "properties": {
+                                  "username": {"type": "string", "maxLength": 80},
+                                  "role": {"type": "string", "enum": list(ROLES)},
+                                  "password": {"type": "string", "minLength": 8, "writeOnly": True},
+                                  "email": {"type": ["string", "null"]}}})
+register_schema("UserPatch", {"type": "object", "additionalProperties": False, "properties": {
+    "role": {"type": "string", "enum": list(ROLES)}, "email": {"type": ["string", "null"]},
+    "password": {"type": "string", "minLength": 8, "writeOnly": True}, "is_active": {"type": "boolean"},
+    "must_change_password": {"type": "boolean"}, "unlock": {"type": "boolean"}}})
