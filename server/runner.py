@@ -1,0 +1,655 @@
+"""Running one execution with ansible-runner, in the worker process.
+
+``run(session, ex, hosts, ops, settings)`` prepares a private directory (mode 0700, always
+removed afterwards), starts ``ansible-playbook`` through ansible-runner and turns its event
+stream into ``Step`` rows and ``Operation`` results, written in batches.
+
+Secrets reach Ansible only two ways, both in memory: an SSH private key through
+ansible-runner's ssh-agent fifo (``ssh_key=``), and passwords typed into Ansible's own
+prompts (``--ask-pass``/``--ask-become-pass`` answered by ``passwords=``). They are never
+in the environment, extra vars, files, the command line or the ``artifacts/*/command``
+file. User variables and command lines are written as ``!unsafe`` YAML so Jinja never
+evaluates them.
+
+Speed: ssh ControlMaster connections persist (per credential version) between runs, the
+``commands`` play uses the ``free`` strategy with one fork per host, pipelining is on,
+and only the YAML inventory plugin is enabled.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import stat
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ansible_runner.config.runner import RunnerConfig
+from ansible_runner.runner import Runner
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from . import db, inventory, playbooks
+from .config import Settings
+from .models import Credential, Execution, Host, Operation, Step, Task, utcnow
+from .vault import vault
+
+try:  # non-secret environment some protocols need (collections path, ...)
+    from . import protocols as _protocols
+except ImportError:  # pragma: no cover
+    _protocols = None
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY_EVENTS = 100
+FLUSH_EVERY_S = 0.25
+CANCEL_CHECK_S = 1.0
+CONTROL_PERSIST_S = 300
+MAX_STEP_OUTPUT = 256 * 1024
+MAX_OPERATION_OUTPUT = 1024 * 1024
+MAX_MESSAGE = 4000
+TRUNCATED = "\n[... output truncated ...]\n"
+# The worker's environment may hold the vault key, database and Redis URLs: Ansible gets
+# only these variables from it (plus ANSIBLE_* / ansible-runner's own).
+ENV_KEEP = {"PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ", "USER", "LOGNAME",
+            "SHELL", "TMPDIR", "TERM"}
+ENV_KEEP_PREFIXES = ("ANSIBLE_", "AWX_", "RUNNER_", "ORIGINAL_STDOUT_CALLBACK")
+# Ansible's prompts, anchored to a whole line so command output can never trigger them.
+SSH_PASS_PROMPT = r"^SSH password:\s*$"
+BECOME_PASS_PROMPT = r"^BECOME password(\[defaults to SSH password\])?:\s*$"
+STEP_EVENTS = {
+    "runner_on_ok": "succeeded",
+    "runner_on_failed": "failed",
+    "runner_on_unreachable": "unreachable",
+    "runner_on_skipped": "skipped",
+}
+ITEM_EVENTS = {"runner_item_on_ok", "runner_item_on_failed", "runner_item_on_skipped"}
+
+
+@dataclass
+class RunResult:
+    status: str  # succeeded, failed, cancelled, timed_out
+    message: str | None = None
+    rc: int | None = None
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _now() -> datetime:
+    return utcnow()
+
+
+def _clip(text: str | None, limit: int) -> str:
+    if not text:
+        return ""
+    if len(text) <= limit:
+        return text
+    return text[: limit - len(TRUNCATED)] + TRUNCATED
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not value or not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "\n".join(str(v) for v in value)
+    return str(value)
+
+
+def venv_bin() -> Path:
+    return Path(sys.executable).parent
+
+
+def control_path_dir(settings: Settings, credential: Credential | None) -> Path:
+    """Where ssh keeps persistent master connections for this credential version.
+
+    One directory per credential *version*, so a changed secret never rides on a
+    connection opened with the old one. Unix socket paths are limited (~107 bytes, ssh
+    adds a 17-character suffix while creating one): a deep instance dir falls back to a
+    short private directory under the system temp dir.
+    """
+    if credential is None:
+        tag = "none"
+    else:
+        created = credential.created_at.isoformat() if credential.created_at else ""
+        tag = hashlib.sha256(f"{credential.id}:{credential.version}:{created}".encode()).hexdigest()[:12]
+    base = settings.instance_dir / "cp"
+    if len(str(base / tag)) + 1 + 10 + 17 > 100:
+        digest = hashlib.sha256(str(settings.instance_dir).encode()).hexdigest()[:10]
+        base = Path(tempfile.gettempdir()) / f"tm-cp-{os.getuid()}" / digest
+    path = base / tag
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for p in (path, path.parent):
+        if stat.S_IMODE(p.stat().st_mode) != 0o700:
+            os.chmod(p, 0o700)
+    return path
+
+
+def _drain_fifo(path: str) -> None:
+    """Unblock ansible-runner's key-writer thread if ssh-add never read the fifo."""
+    try:
+        if not stat.S_ISFIFO(os.stat(path).st_mode):
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                time.sleep(0.01)
+                continue
+            if not chunk:
+                break
+    finally:
+        os.close(fd)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+# --------------------------------------------------------------------------- event recording
+
+@dataclass
+class HostState:
+    op: Operation
+    steps: list[Step] = field(default_factory=list)
+    open_steps: dict[str, Step] = field(default_factory=dict)  # task_uuid -> running step
+    completed: int = 0
+    done: bool = False  # counted in hosts_done
+    final: bool = False  # operation status is final (commands tasks finish early)
+    failed: bool = False
+    unreachable: bool = False
+    first_failure: str | None = None
+
+
+class Recorder:
+    """Turns ansible-runner events into Steps/Operations; writes them in batches."""
+
+    def __init__(self, session: Session, ex: Execution, ops: dict[str, Operation], names: dict[str, str],
+                 expected_steps: int | None) -> None:
+        self.session = session
+        self.ex = ex
+        self.names = names  # inventory name -> host name
+        self.hosts = {name: HostState(op) for name, op in ops.items()}
+        self.expected_steps = expected_steps  # known for commands tasks
+        self.stats: dict[str, Any] | None = None
+        self.errors: list[str] = []
+        self.pending_events = 0
+        self.last_flush = time.monotonic()
+        self.last_cancel_check = 0.0
+        self.cancel_seen = False
+        self.events = 0
+
+    # -- ansible-runner callbacks ------------------------------------------------------
+    def event_handler(self, event: dict[str, Any]) -> bool:
+        self.events += 1
+        try:
+            self._handle(event)
+        except Exception:  # never let a bookkeeping problem kill the run
+            log.exception("execution %s: could not record event %s", self.ex.id, event.get("event"))
+        self.pending_events += 1
+        if self.pending_events >= FLUSH_EVERY_EVENTS or time.monotonic() - self.last_flush >= FLUSH_EVERY_S:
+            self.flush()
+        return False  # nothing is written to the artifacts directory
+
+    def cancel_callback(self) -> bool:
+        now = time.monotonic()
+        if self.pending_events and now - self.last_flush >= FLUSH_EVERY_S:
+            self.flush()
+        if now - self.last_cancel_check >= CANCEL_CHECK_S:
+            self.last_cancel_check = now
+            with db.engine().connect() as conn:
+                self.cancel_seen = bool(conn.execute(
+                    select(Execution.cancel_requested).where(Execution.id == self.ex.id)
+                ).scalar())
+        return self.cancel_seen
+
+    def flush(self) -> None:
+        self.session.commit()
+        self.pending_events = 0
+        self.last_flush = time.monotonic()
+
+    # -- events ------------------------------------------------------------------------
+    def _state(self, event: dict[str, Any]) -> HostState | None:
+        host = (event.get("event_data") or {}).get("host")
+        return self.hosts.get(host) if host else None
+
+    def _handle(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        data = event.get("event_data") or {}
+        if kind == "runner_on_start":
+            st = self._state(event)
+            if st is not None:
+                self._start_step(st, data, event)
+        elif kind in STEP_EVENTS:
+            st = self._state(event)
+            if st is not None:
+                self._finish_step(st, kind, data, event)
+        elif kind in ITEM_EVENTS:
+            st = self._state(event)
+            if st is not None:
+                self._item(st, kind, data, event)
+        elif kind == "playbook_on_stats":
+            self.stats = data
+        elif kind in ("error", "warning", "verbose", "playbook_on_no_hosts_matched") and event.get("stdout"):
+            if kind == "error" or "ERROR" in event["stdout"]:
+                self.errors.append(event["stdout"].strip())
+
+    def _step_name(self, data: dict[str, Any]) -> str:
+        name = str(data.get("task") or data.get("task_action") or "task")
+        role = data.get("role")
+        if role:
+            name = f"{role} : {name}"
+        return name[:500]
+
+    def _start_step(self, st: HostState, data: dict[str, Any], event: dict[str, Any]) -> Step:
+        op = st.op
+        started = _parse_time(event.get("created")) or _now()
+        if op.status == "pending":
+            op.status = "running"
+            op.started_at = started
+        step = Step(
+            operation_id=op.id,
+            seq=len(st.steps) + 1,
+            name=self._step_name(data),
+            status="running",
+            started_at=started,
+            changed=False,
+        )
+        self.session.add(step)
+        st.steps.append(step)
+        if data.get("task_uuid"):
+            st.open_steps[data["task_uuid"]] = step
+        return step
+
+    def _finish_step(self, st: HostState, kind: str, data: dict[str, Any], event: dict[str, Any]) -> None:
+        step = st.open_steps.pop(data.get("task_uuid") or "", None)
+        if step is None:  # no start event (e.g. a handler or a skipped loop): make one
+            step = self._start_step(st, data, event)
+            st.open_steps.pop(data.get("task_uuid") or "", None)
+        res = data.get("res") or {}
+        if not isinstance(res, dict):
+            res = {"msg": str(res)}
+        status = STEP_EVENTS[kind]
+        stdout = _text(res.get("stdout"))
+        stderr = _text(res.get("stderr"))
+        msg = _text(res.get("msg"))
+        if "results" in res and isinstance(res["results"], list) and stdout is None:
+            # a loop: the items' output, in order
+            outs = [_text(r.get("stdout")) for r in res["results"] if isinstance(r, dict)]
+            errs = [_text(r.get("stderr")) for r in res["results"] if isinstance(r, dict)]
+            stdout = "\n".join(o for o in outs if o) or None
+            stderr = "\n".join(e for e in errs if e) or None
+        if stdout is None and status == "succeeded" and msg and data.get("task_action") in (
+                "debug", "ansible.builtin.debug", "assert", "ansible.builtin.assert", "fail", "ansible.builtin.fail"):
+            stdout = msg
+        if status in ("failed", "unreachable") and not stderr and msg:
+            stderr = msg
+        step.status = status
+        step.rc = res.get("rc") if isinstance(res.get("rc"), int) else step.rc
+        step.stdout = _clip(stdout, MAX_STEP_OUTPUT)
+        step.stderr = _clip(stderr, MAX_STEP_OUTPUT)
+        step.changed = bool(res.get("changed"))
+        duration = data.get("duration")
+        if isinstance(duration, (int, float)):
+            step.duration_s = round(float(duration), 3)
+        elif step.started_at is not None:
+            step.duration_s = round((_now() - step.started_at).total_seconds(), 3)
+        st.completed += 1
+        op = st.op
+        counts_as_failure = status == "failed" and not data.get("ignore_errors")
+        if step.rc is not None and not st.failed:
+            op.rc = step.rc  # the last rc, or the rc of the step that failed the host
+        op.stdout = _clip(_join(op.stdout, stdout), MAX_OPERATION_OUTPUT)
+        op.stderr = _clip(_join(op.stderr, stderr), MAX_OPERATION_OUTPUT)
+        if status == "unreachable":
+            st.unreachable = True
+            op.message = _clip(msg or stderr or "host unreachable", MAX_MESSAGE)
+            self._host_done(st, final="unreachable")
+        elif counts_as_failure:
+            st.failed = True
+            if st.first_failure is None:
+                st.first_failure = _clip(f"{step.name}: {msg or stderr or 'failed'}", MAX_MESSAGE)
+                op.message = st.first_failure
+            # Ansible stops a failed host (unless a rescue block takes over): commands
+            # tasks have none, so their result is final now.
+            self._host_done(st, final="failed" if self.expected_steps is not None else None)
+        elif self.expected_steps is not None and st.completed >= self.expected_steps and not st.failed:
+            self._host_done(st, final="succeeded")
+
+    def _item(self, st: HostState, kind: str, data: dict[str, Any], event: dict[str, Any]) -> None:
+        """Loop items: their output shows on the step while the loop runs."""
+        step = st.open_steps.get(data.get("task_uuid") or "")
+        if step is None:
+            return
+        res = data.get("res") or {}
+        if isinstance(res, dict):
+            step.stdout = _clip(_join(step.stdout, _text(res.get("stdout"))), MAX_STEP_OUTPUT)
+            step.stderr = _clip(_join(step.stderr, _text(res.get("stderr"))), MAX_STEP_OUTPUT)
+
+    def _host_done(self, st: HostState, final: str | None) -> None:
+        if final is not None and not st.final:
+            st.op.status = final
+            st.op.finished_at = _now()
+            st.final = True
+        if not st.done:
+            st.done = True
+            self.ex.hosts_done = (self.ex.hosts_done or 0) + 1
+
+    # -- the end -------------------------------------------------------------------------
+    def finish(self, runner: Runner | None, timeout_s: int, failure: str | None = None) -> RunResult:
+        """Final statuses for every operation and the execution (not committed here)."""
+        cancelled = bool(runner and runner.canceled)
+        timed_out = bool(runner and runner.timed_out) and not cancelled
+        rc = runner.rc if runner is not None else None
+        stats = self.stats or {}
+        dark = stats.get("dark") or {}
+        failures = stats.get("failures") or {}
+        now = _now()
+        error_text = failure or "\n".join(self.errors[-5:]).strip() or None
+        for name, st in self.hosts.items():
+            op = st.op
+            for step in st.steps:
+                if step.status == "running":
+                    step.status = "cancelled" if cancelled else "failed"
+                    if timed_out:
+                        step.stderr = _join(step.stderr, f"timed out after {timeout_s} s")
+                    if step.started_at is not None:
+                        step.duration_s = round((now - step.started_at).total_seconds(), 3)
+            if st.final:
+                continue
+            if name in dark or st.unreachable:
+                status = "unreachable"
+            elif name in failures or st.failed:
+                status = "failed"
+            elif cancelled:
+                status = "cancelled"
+                op.message = op.message or "cancelled before this host finished"
+            elif timed_out:
+                status = "failed" if st.steps else "cancelled"
+                op.message = op.message or f"the execution timed out after {timeout_s} s"
+            elif self.stats is None and (rc or failure):
+                status = "failed"
+                op.message = op.message or _clip(
+                    f"ansible-playbook stopped before finishing this host: {error_text or f'exit status {rc}'}",
+                    MAX_MESSAGE)
+            elif not st.steps or all(s.status == "skipped" for s in st.steps):
+                status = "skipped"
+                op.message = op.message or ("no task ran on this host" if not st.steps else "every task was skipped")
+            else:
+                status = "succeeded"
+            op.status = status
+            if op.started_at is not None or status not in ("skipped", "cancelled"):
+                op.finished_at = op.finished_at or now
+            if not st.done:
+                st.done = True
+        self.ex.hosts_done = len(self.hosts)
+
+        counts: dict[str, int] = {}
+        for st in self.hosts.values():
+            counts[st.op.status] = counts.get(st.op.status, 0) + 1
+        if cancelled:
+            return RunResult("cancelled", "cancelled on request", rc)
+        if timed_out:
+            return RunResult("timed_out", f"timed out after {timeout_s} s", rc)
+        bad = {k: v for k, v in counts.items() if k in ("failed", "unreachable", "cancelled")}
+        if not bad and (rc in (0, None) or self.stats is not None) and not failure:
+            return RunResult("succeeded", None, rc)
+        if bad:
+            parts = [f"{v} {k}" for k, v in sorted(bad.items())]
+            message = f"{', '.join(parts)} of {len(self.hosts)} hosts"
+            if self.stats is None and error_text:
+                message = _clip(f"{message}: {error_text}", MAX_MESSAGE)
+        else:
+            message = _clip(error_text or f"ansible-playbook exited with status {rc}", MAX_MESSAGE)
+        return RunResult("failed", message, rc)
+
+
+def _join(current: str | None, more: str | None) -> str:
+    if not more:
+        return current or ""
+    if not current:
+        return more
+    return current + ("" if current.endswith("\n") else "\n") + more
+
+
+# --------------------------------------------------------------------------- preparing a run
+
+@dataclass
+class Prepared:
+    private_dir: Path
+    playbook: str
+    project_dir: str
+    cmdline: list[str]
+    envvars: dict[str, str]
+    passwords: dict[str, str]
+    ssh_key: str | None
+    roles_path: list[str]
+    forks: int
+    names: dict[str, str]
+    expected_steps: int | None
+
+
+def _secrets(credential: Credential | None) -> tuple[str | None, str | None, str | None]:
+    """(ssh key, login password, become password), decrypted only in memory."""
+    if credential is None:
+        return None, None, None
+    box = vault()
+    secret = box.decrypt(credential.secret_enc)
+    become = box.decrypt(credential.become_password_enc)
+    if credential.kind == "ssh_key":
+        return secret, None, become
+    if credential.kind == "password":
+        return None, secret, become or secret  # sudo asks for the login password by default
+    return None, None, become
+
+
+def ssh_args(settings: Settings, credential: Credential | None) -> str:
+    known_hosts = settings.instance_dir / "known_hosts"
+    args = [
+        "-F none",  # no ~/.ssh/config: how we connect is decided here, per host and credential
+        "-o IdentityFile=none",  # never the worker's own keys: only the credential's
+        "-o ControlMaster=auto",
+        f"-o ControlPersist={CONTROL_PERSIST_S}s",
+        "-o StrictHostKeyChecking=accept-new",
+        f"-o UserKnownHostsFile={known_hosts}",
+        "-o LogLevel=ERROR",
+        "-o ServerAliveInterval=15",
+        "-o ServerAliveCountMax=4",
+    ]
+    if credential is not None and credential.kind == "password":
+        args.append("-o PubkeyAuthentication=no")
+    return " ".join(args)
+
+
+def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], settings: Settings) -> Prepared:
+    credential = task.credential
+    key, password, become_password = _secrets(credential)
+    inv = inventory.build_inventory(hosts, credential)
+    (private_dir / "inventory").mkdir(mode=0o700)
+    (private_dir / "inventory" / "hosts.yml").write_text(inventory.dump_inventory(inv))
+    env_dir = private_dir / "env"
+    env_dir.mkdir(mode=0o700)
+    run_vars = {**(task.vars or {}), **(ex.vars or {})}
+    cmdline: list[str] = []
+    user_vars = inventory.user_vars(run_vars)
+    if user_vars:
+        vars_file = env_dir / "vars.yml"
+        vars_file.write_text(inventory.dump(user_vars))
+        cmdline += ["-e", f"@{vars_file}"]
+    project = private_dir / "project"
+    project.mkdir(mode=0o700)
+    roles_path = [str(settings.playbook_dir / "roles"), str(settings.playbook_dir.parent / "roles")]
+    expected_steps = None
+    if task.kind == "commands":
+        play = playbooks.commands_play(list(task.commands or []), become=bool(task.become))
+        for p in play:
+            p["strategy"] = "free"  # each host runs its commands as fast as it can
+            p["tasks"] = [
+                {"name": inventory.Unsafe(t["name"]), "ansible.builtin.raw": inventory.Unsafe(t["ansible.builtin.raw"])}
+                for t in p["tasks"]
+            ]
+        playbook = project / "commands.yml"
+        playbook.write_text(inventory.dump(play))
+        project_dir = str(project)
+        expected_steps = len(task.commands or [])
+    else:
+        resolved = playbooks.resolve(settings.playbook_dir, task.playbook or "")
+        playbook = resolved
+        project_dir = str(resolved.parent)
+        roles_path.insert(0, str(resolved.parent / "roles"))
+    if ex.check_mode:
+        cmdline.append("--check")
+    if task.kind == "playbook" and task.become:
+        cmdline.append("--become")
+    passwords: dict[str, str] = {}
+    if password:
+        cmdline.append("--ask-pass")
+        passwords[SSH_PASS_PROMPT] = password
+    if become_password and (task.become or task.kind == "playbook"):
+        cmdline.append("--ask-become-pass")
+        passwords[BECOME_PASS_PROMPT] = become_password
+    forks = max(1, min(len(hosts), settings.max_forks))
+    cfg_file = private_dir / "ansible.cfg"
+    cfg_file.write_text("# empty: every setting comes from the environment below\n")
+    envvars = {
+        "PATH": f"{venv_bin()}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}",
+        "ANSIBLE_CONFIG": str(cfg_file),
+        "ANSIBLE_LOCAL_TEMP": str(private_dir / "tmp"),
+        "ANSIBLE_INVENTORY_ENABLED": "yaml",
+        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
+        "ANSIBLE_HOST_KEY_CHECKING": "True",  # with accept-new: new hosts are learnt, changed keys refused
+        "ANSIBLE_SSH_ARGS": ssh_args(settings, credential),
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_path_dir(settings, credential)),
+        # ssh_askpass, not sshpass: sshpass mistakes remote exit codes 1-6 for its own errors.
+        "ANSIBLE_SSH_PASSWORD_MECHANISM": "ssh_askpass",
+        "ANSIBLE_SSH_USETTY": "False",  # keep stderr apart from stdout
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_TIMEOUT": "10",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_NOCOLOR": "True",
+        "ANSIBLE_FORCE_COLOR": "False",
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
+        "ANSIBLE_TRANSFORM_INVALID_GROUP_CHARS": "ignore",
+        "ANSIBLE_GATHER_TIMEOUT": "30",
+        "ANSIBLE_ROLES_PATH": ":".join(roles_path),
+    }
+    if _protocols is not None and hasattr(_protocols, "ansible_env"):
+        for k, v in (_protocols.ansible_env() or {}).items():
+            envvars.setdefault(k, str(v))
+    return Prepared(
+        private_dir=private_dir,
+        playbook=str(playbook),
+        project_dir=project_dir,
+        cmdline=cmdline,
+        envvars=envvars,
+        passwords=passwords,
+        ssh_key=key,
+        roles_path=roles_path,
+        forks=forks,
+        names=inv["_meta"]["names"],
+        expected_steps=expected_steps,
+    )
+
+
+def _shell_quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+def _filter_env(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k in ENV_KEEP or k.startswith(ENV_KEEP_PREFIXES)}
+
+
+# --------------------------------------------------------------------------- the run
+
+def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Operation], settings: Settings) -> RunResult:
+    """Run ``ex`` on ``hosts``; ``ops`` maps host name -> its pending Operation.
+
+    Returns the execution's outcome; operations and steps are updated in ``session``
+    (the last changes are left for the caller to commit with the final status).
+    """
+    task = ex.task
+    timeout_s = int(task.timeout_s or 3600)
+    private_dir = Path(tempfile.mkdtemp(prefix="tm-run-"))  # 0700
+    runner: Runner | None = None
+    recorder: Recorder | None = None
+    fifo: str | None = None
+    try:
+        try:
+            prep = prepare(private_dir, ex, task, hosts, settings)
+        except Exception as exc:  # an invalid playbook path, an undecryptable secret, ...
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            recorder = Recorder(session, ex, _by_inventory_name(ops, {}), {}, None)
+            return recorder.finish(None, timeout_s, failure=f"could not prepare the run: {message}")
+        recorder = Recorder(session, ex, _by_inventory_name(ops, prep.names), prep.names, prep.expected_steps)
+        rc = RunnerConfig(
+            private_data_dir=str(private_dir),
+            playbook=prep.playbook,
+            inventory=str(private_dir / "inventory" / "hosts.yml"),
+            project_dir=prep.project_dir,
+            cmdline=" ".join(_shell_quote(a) for a in prep.cmdline),
+            envvars=prep.envvars,
+            passwords=dict(prep.passwords),
+            ssh_key=prep.ssh_key,
+            settings={
+                "job_timeout": timeout_s,
+                "idle_timeout": timeout_s,
+                "pexpect_timeout": 0.2,
+                "pexpect_use_poll": True,
+                "suppress_ansible_output": True,
+                "suppress_output_file": True,
+            },
+            forks=prep.forks,
+            ident=f"execution-{ex.id}",
+            suppress_env_files=True,
+            suppress_ansible_output=True,
+            suppress_output_file=True,
+            quiet=True,
+            fact_cache_type="jsonfile",
+        )
+        rc.prepare()
+        rc.env = _filter_env(rc.env)
+        fifo = getattr(rc, "ssh_key_path", None)
+        runner = Runner(
+            config=rc,
+            event_handler=recorder.event_handler,
+            cancel_callback=recorder.cancel_callback,
+        )
+        runner.run()
+        return recorder.finish(runner, timeout_s)
+    finally:
+        if fifo:
+            _drain_fifo(fifo)
+        shutil.rmtree(private_dir, ignore_errors=True)
+
+
+def _by_inventory_name(ops: dict[str, Operation], names: dict[str, str]) -> dict[str, Operation]:
+    """Operations keyed by the host's inventory name (see inventory.inventory_name)."""
+    by_host = {host_name: inv for inv, host_name in names.items()}
+    return {by_host.get(name, name): op for name, op in ops.items()}
