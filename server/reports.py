@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Iterator, Mapping
 
-from sqlalchemy import and_, case, exists, func, literal, select
+from sqlalchemy import case, exists, false, func, literal, or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from . import access
@@ -52,6 +52,7 @@ class Filters:
     status: str | None = None
     trigger: str | None = None
     task_ids: set[int] | None = None  # the viewer's visible tasks (None: all)
+    own_user_id: int | None = None  # ... plus executions this user requested
     args: dict[str, str] = field(default_factory=dict)  # the cleaned query, for links
 
 
@@ -75,7 +76,7 @@ def parse_when(value: str, name: str, *, end: bool = False) -> datetime:
 def parse_filters(session: Session, user: User, args: Mapping[str, str],
                   statuses: tuple[str, ...] = EXECUTION_STATUSES) -> Filters:
     """Validate query parameters ``from, to, task, host, status, trigger`` into Filters."""
-    f = Filters(task_ids=access.visible_task_ids(session, user))
+    f = Filters(task_ids=access.visible_task_ids(session, user), own_user_id=user.id)
     get = lambda k: (args.get(k) or "").strip()  # noqa: E731
     if get("from"):
         f.start = parse_when(get("from"), "from")
@@ -115,7 +116,10 @@ def parse_filters(session: Session, user: User, args: Mapping[str, str],
 def _execution_conditions(f: Filters) -> list[Any]:
     conds: list[Any] = []
     if f.task_ids is not None:
-        conds.append(Execution.task_id.in_(sorted(f.task_ids)) if f.task_ids else literal(False))
+        visible = [Execution.task_id.in_(sorted(f.task_ids))] if f.task_ids else []
+        if f.own_user_id is not None:
+            visible.append(Execution.requested_by_id == f.own_user_id)
+        conds.append(or_(*visible) if visible else false())
     if f.start:
         conds.append(Execution.created_at >= f.start)
     if f.end:
@@ -455,8 +459,9 @@ def _duration(a: datetime | None, b: datetime | None) -> float | None:
     return (b - a).total_seconds() if a and b else None
 
 
-def _execution_batches(session: Session, f: Filters, batch: int = CSV_BATCH) -> Iterator[list[Any]]:
+def _execution_batches(session: Session, f: Filters, batch: int | None = None) -> Iterator[list[Any]]:
     """Rows (id, task, status, ...) of matching executions, oldest first, ``batch`` at a time."""
+    batch = batch or CSV_BATCH
     last = 0
     stmt = (
         select(
@@ -527,7 +532,7 @@ def iter_operations_csv(session: Session, f: Filters) -> Iterator[str]:
             )])
         return line.take()
 
-    for rows in _execution_batches(session, f, batch=200):
+    for rows in _execution_batches(session, f, batch=min(200, CSV_BATCH)):
         for r in rows:
             pending.append(r)
             budget += max(1, r.host_count or 1)

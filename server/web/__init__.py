@@ -37,7 +37,7 @@ def init_app(app: Flask) -> None:
 @web_bp.get("/")
 @login_required
 def index():
-    return redirect(url_for("web.executions"))
+    return redirect(url_for("web.dashboard"))
 
 
 @web_bp.route("/login", methods=["GET", "POST"])
@@ -74,3 +74,4 @@ def logout():
 
 
 from . import executions, views  # noqa: E402,F401
+from . import dashboard  # noqa: E402,F401  (helper F: dashboard, reports, notifications, /metrics, /admin/rq)

@@ -1,13 +1,153 @@
-"""Execution history and the live execution page."""
+"""Execution history (``web.executions``) and the live execution page (``web.execution``).
+
+The live page polls ``web.execution_live`` (JSON) rather than holding a server-sent-event
+stream open: a poll is a short request that any web worker answers, so hundreds of open
+tabs do not pin hundreds of gunicorn threads. Each poll returns the header and only the
+hosts that can still change (or changed since the previous poll).
+"""
 from __future__ import annotations
 
-from flask import render_template
-from flask_login import login_required
+from datetime import timedelta
 
+from flask import abort, jsonify, render_template, request
+from flask_login import current_user, login_required
+from sqlalchemy import select
+from sqlalchemy.orm import joinedload, selectinload
+
+from .. import access, db, reports
+from ..errors import ValidationError
+from ..models import (
+    EXECUTION_FINAL,
+    EXECUTION_STATUSES,
+    OPERATION_FINAL,
+    Execution,
+    Operation,
+    Task,
+    utcnow,
+)
 from . import web_bp
+
+OUTPUT_TAIL = 64 * 1024  # characters of output shown per host; the API has all of it
+HOST_ORDER = {"failed": 0, "unreachable": 1, "running": 2, "pending": 3}
+
+
+def visible_tasks(session, user) -> list[tuple[int, str]]:
+    stmt = select(Task.id, Task.name).order_by(Task.name)
+    ids = access.visible_task_ids(session, user)
+    if ids is not None:
+        stmt = stmt.where(Task.id.in_(sorted(ids)))
+    return [(r.id, r.name) for r in session.execute(stmt)]
 
 
 @web_bp.get("/executions")
 @login_required
 def executions():
-    return render_template("base.html")
+    s = db.session()
+    error = None
+    try:
+        f = reports.parse_filters(s, current_user, request.args)
+        before, after, limit = reports.parse_cursor(request.args)
+        page = reports.execution_page(s, f, before, after, limit)
+    except ValidationError as err:
+        error, f, page = err, reports.Filters(), reports.Page([], None, None)
+    return render_template(
+        "executions/list.html",
+        page=page,
+        filters=f,
+        args=dict(f.args),
+        raw=request.args,
+        error=error,
+        tasks=visible_tasks(s, current_user),
+        statuses=EXECUTION_STATUSES,
+        triggers=reports.TRIGGERS,
+    ), (422 if error else 200)
+
+
+def _load(execution_id: int) -> Execution:
+    ex = db.session.execute(
+        select(Execution)
+        .options(
+            joinedload(Execution.task),
+            joinedload(Execution.requested_by),
+            selectinload(Execution.operations).selectinload(Operation.steps),
+        )
+        .where(Execution.id == execution_id)
+    ).scalar_one_or_none()
+    if ex is None:
+        abort(404)
+    if not access.can_view_execution(db.session(), current_user, ex):
+        abort(403)
+    return ex
+
+
+def _summary(ex: Execution) -> dict:
+    counts: dict[str, int] = {}
+    for op in ex.operations:
+        counts[op.status] = counts.get(op.status, 0) + 1
+    done = sum(n for st, n in counts.items() if st in OPERATION_FINAL)
+    total = ex.host_count or len(ex.operations)
+    return {"counts": counts, "done": max(done, ex.hosts_done or 0), "total": total,
+            "final": ex.status in EXECUTION_FINAL}
+
+
+def _host_key(op: Operation) -> str:
+    return f"{op.status}:{op.rc}:{len(op.steps)}:{len(op.stdout or '')}:{len(op.stderr or '')}"
+
+
+def _ordered(ops: list[Operation]) -> list[Operation]:
+    return sorted(ops, key=lambda op: op.host_name)
+
+
+@web_bp.get("/executions/<int:execution_id>")
+@login_required
+def execution(execution_id: int):
+    ex = _load(execution_id)
+    perms = access.task_permissions(db.session(), current_user, ex.task) if ex.task else set()
+    return render_template(
+        "executions/detail.html",
+        ex=ex,
+        ops=_ordered(ex.operations),
+        summary=_summary(ex),
+        can_run="execute" in perms,
+        tail=OUTPUT_TAIL,
+        host_key=_host_key,
+        now=utcnow(),
+    )
+
+
+@web_bp.get("/executions/<int:execution_id>/live")
+@login_required
+def execution_live(execution_id: int):
+    """Polled by the execution page: status, progress, and the hosts that changed."""
+    ex = _load(execution_id)
+    now = utcnow()
+    since_raw = request.args.get("since", "").replace(" ", "+")  # an unencoded '+' arrives as a space
+    try:
+        since = reports.parse_when(since_raw, "since") - timedelta(seconds=3) if since_raw else None
+    except ValidationError:
+        since = None
+    summary = _summary(ex)
+    hosts = []
+    for op in _ordered(ex.operations):
+        changed = (
+            since is None
+            or op.status not in OPERATION_FINAL
+            or (op.finished_at is not None and op.finished_at >= since)
+            or (op.started_at is not None and op.started_at >= since)
+        )
+        if changed:
+            hosts.append({
+                "name": op.host_name,
+                "key": _host_key(op),
+                "html": render_template("executions/_host.html", op=op, tail=OUTPUT_TAIL, open_=None),
+            })
+    return jsonify({
+        "id": ex.id,
+        "status": ex.status,
+        "final": summary["final"],
+        "hosts_done": summary["done"],
+        "host_count": summary["total"],
+        "server_time": now.isoformat(),
+        "summary_html": render_template("executions/_summary.html", ex=ex, summary=summary),
+        "hosts": hosts,
+    })
