@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from . import audit
 from .errors import Conflict, ValidationError
 from .models import CREDENTIAL_KINDS, Credential, Task
-from .validation import Fields, Invalid, choice, text, type_name
+from .validation import Fields, Invalid, choice, text, type_name, valid_unicode
 from .vault import vault
 
 CREDENTIAL_FIELDS = ("name", "kind", "username", "secret", "become_password", "become_method", "become_user",
@@ -39,6 +39,8 @@ def _secret_text(value: Any) -> str:
         raise Invalid(f"must be at most {MAX_SECRET} characters")
     if "\x00" in value:
         raise Invalid("must not contain NUL characters")
+    if not valid_unicode(value):
+        raise Invalid("must be valid Unicode text")
     return value
 
 

@@ -101,7 +101,18 @@ class Fields:
 
 # --- checks: each returns the cleaned value or raises Invalid ------------------------------
 
+def valid_unicode(value: str) -> bool:
+    """False for lone surrogates (JSON allows "\\ud800"; UTF-8 databases do not)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _no_control(value: str, *, newlines: bool = False) -> None:
+    if not valid_unicode(value):
+        raise Invalid("must be valid Unicode text")
     for ch in value:
         if ch == "\x00" or (ord(ch) < 32 and not (newlines and ch in "\n\r\t")) or ch == "\x7f":
             raise Invalid("must not contain control characters")
@@ -208,9 +219,13 @@ def variables(value: Any) -> dict[str, Any]:
         if problem:
             raise Invalid(problem)
     try:
-        encoded = json.dumps(value, allow_nan=False)
+        encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise Invalid("must contain only JSON values (strings, numbers, booleans, null, lists, objects)") from exc
+    except RecursionError as exc:
+        raise Invalid("is nested too deeply") from exc
+    if not valid_unicode(encoded):
+        raise Invalid("must be valid Unicode text")
     if "\\u0000" in encoded:
         raise Invalid("must not contain NUL characters")
     if len(encoded) > MAX_VARS_BYTES:

@@ -35,7 +35,10 @@ def json_body(required: bool = True) -> dict[str, Any]:
     """The request's JSON object, or a clear 400."""
     if not request.data and not required:
         return {}
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # absurdly deep nesting: treat as malformed, not a 500
+        data = None
     if data is None:
         if not request.data and not required:
             return {}
@@ -114,3 +117,4 @@ from . import relaunch  # noqa: E402,F401
 from . import notifications, reports  # noqa: E402,F401  (helper F: notification channels, CSV reports)
 from . import credentials, executions, hosts, openapi, tasks  # noqa: E402,F401  (helper B: core resources, OpenAPI)
 from . import approvals, audit_trail, policies, tokens_admin, users  # noqa: E402,F401  (helper E: access, approvals, audit)
+from . import schedules  # noqa: E402,F401  (helper D: schedules, scheduler switch, blackouts)

@@ -11,10 +11,10 @@ from sqlalchemy.orm import joinedload, selectinload
 from .. import db
 from ..access import can_view_execution, filter_executions, require_task, task_permissions
 from ..errors import Forbidden, NotFound, ValidationError
-from ..executions import cancel_execution, request_execution
+from ..executions import MAX_REASON, cancel_execution, request_execution
 from ..models import EXECUTION_STATUSES, OPERATION_STATUSES, Execution, Operation, Task
 from ..pagination import text_arg
-from ..validation import Fields, name_list
+from ..validation import Fields, name_list, text, variables
 from . import api_bp, json_body, me
 from .common import get_or_404, iso, page_of
 from .openapi import DATETIME, describe, register_schema
@@ -101,10 +101,13 @@ def run_task(task_id: int):
     require_task(db.session(), user, task, "execute")
     f = Fields(json_body(required=False), RUN_FIELDS, partial=True)
     f.take("limit", name_list())
+    # Text the database could not store (NUL, lone surrogates) is refused here; the rules
+    # about names and length are request_execution's.
+    f.take("vars", lambda v: v if not isinstance(v, dict) else variables(v))
+    f.take("reason", text(MAX_REASON, nullable=True, allow_empty=True, multiline=True, strip=False))
     f.raise_if_invalid()
-    limit = f.clean.get("limit") or None
     ex = request_execution(db.session(), task, user, run_vars=f.data.get("vars"), reason=f.data.get("reason"),
-                           limit_hosts=limit, dry_run=f.data.get("dry_run", False))
+                           limit_hosts=f.clean.get("limit") or None, dry_run=f.data.get("dry_run", False))
     db.session.commit()  # then the id goes to Redis (jobs.enqueue_after_commit)
     return jsonify({"id": ex.id, "status": ex.status, "url": f"/api/v1/executions/{ex.id}"}), 202
 
