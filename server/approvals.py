@@ -61,8 +61,8 @@ def fingerprint_parts(task: Task, content_hash: str, run_vars: dict[str, Any], h
     """Per-component digests mirroring ``executions.fingerprint``, to say *what* changed."""
     cred = task.credential
     return {
-        "task definition": _h([task.kind, task.commands, task.playbook, task.become, task.timeout_s]),
-        "playbook content": _h(content_hash),
+        "task definition": _h([task.kind, task.playbook, task.become, task.timeout_s]),
+        ("playbook content" if task.kind == "playbook" else "commands"): _h([task.commands, content_hash]),
         "task variables": _h(task.vars),
         "run variables": _h(run_vars),
         "target hosts": _h([[h.name, h.address, h.port, h.protocol, h.vars] for h in hosts]),
