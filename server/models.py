@@ -274,6 +274,8 @@ class Operation(Base):
     __table_args__ = (
         UniqueConstraint("execution_id", "host_name", name="uq_operation_execution_host"),
         Index("ix_operations_host_status", "host_name", "status"),
+        # Covering index for report aggregates (failing hosts, per-host summary, CSV failed counts).
+        Index("ix_operations_execution_status_host", "execution_id", "status", "host_name"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     execution_id: Mapped[int] = mapped_column(ForeignKey("executions.id", ondelete="CASCADE"))
