@@ -11,12 +11,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import audit
-from .errors import Conflict, Unauthorized, ValidationError
+from .errors import ApiError, Conflict, Unauthorized, ValidationError
 from .models import ROLES, ApiToken, User, utcnow
 
 _hasher = PasswordHasher()
 MAX_FAILED_LOGINS = 5
 LOCKOUT = timedelta(minutes=5)
+MAX_FAILURES_PER_ADDRESS = 30
+ADDRESS_WINDOW = timedelta(minutes=15)
 # Verified against when the user does not exist, so timing does not reveal valid names.
 _DUMMY_HASH = _hasher.hash("not-a-real-password")
 
@@ -49,8 +51,55 @@ def create_user(session: Session, username: str, role: str, password: str, *, ac
     return user
 
 
+def _client_address() -> str | None:
+    from flask import has_request_context, request
+
+    return request.remote_addr if has_request_context() else None
+
+
+def _address_key(address: str) -> str:
+    return "taskmanager:login-failures:" + address
+
+
+def _address_blocked(address: str | None) -> bool:
+    """Too many failures from one address (password spraying across many names)."""
+    if not address:
+        return False
+    try:
+        from .redis_conn import redis
+
+        return int(redis().get(_address_key(address)) or 0) >= MAX_FAILURES_PER_ADDRESS
+    except Exception:  # noqa: BLE001 - Redis down: the per-user lockout still applies
+        return False
+
+
+def _address_failed(address: str | None) -> None:
+    if not address:
+        return
+    try:
+        from .redis_conn import redis
+
+        pipe = redis().pipeline()
+        pipe.incr(_address_key(address))
+        pipe.expire(_address_key(address), int(ADDRESS_WINDOW.total_seconds()), nx=True)
+        pipe.execute()
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def authenticate(session: Session, username: str, password: str) -> User:
-    """Check a password login, with throttling after repeated failures; audits both outcomes."""
+    """Check a password login, with throttling after repeated failures; audits both outcomes.
+
+    Two throttles: an account locks for ``LOCKOUT`` after ``MAX_FAILED_LOGINS`` failures in a
+    row, and a client address that fails ``MAX_FAILURES_PER_ADDRESS`` times within
+    ``ADDRESS_WINDOW`` (any names) is refused until the window ends.
+    """
+    address = _client_address()
+    if _address_blocked(address):
+        audit.record(session, "auth.login", actor=username, outcome="denied", reason="address throttled",
+                     address=address)
+        session.commit()
+        raise ApiError("too many failed logins from your address; try again later", code="throttled", status=429)
     user = session.execute(select(User).where(User.username == username)).scalar_one_or_none()
     now = utcnow()
     if user is None:
@@ -60,10 +109,12 @@ def authenticate(session: Session, username: str, password: str) -> User:
             pass
         audit.record(session, "auth.login", actor=username, outcome="denied", reason="unknown user")
         session.commit()
+        _address_failed(address)
         raise Unauthorized("invalid username or password")
     if user.locked_until and user.locked_until > now:
         audit.record(session, "auth.login", actor=username, target=user, outcome="denied", reason="locked")
         session.commit()
+        _address_failed(address)
         raise Unauthorized("too many failed logins; try again later", code="locked")
     if not user.is_active or not check_password(user, password or ""):
         user.failed_logins = (user.failed_logins or 0) + 1
@@ -72,6 +123,7 @@ def authenticate(session: Session, username: str, password: str) -> User:
             user.failed_logins = 0
         audit.record(session, "auth.login", actor=username, target=user, outcome="denied", reason="bad password")
         session.commit()
+        _address_failed(address)
         raise Unauthorized("invalid username or password")
     user.failed_logins = 0
     user.locked_until = None
