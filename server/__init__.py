@@ -18,7 +18,8 @@ from .vault import init_vault
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     settings: Settings = load_settings()
-    app = Flask(__name__, instance_path=str(settings.instance_dir))
+    # static_folder=None: the web blueprint serves /static (an app-level route would shadow it).
+    app = Flask(__name__, instance_path=str(settings.instance_dir), static_folder=None)
     app.config.update(
         SECRET_KEY=settings.secret_key,
         TM=settings,
