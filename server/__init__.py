@@ -18,8 +18,9 @@ from .vault import init_vault
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     settings: Settings = load_settings()
-    # static_folder=None: the web blueprint serves /static (an app-level route would shadow it).
-    app = Flask(__name__, instance_path=str(settings.instance_dir), static_folder=None)
+    # The app-level /static route serves the web UI's assets (it shadows the blueprint's own
+    # /static route, and extensions such as rq-dashboard build url_for('static', ...)).
+    app = Flask(__name__, instance_path=str(settings.instance_dir), static_folder="web/static")
     app.config.update(
         SECRET_KEY=settings.secret_key,
         TM=settings,

@@ -179,6 +179,9 @@ def test_pages_render_with_data(app, session, admin_user, history):
     client = app.test_client()
     login(client, "admin")
     assert client.get("/").headers["Location"].endswith("/dashboard")
+    for asset, marker in (("app.css", b".badge"), ("app.js", b"localizeTimes")):
+        resp = client.get(f"/static/{asset}")
+        assert resp.status_code == 200 and marker in resp.data
     html = client.get("/dashboard").get_data(as_text=True)
     assert "Success rate per task" in html and "db-02" in html and "<svg" in html and "backup" in html
     for window in ("24h", "7d", "30d"):
