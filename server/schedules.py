@@ -208,9 +208,8 @@ def next_runs(schedule: Schedule, now: datetime | None = None, count: int = 5) -
     """The next ``count`` fire instants, as aware datetimes in the schedule's zone."""
     if not schedule.enabled:
         return []
-    now = now or utcnow()
-    first = schedule.next_fire_at
-    after = now if first is None or first > now else first - _MICRO
+    first = schedule.next_fire_at  # the first instant not handled yet, possibly overdue
+    after = first - _MICRO if first is not None else (now or utcnow())
     z = zone(schedule.timezone)
     out = []
     for inst in fire_times(schedule.cron, schedule.timezone, after, start_at=schedule.start_at, end_at=schedule.end_at):
