@@ -123,7 +123,8 @@ def test_channel_crud_encrypts_and_redacts_url(api, api_as, session):
     assert b"hunter2" not in row.url_enc and notify.channel_url(row) == url
 
     status, listed = api.get("/api/v1/notifications")
-    assert status == 200 and [c["name"] for c in listed] == ["ops webhook"] and "hunter2" not in json.dumps(listed)
+    assert status == 200 and listed["total"] == 1
+    assert [c["name"] for c in listed["items"]] == ["ops webhook"] and "hunter2" not in json.dumps(listed)
 
     status, patched = api.patch(f"/api/v1/notifications/{body['id']}",
                                 {"events": ["execution.succeeded", "execution.failed"], "enabled": False})

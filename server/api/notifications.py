@@ -2,29 +2,63 @@
 from __future__ import annotations
 
 from flask import jsonify
+from sqlalchemy import select
 
 from .. import access, db, notify
 from ..errors import NotFound
 from ..models import NotificationChannel
 from . import api_bp, json_body, me
+from .common import page_of
+from .openapi import describe, register_schema
+
+_EVENTS = {"type": "array", "items": {"type": "string", "enum": list(notify.EVENTS)},
+           "description": "default [\"execution.failed\"]"}
+register_schema("NotificationChannel", {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"}, "name": {"type": "string"},
+        "url": {"type": "string", "description": "redacted: scheme://host[:port]/… (credentials never returned)"},
+        "events": _EVENTS, "enabled": {"type": "boolean"},
+        "created_at": {"type": "string", "format": "date-time"},
+    },
+})
+register_schema("NotificationChannelInput", {
+    "type": "object", "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "maxLength": 120},
+        "url": {"type": "string", "description": "an Apprise URL (mailto://, json://, slack://, ...); write-only"},
+        "events": _EVENTS, "enabled": {"type": "boolean"},
+    },
+})
+register_schema("NotificationDelivery", {
+    "type": "object",
+    "properties": {k: {"type": t} for k, t in (
+        ("id", "integer"), ("event", "string"), ("title", "string"), ("status", "string"), ("attempts", "integer"),
+        ("last_error", ["string", "null"]), ("created_at", "string"), ("sent_at", ["string", "null"]),
+        ("next_attempt_at", ["string", "null"]))},
+})
 
 
 def _channel(channel_id: int) -> NotificationChannel:
-    channel = db.session.get(NotificationChannel, channel_id)
+    channel = db.session.get(NotificationChannel, channel_id) if channel_id <= 2**31 - 1 else None
     if channel is None:
         raise NotFound(f"notification channel {channel_id} not found")
     return channel
 
 
 @api_bp.get("/notifications")
+@describe(response="NotificationChannel", paged=True)
 def list_notifications():
+    """List notification channels by name (admins)."""
     access.require(me(), "notifications.manage")
-    rows = db.session.query(NotificationChannel).order_by(NotificationChannel.name).all()
-    return jsonify([notify.channel_dict(ch) for ch in rows])
+    page = page_of(select(NotificationChannel).order_by(NotificationChannel.name))
+    return jsonify(page.envelope([notify.channel_dict(ch) for ch in page.items]))
 
 
 @api_bp.post("/notifications")
+@describe(request="NotificationChannelInput", response="NotificationChannel", status=201)
 def create_notification():
+    """Add a channel; the URL is stored encrypted."""
     access.require(me(), "notifications.manage")
     channel = notify.create_channel(db.session(), json_body(), actor=me().username)
     db.session.commit()
@@ -32,13 +66,16 @@ def create_notification():
 
 
 @api_bp.get("/notifications/<int:channel_id>")
+@describe(response="NotificationChannel")
 def get_notification(channel_id: int):
     access.require(me(), "notifications.manage")
     return jsonify(notify.channel_dict(_channel(channel_id)))
 
 
 @api_bp.patch("/notifications/<int:channel_id>")
+@describe(request="NotificationChannelInput", response="NotificationChannel")
 def update_notification(channel_id: int):
+    """Change a channel; an omitted or empty url keeps the stored one."""
     access.require(me(), "notifications.manage")
     channel = notify.update_channel(db.session(), _channel(channel_id), json_body(), actor=me().username)
     db.session.commit()
@@ -46,6 +83,7 @@ def update_notification(channel_id: int):
 
 
 @api_bp.delete("/notifications/<int:channel_id>")
+@describe(status=204)
 def delete_notification(channel_id: int):
     access.require(me(), "notifications.manage")
     notify.delete_channel(db.session(), _channel(channel_id), actor=me().username)
@@ -54,6 +92,7 @@ def delete_notification(channel_id: int):
 
 
 @api_bp.post("/notifications/<int:channel_id>/test")
+@describe(status=202)
 def test_notification(channel_id: int):
     """Queue a test message to this channel; its outcome shows in ``deliveries``."""
     access.require(me(), "notifications.manage")
@@ -63,7 +102,9 @@ def test_notification(channel_id: int):
 
 
 @api_bp.get("/notifications/<int:channel_id>/deliveries")
+@describe(response="NotificationDelivery")
 def list_deliveries(channel_id: int):
+    """The channel's 50 latest deliveries with their outcome."""
     access.require(me(), "notifications.manage")
     _channel(channel_id)
     rows = notify.recent_deliveries(db.session(), channel_id, limit=50)

@@ -10,6 +10,16 @@ from flask import Response, request, stream_with_context
 from .. import access, db, reports
 from ..models import utcnow
 from . import api_bp, me
+from .openapi import describe
+
+_QUERY = {
+    "from": {"type": "string", "description": "ISO date (whole day, UTC) or datetime: created at or after"},
+    "to": {"type": "string", "description": "ISO date (inclusive) or datetime (exclusive)"},
+    "task": {"type": "string", "description": "task id or name"},
+    "host": {"type": "string", "description": "only executions/operations on this host"},
+    "status": {"type": "string", "description": "execution status"},
+    "trigger": {"type": "string", "description": "manual, schedule, ..."},
+}
 
 
 def _csv(name: str, rows) -> Response:
@@ -28,12 +38,18 @@ def _filters(statuses=reports.EXECUTION_STATUSES) -> reports.Filters:
 
 
 @api_bp.get("/reports/executions.csv")
+@describe(query=_QUERY, summary="Executions as CSV (header row; streamed)")
 def report_executions_csv():
+    """Executions as CSV, oldest first: id, task, status, trigger, requested_by, times, duration_s,
+    host counts, revision, reason, message."""
     f = _filters()
     return _csv("executions", reports.iter_executions_csv(db.session(), f))
 
 
 @api_bp.get("/reports/operations.csv")
+@describe(query=_QUERY, summary="Operations (one per host and execution) as CSV (header row; streamed)")
 def report_operations_csv():
+    """Operations as CSV, by execution then host: execution_id, task, host, status, rc, times,
+    duration_s, execution_status, trigger, message (output is not included)."""
     f = _filters()
     return _csv("operations", reports.iter_operations_csv(db.session(), f))
