@@ -271,11 +271,18 @@ def render(event: str, context: dict[str, Any]) -> tuple[str, str]:
         body += extra + ["", f"Details: {execution_link(ex.id)}"]
         return title, "\n".join(body)
     schedule = context.get("schedule")
+    if event.startswith("approval.") and schedule is not None:
+        task_name = schedule.task.name if getattr(schedule, "task", None) else f"task {schedule.task_id}"
+        verb = "needs approval" if event == "approval.requested" else f"was {context.get('decision') or 'decided'}"
+        title = str(context.get("title") or f"[Task Manager] Schedule #{schedule.id} of {task_name} {verb}")
+        body = [f"Task: {task_name}", f"Schedule: #{schedule.id} {schedule.cron} ({schedule.timezone})"] + extra
+        body += ["", f"Details: {_public_url()}/schedules/{schedule.id}"]
+        return title, "\n".join(body)
     if event == "schedule.missed" and schedule is not None:
         task_name = schedule.task.name if getattr(schedule, "task", None) else f"task {schedule.task_id}"
         title = f"[Task Manager] Schedule missed: {task_name} ({schedule.cron} {schedule.timezone})"
         body = [f"Task: {task_name}", f"Schedule: #{schedule.id} {schedule.cron} ({schedule.timezone})"] + extra
-        body += ["", f"Details: {_public_url()}/tasks/{schedule.task_id}"]
+        body += ["", f"Details: {_public_url()}/schedules/{schedule.id}"]
         return title, "\n".join(body)
     title = str(context.get("title") or f"[Task Manager] {event}")
     return title, "\n".join(extra) or title

@@ -203,6 +203,30 @@ def test_message_names_task_failed_hosts_errors_and_link(app, session):
     assert f"{app.config['TM'].public_url}/executions/{ex.id}" in body
 
 
+def test_messages_for_approvals_and_missed_schedules(app, session, admin_user):
+    from server.models import Schedule
+
+    task = make_task(session, "rotate-logs")
+    ex = make_execution(session, task, "waiting_approval", user=admin_user)
+    ex.reason = "weekly rotation"
+    sched = Schedule(task_id=task.id, task=task, cron="0 6 * * *", timezone="Europe/Paris")
+    session.add(sched)
+    session.flush()
+    title, body = notify.render("approval.requested", {"execution": ex})
+    assert "rotate-logs" in title and "needs approval" in title and "weekly rotation" in body
+    assert f"/executions/{ex.id}" in body
+    title, body = notify.render("approval.decided", {"execution": ex, "decision": "rejected", "approver": "carol",
+                                                     "comment": "not during the freeze"})
+    assert "was rejected" in title and "Approver: carol" in body and "not during the freeze" in body
+    title, body = notify.render("approval.requested", {"schedule": sched})
+    assert "Schedule #" in title and "rotate-logs" in title and "0 6 * * * (Europe/Paris)" in body
+    title, body = notify.render("schedule.missed", {"schedule": sched, "due_at": "2026-11-23T05:00:00+00:00",
+                                                    "message": "scheduler was down"})
+    assert "Schedule missed: rotate-logs" in title and "2026-11-23T05:00:00+00:00" in body
+    assert "scheduler was down" in body and f"/schedules/{sched.id}" in body
+    session.rollback()
+
+
 # --- delivery ----------------------------------------------------------------------------------
 
 def test_webhook_delivery_to_a_real_http_receiver(app, session, receiver):
