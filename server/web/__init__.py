@@ -75,4 +75,5 @@ def logout():
 
 from . import executions, views  # noqa: E402,F401
 from . import dashboard  # noqa: E402,F401  (helper F: dashboard, reports, notifications, /metrics, /admin/rq)
+from . import admin, approvals  # noqa: E402,F401  (helper E: approvals, users, policies, audit, account)
 from . import schedules  # noqa: E402,F401  (helper D: schedules, blackouts, pause-all)
