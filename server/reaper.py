@@ -28,7 +28,7 @@ from flask import Flask
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from . import audit, concurrency, db, jobs
+from . import audit, concurrency, db, jobs, procs
 from .executions import fingerprint, revision_of, target_hosts
 from .models import Execution, Operation, Step, utcnow
 from .redis_conn import redis
@@ -55,6 +55,7 @@ class ReaperConfig:
         env = os.environ
         return cls(
             lost_after_s=float(env.get("TASKMANAGER_LOST_AFTER_S", 60)),
+            requeue_grace_s=float(env.get("TASKMANAGER_REQUEUE_GRACE_S", 5)),
             retention_days=float(env.get("TASKMANAGER_RETENTION_DAYS", 90)),
             retention_every_s=float(env.get("TASKMANAGER_RETENTION_EVERY_S", 600)),
             interval_s=float(env.get("TASKMANAGER_REAPER_INTERVAL_S", 15)),
@@ -97,7 +98,8 @@ def _mark_one_lost(session: Session, ex_id: int, now: datetime, cutoff: datetime
     changed = session.execute(
         update(Execution)
         .where(Execution.id == ex_id, Execution.status == "running", stale)
-        .values(status="lost", finished_at=now, message=message)
+        # cancel_requested: should that worker still be alive (a network partition), it stops.
+        .values(status="lost", finished_at=now, message=message, cancel_requested=True)
         .execution_options(synchronize_session=False)
     ).rowcount
     if not changed:
@@ -392,6 +394,10 @@ def start_thread(app: Flask, cfg: ReaperConfig | None = None) -> threading.Event
         # Jitter, so that many workers started together don't all contend for the lock.
         stop.wait(random.uniform(0, min(cfg.interval_s, 3)))
         while not stop.is_set():
+            try:  # local, no lock: leftovers of runs whose worker on THIS machine died
+                procs.reap_orphans()
+            except Exception:
+                log.exception("reaper: orphan check failed")
             try:
                 result = sweep_once(app, cfg)
                 if result and any(result.values()):

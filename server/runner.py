@@ -35,7 +35,7 @@ from ansible_runner.runner import Runner
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import db, inventory, playbooks
+from . import db, inventory, playbooks, procs
 from .config import Settings
 from .models import Credential, Execution, Host, Operation, Step, Task, utcnow
 from .vault import vault
@@ -46,6 +46,7 @@ except ImportError:  # pragma: no cover
     _protocols = None
 
 log = logging.getLogger(__name__)
+procs.install_tree_termination()  # cancel/timeout end ansible's setsid()'d workers and ssh too
 
 FLUSH_EVERY_EVENTS = 100
 FLUSH_EVERY_S = 0.25
@@ -600,6 +601,7 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
     runner: Runner | None = None
     recorder: Recorder | None = None
     fifo: str | None = None
+    mark: str | None = None
     try:
         try:
             prep = prepare(private_dir, ex, task, hosts, settings)
@@ -635,6 +637,7 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
         )
         rc.prepare()
         rc.env = _filter_env(rc.env)
+        rc.env[procs.MARK_ENV] = mark = procs.marker(ex.id)  # finds this run's processes (procs.py)
         fifo = getattr(rc, "ssh_key_path", None)
         runner = Runner(
             config=rc,
@@ -644,6 +647,8 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
         runner.run()
         return recorder.finish(runner, timeout_s)
     finally:
+        if mark:
+            procs.kill_marked(mark)  # nothing of this run outlives it (exceptions, RQ timeout)
         if fifo:
             _drain_fifo(fifo)
         shutil.rmtree(private_dir, ignore_errors=True)
