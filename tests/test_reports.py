@@ -127,6 +127,8 @@ def test_csv_exports(api, history):
     ops = read_csv(body)
     assert list(ops[0].keys()) == reports.OPERATION_COLUMNS
     assert len(ops) == 6 and {o["host"] for o in ops} == {"db-01", "db-02"}
+    assert ops[0]["started_at"].endswith("+00:00") and ops[0]["rc"] == "0" and ops[0]["task"] == "backup"
+    assert {o["duration_s"] for o in ops} >= {"100.000", "50.000", "30.000"}
     bad = [o for o in ops if o["status"] in ("failed", "unreachable")]
     assert {o["host"] for o in bad} == {"db-02"}
     assert any("Connection refused" in o["message"] for o in bad)
