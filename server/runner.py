@@ -18,6 +18,7 @@ and only the YAML inventory plugin is enabled.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -32,7 +33,7 @@ from typing import Any
 
 from ansible_runner.config.runner import RunnerConfig
 from ansible_runner.runner import Runner
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from . import db, inventory, playbooks, procs
@@ -184,13 +185,14 @@ class HostState:
     failed: bool = False
     unreachable: bool = False
     first_failure: str | None = None
+    seq_base: int = 0  # steps of earlier attempts on this host (retries.py)
 
 
 class Recorder:
     """Turns ansible-runner events into Steps/Operations; writes them in batches."""
 
     def __init__(self, session: Session, ex: Execution, ops: dict[str, Operation], names: dict[str, str],
-                 expected_steps: int | None) -> None:
+                 expected_steps: int | None, attempt: int = 1) -> None:
         self.session = session
         self.ex = ex
         self.names = names  # inventory name -> host name
@@ -203,6 +205,14 @@ class Recorder:
         self.last_cancel_check = 0.0
         self.cancel_seen = False
         self.events = 0
+        self.attempt = attempt
+        if attempt > 1:  # a retry of unreachable hosts (retries.py): steps follow the earlier ones
+            base = dict(session.execute(
+                select(Step.operation_id, func.max(Step.seq))
+                .where(Step.operation_id.in_([op.id for op in ops.values()])).group_by(Step.operation_id)
+            ).all())
+            for st in self.hosts.values():
+                st.seq_base = base.get(st.op.id) or 0
 
     # -- ansible-runner callbacks ------------------------------------------------------
     def event_handler(self, event: dict[str, Any]) -> bool:
@@ -264,6 +274,8 @@ class Recorder:
         role = data.get("role")
         if role:
             name = f"{role} : {name}"
+        if self.attempt > 1:
+            name = f"[attempt {self.attempt}] {name}"
         return name[:500]
 
     def _start_step(self, st: HostState, data: dict[str, Any], event: dict[str, Any]) -> Step:
@@ -274,7 +286,7 @@ class Recorder:
             op.started_at = started
         step = Step(
             operation_id=op.id,
-            seq=len(st.steps) + 1,
+            seq=st.seq_base + len(st.steps) + 1,
             name=self._step_name(data),
             status="running",
             started_at=started,
@@ -589,14 +601,15 @@ def _filter_env(env: dict[str, str]) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- the run
 
-def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Operation], settings: Settings) -> RunResult:
+def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Operation], settings: Settings,
+        *, timeout_s: int | None = None, attempt: int = 1) -> RunResult:
     """Run ``ex`` on ``hosts``; ``ops`` maps host name -> its pending Operation.
 
     Returns the execution's outcome; operations and steps are updated in ``session``
     (the last changes are left for the caller to commit with the final status).
     """
     task = ex.task
-    timeout_s = int(task.timeout_s or 3600)
+    timeout_s = int(timeout_s or task.timeout_s or 3600)
     private_dir = Path(tempfile.mkdtemp(prefix="tm-run-"))  # 0700
     runner: Runner | None = None
     recorder: Recorder | None = None
@@ -609,7 +622,18 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             recorder = Recorder(session, ex, _by_inventory_name(ops, {}), {}, None)
             return recorder.finish(None, timeout_s, failure=f"could not prepare the run: {message}")
-        recorder = Recorder(session, ex, _by_inventory_name(ops, prep.names), prep.names, prep.expected_steps)
+        recorder = Recorder(session, ex, _by_inventory_name(ops, prep.names), prep.names, prep.expected_steps,
+                            attempt=attempt)
+        # Non-secret runner settings go in env/settings: ansible-runner 2.4.3 drops a
+        # ``settings=`` dict when that file is missing (BaseConfig.prepare_env).
+        (private_dir / "env" / "settings").write_text(json.dumps({
+            "job_timeout": timeout_s,
+            "idle_timeout": timeout_s,
+            "pexpect_timeout": 0.2,
+            "pexpect_use_poll": True,
+            "suppress_ansible_output": True,
+            "suppress_output_file": True,
+        }))
         rc = RunnerConfig(
             private_data_dir=str(private_dir),
             playbook=prep.playbook,
@@ -619,14 +643,7 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
             envvars=prep.envvars,
             passwords=dict(prep.passwords),
             ssh_key=prep.ssh_key,
-            settings={
-                "job_timeout": timeout_s,
-                "idle_timeout": timeout_s,
-                "pexpect_timeout": 0.2,
-                "pexpect_use_poll": True,
-                "suppress_ansible_output": True,
-                "suppress_output_file": True,
-            },
+            settings={},
             forks=prep.forks,
             ident=f"execution-{ex.id}",
             suppress_env_files=True,

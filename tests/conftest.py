@@ -152,3 +152,41 @@ def api_as(app, session):
         return Api(app.test_client(), token_for(session, make_user(session, name, role)))
 
     return make
+
+
+# --- real SSH servers and real workers (helper A: execution core) --------------------------
+
+@pytest.fixture
+def sshlab():
+    """``sshlab(n)`` → a started ``tests.sshlab.SSHLab`` of n real sshd servers, stopped after."""
+    from tests.sshlab import SSHLab
+
+    labs: list = []
+
+    def start(n: int = 20, **kw):
+        lab = SSHLab(n, **kw)
+        labs.append(lab)
+        lab.__enter__()
+        return lab
+
+    yield start
+    for lab in labs:
+        lab.stop()
+
+
+@pytest.fixture
+def run_worker(env):
+    """``run_worker()`` drains the test queue with a real RQ worker process
+    (``flask --app wsgi worker --burst``); returns the CompletedProcess (stdout, stderr)."""
+    import subprocess
+    import sys
+
+    def run(timeout: float = 300, extra_env: dict[str, str] | None = None):
+        flask = str(Path(sys.executable).parent / "flask")
+        return subprocess.run(
+            [flask, "--app", "wsgi", "worker", "--burst"],
+            cwd=REPO, env={**os.environ, **env, **(extra_env or {})},
+            capture_output=True, text=True, timeout=timeout,
+        )
+
+    return run
