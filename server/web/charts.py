@@ -57,9 +57,11 @@ def runs_per_day(points: Sequence[dict[str, Any]], *, width: int = 640, height: 
     bar_w = max(step * 0.7, 1)
     out = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="Executions per day">']
     for frac in (0, 0.5, 1):
+        if frac == 0.5 and top % 2:
+            continue  # only whole numbers of runs on the axis
         y = pad_t + inner_h * (1 - frac)
         out.append(f'<line class="grid-line" x1="{pad_l}" x2="{width - 4}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        out.append(f'<text x="{pad_l - 6}" y="{y + 4:.1f}" text-anchor="end">{round(top * frac)}</text>')
+        out.append(f'<text x="{pad_l - 6}" y="{y + 4:.1f}" text-anchor="end">{int(top * frac)}</text>')
     label_every = max(1, len(points) // 8)
     for i, p in enumerate(points):
         x = pad_l + i * step + (step - bar_w) / 2

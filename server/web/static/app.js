@@ -182,6 +182,9 @@
   });
 
   document.addEventListener("click", function (ev) {
+    document.querySelectorAll("details.nav-menu[open]").forEach(function (menu) {
+      if (!menu.contains(ev.target)) menu.open = false;
+    });
     var btn = ev.target.closest("[data-confirm]:not(form):not([type=submit])");
     if (btn && !window.confirm(btn.getAttribute("data-confirm"))) { ev.preventDefault(); ev.stopPropagation(); return; }
     var row = ev.target.closest("tr[data-href]");
@@ -199,6 +202,8 @@
       if ((exact && path === href) || (!exact && href !== "/" && (path === href || path.indexOf(href + "/") === 0))) {
         a.classList.add("active");
         a.setAttribute("aria-current", "page");
+        var menu = a.closest(".nav-menu");
+        if (menu) menu.querySelector("summary").classList.add("active");
       }
     });
   }
