@@ -17,7 +17,7 @@ from flask import Flask, current_app, has_app_context
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from . import audit, concurrency, db, runner
+from . import audit, concurrency, db, retries, runner
 from .config import Settings
 from .executions import target_hosts
 from .models import Execution, Operation, Step, utcnow
@@ -188,7 +188,7 @@ def _run(app: Flask, execution_id: int) -> str:
             if not hosts:
                 result = runner.RunResult("failed", "the task has no target hosts")
             else:
-                result = runner.run(session, ex, hosts, ops, settings)
+                result = retries.run_with_retries(session, ex, hosts, ops, settings)  # unreachable hosts again
             session.commit()  # the last batch of operations and steps
     except Exception as exc:  # noqa: BLE001 - a bug or a lost database: record it, never hang
         log.exception("execution %s: the run failed", ex.id)
