@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TypeVar
 
-from flask import Response, jsonify, request
+from flask import Response, request
 
 from .. import db
 from ..errors import NotFound
@@ -31,7 +31,3 @@ def iso(value: datetime | None) -> str | None:
 
 def no_content() -> Response:
     return Response(status=204)
-
-
-def created(body: dict, status: int = 201) -> tuple[Response, int]:
-    return jsonify(body), status

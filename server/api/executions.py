@@ -89,7 +89,7 @@ def visible_execution(execution_id: int) -> Execution:
 
 
 @api_bp.post("/tasks/<int:task_id>/executions")
-@describe(request="RunRequest", response="Accepted", status=202)
+@describe(request="RunRequest", response="Accepted", status=202, body_optional=True)
 def run_task(task_id: int):
     """Run a task now: 202 with the new execution's id (queued, or waiting for approval).
 

@@ -30,7 +30,7 @@ def ref(name: str) -> dict[str, str]:
 
 def describe(*, request: str | None = None, response: str | None = None, status: int = 200,
              paged: bool = False, query: dict[str, dict[str, Any]] | None = None,
-             summary: str | None = None) -> Callable:
+             summary: str | None = None, body_optional: bool = False) -> Callable:
     """Attach OpenAPI detail to a view: request/response schema names, status, query args.
 
     ``paged`` wraps the response schema in the list envelope and adds ?page/?per_page.
@@ -38,7 +38,7 @@ def describe(*, request: str | None = None, response: str | None = None, status:
 
     def deco(fn: Callable) -> Callable:
         fn.__openapi__ = {"request": request, "response": response, "status": status, "paged": paged,
-                          "query": query or {}, "summary": summary}
+                          "query": query or {}, "summary": summary, "body_optional": body_optional}
         return fn
 
     return deco
@@ -63,7 +63,7 @@ def _operation(endpoint: str, method: str, view: Callable, params: list[dict[str
     if parameters:
         op["parameters"] = parameters
     if info.get("request"):
-        op["requestBody"] = {"required": method in ("POST",) and info["request"] != "RunRequest",
+        op["requestBody"] = {"required": method == "POST" and not info.get("body_optional"),
                              "content": {"application/json": {"schema": ref(info["request"])}}}
     status = str(info.get("status", 204 if method == "DELETE" else 200))
     response: dict[str, Any] = {"description": "success"}
