@@ -88,7 +88,7 @@ def parse_filters(session: Session, user: User, args: Mapping[str, str],
         raise ValidationError("'from' must be before 'to'", field="from")
     if get("task"):
         raw = get("task")
-        task = session.get(Task, int(raw)) if raw.isdigit() else None
+        task = session.get(Task, int(raw)) if raw.isdigit() and len(raw) < 10 else None
         if task is None:
             task = session.execute(select(Task).where(Task.name == raw)).scalar_one_or_none()
         if task is None or (f.task_ids is not None and task.id not in f.task_ids):
@@ -151,7 +151,7 @@ def parse_cursor(args: Mapping[str, str]) -> tuple[int | None, int | None, int]:
         raw = (args.get(name) or "").strip()
         if not raw:
             return None
-        if not raw.isdigit():
+        if not raw.isdigit() or len(raw) > 18:
             raise ValidationError(f"'{name}' must be a positive integer", field=name)
         return int(raw)
 

@@ -201,6 +201,10 @@ def test_pages_render_with_data(app, session, admin_user, history):
     html = client.get(f"/executions/{ex.id}").get_data(as_text=True)
     assert "Connection refused" in html and 'class="badge status-unreachable"' in html and "db-01" in html
     assert client.get("/executions/999999").status_code == 404
+    assert client.get("/executions/99999999999999999999999").status_code == 404
+    assert client.get("/executions?before=99999999999999999999999").status_code == 422
+    assert client.get("/executions?task=99999999999999").status_code == 422
+    assert client.get("/reports/tasks/99999999999999999999").status_code == 404
 
     running = history["executions"][-1]
     live = client.get(f"/executions/{running.id}/live").get_json()

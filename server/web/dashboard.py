@@ -28,6 +28,9 @@ from ..models import OPERATION_STATUSES, NotificationChannel, Task, utcnow
 from . import charts, csrf, web_bp
 
 
+MAX_ID = 2**31 - 1  # larger ids in a URL cannot exist (and overflow the database's integer)
+
+
 def _window() -> str:
     w = request.args.get("window", "7d")
     return w if w in reports.WINDOWS else "7d"
@@ -62,7 +65,7 @@ def report_tasks():
 @login_required
 def report_task(task_id: int):
     s = db.session()
-    task = s.get(Task, task_id)
+    task = s.get(Task, task_id) if task_id <= MAX_ID else None
     if task is None:
         abort(404)
     if "view" not in access.task_permissions(s, current_user, task):
@@ -153,7 +156,7 @@ def notifications():
 def notification(channel_id: int):
     _require("notifications.manage")
     s = db.session()
-    channel = s.get(NotificationChannel, channel_id)
+    channel = s.get(NotificationChannel, channel_id) if channel_id <= MAX_ID else None
     if channel is None:
         abort(404)
     error = None
@@ -178,7 +181,7 @@ def notification(channel_id: int):
 def notification_delete(channel_id: int):
     _require("notifications.manage")
     s = db.session()
-    channel = s.get(NotificationChannel, channel_id) or abort(404)
+    channel = (s.get(NotificationChannel, channel_id) if channel_id <= MAX_ID else None) or abort(404)
     name = channel.name
     notify.delete_channel(s, channel, actor=current_user.username)
     s.commit()
@@ -191,7 +194,7 @@ def notification_delete(channel_id: int):
 def notification_test(channel_id: int):
     _require("notifications.manage")
     s = db.session()
-    channel = s.get(NotificationChannel, channel_id) or abort(404)
+    channel = (s.get(NotificationChannel, channel_id) if channel_id <= MAX_ID else None) or abort(404)
     notify.send_test(s, channel, actor=current_user.username)
     s.commit()
     flash(f"Test message queued for “{channel.name}”; its result appears below within a few seconds.", "success")

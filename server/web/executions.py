@@ -63,16 +63,18 @@ def executions():
     ), (422 if error else 200)
 
 
-def _load(execution_id: int) -> Execution:
-    ex = db.session.execute(
+MAX_ID = 2**31 - 1
+
+
+def _load(execution_id: int, with_operations: bool = True) -> Execution:
+    stmt = (
         select(Execution)
-        .options(
-            joinedload(Execution.task),
-            joinedload(Execution.requested_by),
-            selectinload(Execution.operations).selectinload(Operation.steps),
-        )
+        .options(joinedload(Execution.task), joinedload(Execution.requested_by))
         .where(Execution.id == execution_id)
-    ).scalar_one_or_none()
+    )
+    if with_operations:
+        stmt = stmt.options(selectinload(Execution.operations).selectinload(Operation.steps))
+    ex = db.session.execute(stmt).scalar_one_or_none() if execution_id <= MAX_ID else None
     if ex is None:
         abort(404)
     if not access.can_view_execution(db.session(), current_user, ex):
@@ -80,12 +82,12 @@ def _load(execution_id: int) -> Execution:
     return ex
 
 
-def _summary(ex: Execution) -> dict:
+def _summary(ex: Execution, statuses: list[str] | None = None) -> dict:
     counts: dict[str, int] = {}
-    for op in ex.operations:
-        counts[op.status] = counts.get(op.status, 0) + 1
+    for status in statuses if statuses is not None else [op.status for op in ex.operations]:
+        counts[status] = counts.get(status, 0) + 1
     done = sum(n for st, n in counts.items() if st in OPERATION_FINAL)
-    total = ex.host_count or len(ex.operations)
+    total = ex.host_count or sum(counts.values())
     return {"counts": counts, "done": max(done, ex.hosts_done or 0), "total": total,
             "final": ex.status in EXECUTION_FINAL}
 
@@ -119,28 +121,37 @@ def execution(execution_id: int):
 @login_required
 def execution_live(execution_id: int):
     """Polled by the execution page: status, progress, and the hosts that changed."""
-    ex = _load(execution_id)
+    ex = _load(execution_id, with_operations=False)
     now = utcnow()
     since_raw = request.args.get("since", "").replace(" ", "+")  # an unencoded '+' arrives as a space
     try:
         since = reports.parse_when(since_raw, "since") - timedelta(seconds=3) if since_raw else None
     except ValidationError:
         since = None
-    summary = _summary(ex)
-    hosts = []
-    for op in _ordered(ex.operations):
-        changed = (
-            since is None
-            or op.status not in OPERATION_FINAL
-            or (op.finished_at is not None and op.finished_at >= since)
-            or (op.started_at is not None and op.started_at >= since)
-        )
-        if changed:
-            hosts.append({
-                "name": op.host_name,
-                "key": _host_key(op),
-                "html": render_template("executions/_host.html", op=op, tail=OUTPUT_TAIL, open_=None),
-            })
+    # A light query first (no output); then the full rows of only the hosts that may have changed.
+    light = db.session.execute(
+        select(Operation.id, Operation.status, Operation.started_at, Operation.finished_at)
+        .where(Operation.execution_id == ex.id)
+    ).all()
+    changed = [
+        r.id for r in light
+        if since is None
+        or r.status not in OPERATION_FINAL
+        or (r.finished_at is not None and r.finished_at >= since)
+        or (r.started_at is not None and r.started_at >= since)
+    ]
+    ops = db.session.execute(
+        select(Operation).options(selectinload(Operation.steps)).where(Operation.id.in_(changed))
+    ).scalars().all() if changed else []
+    summary = _summary(ex, [r.status for r in light])
+    hosts = [
+        {
+            "name": op.host_name,
+            "key": _host_key(op),
+            "html": render_template("executions/_host.html", op=op, tail=OUTPUT_TAIL, open_=None),
+        }
+        for op in _ordered(list(ops))
+    ]
     return jsonify({
         "id": ex.id,
         "status": ex.status,
