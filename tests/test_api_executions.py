@@ -51,6 +51,11 @@ def test_run_without_body_and_with_limit(api):
     assert status == 422 and err["error"]["field"] == "hosts"
     status, err = api.post(f"/api/v1/tasks/{t['id']}/executions", {"vars": ["x"]})
     assert status == 422 and err["error"]["field"] == "vars"
+    for body, field in (({"reason": 5}, "reason"), ({"reason": "x" * 2001}, "reason"), ({"limit": "e1"}, "limit"),
+                        ({"vars": {"ansible_connection": "local"}}, "vars"), ({"reason": "nul\x00"}, "reason"),
+                        ({"dry_run": "yes"}, "dry_run")):
+        status, err = api.post(f"/api/v1/tasks/{t['id']}/executions", body)
+        assert status == 422 and err["error"]["field"] == field, (body, err)
     status, err = api.post(f"/api/v1/tasks/{t['id']}/executions", {"force": True})
     assert status == 422 and err["error"]["code"] == "unknown_fields"
     empty = task(api, "no-targets")

@@ -82,6 +82,12 @@ CREDENTIAL_BAD = [
     ({"name": "c", "kind": "password", "secret": "x", "options": []}, "options"),
     ({"name": "c", "kind": "password", "secret": "x", "options": {"Bad Key": 1}}, "options"),
     ({"name": "c", "kind": "password", "secret": "x", "password": "oops"}, "password"),
+    ({"name": 5, "kind": "password", "secret": "x"}, "name"),
+    ({"name": "", "kind": "password", "secret": "x"}, "name"),
+    ({"name": "c", "kind": 1, "secret": "x"}, "kind"),
+    ({"name": "c", "kind": "password", "secret": "x", "become_method": 5}, "become_method"),
+    ({"name": "c", "kind": "password", "secret": "x", "become_user": ["root"]}, "become_user"),
+    ({"name": "c", "kind": "password", "secret": ["x"]}, "secret"),
 ]
 
 TASK_BAD = [
@@ -124,6 +130,14 @@ TASK_BAD = [
     ({"name": "t", "kind": "commands", "commands": ["ls"], "allow_simultaneous": 1}, "allow_simultaneous"),
     ({"name": "t", "kind": "commands", "commands": ["ls"], "description": 5}, "description"),
     ({"name": "t", "kind": "commands", "commands": ["ls"], "schedule": "daily"}, "schedule"),
+    ({"name": 7, "kind": "commands", "commands": ["ls"]}, "name"),
+    ({"name": "t", "kind": ["commands"], "commands": ["ls"]}, "kind"),
+    ({"name": "t", "kind": "commands", "commands": ["ls"], "groups": "existing"}, "groups"),
+    ({"name": "t", "kind": "commands", "commands": ["ls"], "hosts": [5]}, "hosts"),
+    ({"name": "t", "kind": "commands", "commands": ["ls"], "retry_attempts": "2"}, "retry_attempts"),
+    ({"name": "t", "kind": "commands", "commands": ["ls"], "retry_delay_s": 1.5}, "retry_delay_s"),
+    ({"name": "t", "kind": "commands", "commands": ["ls"], "retry_on_lost": "no"}, "retry_on_lost"),
+    ({"name": "t", "kind": "commands", "commands": ["ls"], "become": None}, "become"),
 ]
 
 
