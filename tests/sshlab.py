@@ -48,18 +48,30 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
 
 
-def ensure_user(user: str, password: str) -> None:
-    """Create the test user once and (re)set its password; sudo asks for that password."""
+def _ensure_account(user: str, password: str) -> None:
     try:
         _run(["id", "-u", user])
     except subprocess.CalledProcessError:
         _run(["useradd", "--create-home", "--shell", "/bin/bash", user])
     _run(["chpasswd"], input=f"{user}:{password}\n")
+
+
+def ensure_user(user: str, password: str, become_user: str | None = None,
+                become_password: str | None = None) -> None:
+    """Create the test user once and (re)set its password; sudo asks for that password.
+
+    With ``become_user``/``become_password``, a second account is made and sudo asks for
+    ITS password (``targetpw``): the become password then differs from the login one.
+    """
+    _ensure_account(user, password)
+    if become_user:
+        _ensure_account(become_user, become_password or password)
     if not shutil.which("sudo"):
         _run(["apt-get", "install", "-y", "-q", "sudo"], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     sudoers = Path(f"/etc/sudoers.d/{user}")
     # timestamp_timeout=0: every sudo asks again, so each become really sends the password.
-    rule = f"Defaults:{user} timestamp_timeout=0, lecture=never, !requiretty\n{user} ALL=(ALL:ALL) ALL\n"
+    flags = "timestamp_timeout=0, lecture=never, !requiretty" + (", targetpw" if become_user else "")
+    rule = f"Defaults:{user} {flags}\n{user} ALL=(ALL:ALL) ALL\n"
     if not sudoers.exists() or sudoers.read_text() != rule:
         tmp = sudoers.with_suffix(".tmp")
         tmp.write_text(rule)
@@ -91,7 +103,8 @@ def _descendants(pid: int) -> list[int]:
 class SSHLab:
     """N real sshd servers; a context manager usable from pytest fixtures and benchmarks."""
 
-    def __init__(self, n: int, *, user: str = DEFAULT_USER, password: str = DEFAULT_PASSWORD) -> None:
+    def __init__(self, n: int, *, user: str = DEFAULT_USER, password: str = DEFAULT_PASSWORD,
+                 become_user: str | None = None, become_password: str | None = None) -> None:
         if os.geteuid() != 0:
             raise RuntimeError("SSHLab needs root (sshd on port 22, switching to the test user)")
         if not 1 <= n <= 240:
@@ -99,6 +112,9 @@ class SSHLab:
         self.n = n
         self.user = user
         self.password = password
+        self.become_user = become_user or "root"
+        self.become_password = become_password or password
+        self._separate_become = become_user is not None
         self.servers: list[Server] = []
         self.dir: Path | None = None
         self._lock_fh = None
@@ -117,7 +133,8 @@ class SSHLab:
         self.stop()
 
     def start(self) -> None:
-        ensure_user(self.user, self.password)
+        ensure_user(self.user, self.password, self.become_user if self._separate_become else None,
+                    self.become_password)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         self._take_block()
         # World-traversable (sshd reads authorized_keys as the test user); keys stay 0600.
