@@ -77,3 +77,4 @@ from . import executions, views  # noqa: E402,F401
 from . import dashboard  # noqa: E402,F401  (helper F: dashboard, reports, notifications, /metrics, /admin/rq)
 from . import admin, approvals  # noqa: E402,F401  (helper E: approvals, users, policies, audit, account)
 from . import schedules  # noqa: E402,F401  (helper D: schedules, blackouts, pause-all)
+from . import connections  # noqa: E402,F401  (helper C: connection test page)

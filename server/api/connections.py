@@ -1,0 +1,41 @@
+"""Connection tests: ``POST /api/v1/hosts/<id>/test``."""
+from __future__ import annotations
+
+from flask import jsonify
+
+from .. import db
+from ..connections import test_host
+from ..models import Host
+from . import api_bp, json_body, me
+from .common import get_or_404
+from .openapi import describe, register_schema
+
+register_schema("ConnectionTest", {
+    "type": "object",
+    "properties": {
+        "ok": {"type": "boolean"},
+        "reason": {"type": "string"},
+        "protocol": {"type": "string"},
+        "host": {"type": "string"},
+        "address": {"type": "string"},
+        "port": {"type": ["integer", "null"]},
+        "credential": {"type": ["string", "null"]},
+        "tested_at": {"type": "string", "format": "date-time"},
+        "details": {"type": "object"},
+    },
+})
+register_schema("ConnectionTestInput", {
+    "type": "object",
+    "properties": {"credential": {"type": "string", "description": "log in with this credential (needs hosts.edit)"}},
+})
+
+
+@api_bp.post("/hosts/<int:host_id>/test")
+@describe(request="ConnectionTestInput", response="ConnectionTest")
+def test_host_connection(host_id: int):
+    """Test the host's connection: TCP, the protocol handshake and, with a credential, a login."""
+    body = json_body(required=False)
+    host = get_or_404(Host, host_id, "host")
+    result = test_host(db.session(), me(), host, body.get("credential"))
+    db.session.commit()
+    return jsonify(result)
