@@ -211,6 +211,25 @@ def _read_inventory(path: str) -> dict[str, Any]:
     return data
 
 
+def _plain(value: Any) -> Any:
+    """ansible-inventory's JSON marks ``!unsafe`` strings as ``{"__ansible_unsafe": s}``."""
+    if isinstance(value, dict):
+        if set(value) == {"__ansible_unsafe"}:
+            return value["__ansible_unsafe"]
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _has_vault(value: Any) -> bool:
+    if isinstance(value, dict):
+        return "__ansible_vault" in value or any(_has_vault(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_vault(v) for v in value)
+    return False
+
+
 def _protocol_of(hvars: dict[str, Any]) -> str:
     conn = str(hvars.get("ansible_connection") or "ssh")
     if conn in ("local",):
@@ -261,10 +280,10 @@ def import_inventory(session: Session, path: str, actor: str | None) -> dict[str
         for k, v in values.items():
             if k in ("ansible_host", "ansible_ssh_host", "ansible_port", "ansible_ssh_port", "ansible_connection"):
                 continue
-            if not isinstance(k, str) or forbidden_var(k) or (_var_name_problem and _var_name_problem(k)):
-                skipped.add(str(k))
+            if not isinstance(k, str) or forbidden_var(k) or _has_vault(v):
+                skipped.add(str(k))  # connection settings, secrets, vault-encrypted values
                 continue
-            out[k] = v
+            out[k] = _plain(v)
         return json.loads(json.dumps(out, default=str))
 
     all_vars = clean_vars(group_vars.get("all") or {})  # no "all" group in the database
