@@ -17,18 +17,26 @@ def queue(name: str | None = None) -> Queue:
     return Queue(name, connection=redis())
 
 
+def _job(execution_id: int, timeout_s: int) -> dict:
+    """The one job definition. Its id is derived from the execution, so re-enqueueing is idempotent."""
+    return {
+        "args": (execution_id,),
+        "job_id": f"execution-{execution_id}",
+        "timeout": timeout_s + 300,  # ansible-runner enforces the task timeout first
+        "result_ttl": 3600,
+        "failure_ttl": 86400,
+    }
+
+
 def enqueue(execution_id: int, timeout_s: int = 3600) -> None:
-    """Push one execution id. The job id is derived from it, so re-enqueueing is idempotent."""
-    q = queue()
-    job_id = f"execution-{execution_id}"
-    q.enqueue_call(
-        JOB_FUNC,
-        args=(execution_id,),
-        job_id=job_id,
-        timeout=timeout_s + 300,  # ansible-runner enforces the task timeout first
-        result_ttl=3600,
-        failure_ttl=86400,
-    )
+    """Push one execution id."""
+    queue().enqueue_call(JOB_FUNC, **_job(execution_id, timeout_s))
+
+
+def enqueue_many(items: list[tuple[int, int]]) -> None:
+    """Push several (execution id, timeout) in one Redis round trip: the scheduler's bursts."""
+    if items:
+        queue().enqueue_many([Queue.prepare_data(JOB_FUNC, **_job(ex_id, t)) for ex_id, t in items])
 
 
 def enqueue_after_commit(session: Session, execution_id: int) -> None:

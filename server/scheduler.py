@@ -50,7 +50,6 @@ from .schedules import (
     in_blackout,
     is_paused,
     iso,
-    next_fire,
 )
 
 log = logging.getLogger(__name__)
@@ -74,6 +73,9 @@ _advance = (
     )
 )
 
+_fires = ScheduleFire.__table__
+_link = update(_fires).where(_fires.c.id == bindparam("fid")).values(execution_id=bindparam("eid"))
+
 
 @dataclass
 class _Plan:
@@ -85,14 +87,17 @@ class _Plan:
     last_fire_at: datetime | None = None
 
 
-def _due_instants(schedule: Schedule, now: datetime) -> tuple[list[datetime], bool]:
-    """Every instant from ``next_fire_at`` up to ``now`` (capped after a long outage)."""
+def _due_instants(schedule: Schedule, now: datetime) -> tuple[list[datetime], bool, datetime | None]:
+    """Every instant from ``next_fire_at`` up to ``now`` (capped after a long outage), whether
+    the cap was hit, and the first instant after ``now`` (the new ``next_fire_at``)."""
     first = schedule.next_fire_at
     dues = [first]
     overflow = False
+    after: datetime | None = None
     times = fire_times(schedule.cron, schedule.timezone, first, start_at=schedule.start_at, end_at=schedule.end_at)
     for inst in times:
         if inst > now:
+            after = inst
             break
         if len(dues) >= MAX_BACKLOG:
             overflow = True
@@ -104,17 +109,18 @@ def _due_instants(schedule: Schedule, now: datetime) -> tuple[list[datetime], bo
         for inst in fire_times(schedule.cron, schedule.timezone, resume, start_at=schedule.start_at,
                                end_at=schedule.end_at):
             if inst > now:
+                after = inst
                 break
             dues.append(inst)
-    return dues, overflow
+    return dues, overflow, after
 
 
 def _plan(schedule: Schedule, now: datetime, paused: bool, blackouts: list) -> _Plan:
-    dues, overflow = _due_instants(schedule, now)
+    dues, overflow, after = _due_instants(schedule, now)
     latest = dues[-1]
     grace = schedule.misfire_grace_s
     runnable = (now - latest).total_seconds() <= grace
-    plan = _Plan(schedule, next_fire_at=next_fire(schedule, now), last_fire_at=schedule.last_fire_at)
+    plan = _Plan(schedule, next_fire_at=after, last_fire_at=schedule.last_fire_at)
     for i, due in enumerate(dues):
         if schedule.suspended_reason:
             outcome, detail = "suspended", f"schedule suspended: {schedule.suspended_reason}"
@@ -152,8 +158,8 @@ def _claim(session: Session, rows: list[dict[str, Any]]) -> dict[tuple[int, date
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(ScheduleFire).values(rows).on_conflict_do_nothing().returning(ScheduleFire)
-    fires = session.scalars(stmt, execution_options={"populate_existing": True}).all()
+    stmt = insert(ScheduleFire).on_conflict_do_nothing().returning(ScheduleFire)
+    fires = session.scalars(stmt, rows, execution_options={"populate_existing": True}).all()
     return {(f.schedule_id, f.due_at): f for f in fires}
 
 
@@ -195,6 +201,7 @@ def _process(session: Session, schedules: list[Schedule], now: datetime, paused:
     ours = _claim(session, [row for p in plans for row in p.rows])
     fires: list[ScheduleFire] = []
     to_enqueue: list[tuple[int, int]] = []  # (execution id, task timeout)
+    links: list[dict[str, int]] = []  # fire id -> execution id, written in one statement
     advances = []
     for plan in plans:
         s = plan.schedule
@@ -212,7 +219,8 @@ def _process(session: Session, schedules: list[Schedule], now: datetime, paused:
                 fire.outcome = "error"
                 fire.detail = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
                 continue
-            fire.execution_id = ex.id
+            links.append({"fid": fire.id, "eid": ex.id})
+            set_committed_value(fire, "execution_id", ex.id)
             if ex.status == "queued":
                 to_enqueue.append((ex.id, s.task.timeout_s or 3600))
         by_outcome: dict[str, list[ScheduleFire]] = {}
@@ -229,6 +237,8 @@ def _process(session: Session, schedules: list[Schedule], now: datetime, paused:
             advances.append({"sid": s.id, "old": s.next_fire_at, "new": plan.next_fire_at,
                              "last": plan.last_fire_at})
         fires.extend(mine)
+    if links:
+        session.execute(_link, links)
     if advances:
         session.execute(_advance, advances)
         advanced = {a["sid"] for a in advances}
@@ -241,12 +251,12 @@ def _process(session: Session, schedules: list[Schedule], now: datetime, paused:
 
 
 def _enqueue(items: list[tuple[int, int]]) -> None:
-    """Push committed executions to RQ; a failure leaves them queued for the reaper."""
-    for ex_id, timeout_s in items:
-        try:
-            jobs.enqueue(ex_id, timeout_s)
-        except Exception:  # noqa: BLE001 - the database row is the truth; the reaper re-enqueues
-            log.exception("could not enqueue execution %s; the reaper will retry", ex_id)
+    """Push committed executions to RQ in one round trip; a failure leaves them queued in the
+    database, where the reaper finds and re-enqueues them."""
+    try:
+        jobs.enqueue_many(items)
+    except Exception:  # noqa: BLE001 - the database row is the truth
+        log.exception("could not enqueue executions %s; the reaper will retry", [i for i, _ in items])
 
 
 def _commit_batch(session: Session, schedules: list[Schedule], now: datetime, paused: bool) -> list[ScheduleFire]:
@@ -261,14 +271,14 @@ def _record_failure(session: Session, schedule_id: int, now: datetime, exc: Base
     s = session.get(Schedule, schedule_id, populate_existing=True)
     if s is None or s.next_fire_at is None or s.next_fire_at > now:
         return []
-    dues, _ = _due_instants(s, now)
+    dues, _, after = _due_instants(s, now)
     detail = f"internal error: {type(exc).__name__}: {str(exc)[:500]}"
     rows = [{"schedule_id": s.id, "due_at": d, "outcome": "error", "detail": detail, "recorded_at": now}
             for d in dues]
     fires = list(_claim(session, rows).values())
     audit.record(session, "schedule.error", actor=ACTOR, target=s, outcome="error", due=[iso(d) for d in dues],
                  count=len(dues), detail=detail)
-    session.execute(_advance, [{"sid": s.id, "old": s.next_fire_at, "new": next_fire(s, now), "last": s.last_fire_at}])
+    session.execute(_advance, [{"sid": s.id, "old": s.next_fire_at, "new": after, "last": s.last_fire_at}])
     session.commit()
     return fires
 

@@ -18,6 +18,7 @@ This module is the service layer for the API and the pages; the firing loop live
 """
 from __future__ import annotations
 
+import copy
 import heapq
 import re
 from datetime import date, datetime, time, timedelta, timezone
@@ -110,6 +111,18 @@ def normalise_cron(value: Any, field: str = "cron") -> str:
     return expr
 
 
+@lru_cache(maxsize=4096)
+def _parsed(cron: str) -> croniter:
+    """A parsed expression to copy: parsing costs more than iterating (bursts of schedules)."""
+    return croniter(cron, datetime(2000, 1, 1))
+
+
+def _iterator(cron: str, start: datetime) -> croniter:
+    it = copy.copy(_parsed(cron))
+    it.set_current(start, force=True)
+    return it
+
+
 def _hour_is_wildcard(cron: str) -> bool:
     return cron.split(" ")[1].startswith("*")
 
@@ -169,7 +182,7 @@ def fire_times(
     # times up to that long before its local time can still lie after it.
     margin = (lower - timedelta(hours=3)).astimezone(z).utcoffset() - lower.astimezone(z).utcoffset()
     local_start = lower.astimezone(z).replace(tzinfo=None) - max(margin, timedelta(0))
-    it = croniter(cron, local_start)
+    it = _iterator(cron, local_start)
     heap: list[datetime] = []
     last: datetime | None = None
     while True:
