@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 22:58:19.973090
+Create Date: 2026-11-23 23:29:33.678204
 """
 from __future__ import annotations
 
@@ -227,6 +227,7 @@ def upgrade() -> None:
     sa.Column('last_fire_at', server.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('approved_fingerprint', sa.String(length=64), nullable=True),
     sa.Column('approval_status', sa.String(length=20), nullable=True),
+    sa.Column('approval_plan', sa.JSON(), nullable=True),
     sa.Column('suspended_reason', sa.Text(), nullable=True),
     sa.Column('created_by_id', sa.Integer(), nullable=True),
     sa.Column('created_at', server.models.TZDateTime(timezone=True), nullable=False),
@@ -275,6 +276,7 @@ def upgrade() -> None:
     sa.Column('check_mode', sa.Boolean(), nullable=False),
     sa.Column('approval_level', sa.Integer(), nullable=False),
     sa.Column('approval_expires_at', server.models.TZDateTime(timezone=True), nullable=True),
+    sa.Column('approval_plan', sa.JSON(), nullable=True),
     sa.Column('worker_name', sa.String(length=255), nullable=True),
     sa.Column('heartbeat_at', server.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('cancel_requested', sa.Boolean(), nullable=False),
@@ -282,6 +284,7 @@ def upgrade() -> None:
     sa.Column('message', sa.Text(), nullable=True),
     sa.Column('host_count', sa.Integer(), nullable=False),
     sa.Column('hosts_done', sa.Integer(), nullable=False),
+    sa.Column('output_pruned_at', server.models.TZDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['parent_id'], ['executions.id'], ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['requested_by_id'], ['users.id'], ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['schedule_id'], ['schedules.id'], ondelete='SET NULL'),
@@ -331,7 +334,8 @@ def upgrade() -> None:
     sa.UniqueConstraint('execution_id', 'host_name', name='uq_operation_execution_host')
     )
     with op.batch_alter_table('operations', schema=None) as batch_op:
-        batch_op.create_index('ix_operations_host_status', ['host_name', 'status'], unique=False)
+        batch_op.create_index('ix_operations_execution_status_host', ['execution_id', 'status', 'host_name'], unique=False)
+        batch_op.create_index('ix_operations_host_status', ['host_name', 'status', 'execution_id'], unique=False)
 
     op.create_table('schedule_fires',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -376,6 +380,7 @@ def downgrade() -> None:
     op.drop_table('schedule_fires')
     with op.batch_alter_table('operations', schema=None) as batch_op:
         batch_op.drop_index('ix_operations_host_status')
+        batch_op.drop_index('ix_operations_execution_status_host')
 
     op.drop_table('operations')
     with op.batch_alter_table('approvals', schema=None) as batch_op:
