@@ -273,7 +273,7 @@ class Operation(Base):
     __tablename__ = "operations"
     __table_args__ = (
         UniqueConstraint("execution_id", "host_name", name="uq_operation_execution_host"),
-        Index("ix_operations_host_status", "host_name", "status"),
+        Index("ix_operations_host_status", "host_name", "status", "execution_id"),  # covers per-host reports
         # Covering index for report aggregates (failing hosts, per-host summary, CSV failed counts).
         Index("ix_operations_execution_status_host", "execution_id", "status", "host_name"),
     )

@@ -72,6 +72,19 @@ def test_dashboard_aggregates(session, admin_user, history):
         reports.dashboard(session, admin_user, "1y")
 
 
+def test_host_summary_is_exact_even_when_ids_and_times_disagree(session, admin_user, history):
+    # deploy's runs were created newest first, so an id range alone would include the
+    # 9-day-old one in a 7-day window: it must be left out.
+    rows = reports.host_summary(session, admin_user, history["now"] - timedelta(days=7))
+    got = {r["host"]: (r["runs"], r["succeeded"], r["failed"]) for r in rows}
+    assert got == {"db-01": (2, 2, 0), "db-02": (2, 0, 2), "web-01": (4, 4, 0), "web-02": (4, 3, 0)}
+    assert rows[0]["host"] == "db-02" and rows[0]["rate"] == 0.0
+    assert reports.host_summary(session, admin_user, history["now"] + timedelta(days=1)) == []
+    # an operator sees only the hosts of tasks granted to them (here: none)
+    olga = make_user(session, "olga", "operator")
+    assert reports.host_summary(session, olga, history["now"] - timedelta(days=30)) == []
+
+
 def test_keyset_pages_walk_the_whole_history(session, admin_user, history):
     f = reports.Filters()
     seen, before = [], None
