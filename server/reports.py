@@ -32,7 +32,7 @@ from .models import (
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
-TRIGGERS = ("manual", "schedule", "relaunch", "api")
+TRIGGERS = ("manual", "schedule")  # relaunches are manual runs with a parent
 FAILED_EXECUTION = ("failed", "timed_out", "lost")
 FAILED_OPERATION = ("failed", "unreachable")
 CSV_BATCH = 1000          # executions per query
