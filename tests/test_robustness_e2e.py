@@ -330,3 +330,24 @@ def test_unreachable_host_is_retried_within_the_execution(api, session, lab, wor
     # The reachable host ran once.
     assert len(ops[hosts[0]].steps) == 1 and ops[hosts[0]].status == "succeeded"
     assert starts(session, ex_id) == 1
+
+
+@pytest.mark.slow
+def test_lost_within_90_s_with_default_settings(api, session, lab, workers):
+    """The production thresholds: heartbeat 10 s, lost after 60 s, sweep every 15 s."""
+    hosts, cred = setup_hosts(api, lab, lab.servers[:1])
+    task = add_task(api, name="doomed-default", hosts=hosts, credential=cred, commands=["sleep 120"])
+    defaults = {"TASKMANAGER_HEARTBEAT_S": "10", "TASKMANAGER_LOST_AFTER_S": "60",
+                "TASKMANAGER_REAPER_INTERVAL_S": "15", "TASKMANAGER_REQUEUE_GRACE_S": "5"}
+    (victim,) = workers.start(1, **defaults)
+    ex_id = start(api, task)
+    wait_for(lambda: running_step(session, ex_id, "sleep 120"), 60, "sleep 120", workers)
+    time.sleep(8)  # somewhere inside a heartbeat period
+    os.kill(victim.pid, signal.SIGKILL)
+    t_kill = time.monotonic()
+    workers.start(1, **defaults)
+    wait_for(lambda: execution(session, ex_id).status == "lost", 95, "status lost", workers, step=0.5)
+    detect = time.monotonic() - t_kill
+    print(f"\nlost detected {detect:.1f} s after kill -9 with the default settings")
+    assert detect < 90
+    assert starts(session, ex_id) == 1
