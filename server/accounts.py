@@ -140,7 +140,7 @@ def change_own_password(session: Session, user: User, current: Any, new: Any) ->
     if not isinstance(current, str) or not check_password(user, current):
         audit.record(session, "user.password", actor=user.username, target=user, outcome="denied",
                      reason="wrong current password")
-        raise Forbidden("the current password is wrong")
+        raise ValidationError("the current password is wrong", field="current_password")
     if not isinstance(new, str) or len(new) < 8:
         raise ValidationError("the new password must be at least 8 characters", field="new_password")
     if new == current:

@@ -164,12 +164,12 @@ def dry_run_of(session: Session, ex: Execution) -> Execution | None:
 
 def start_dry_run(session: Session, ex: Execution, user: User | None) -> Execution:
     """Queue a check-mode (``--check --diff``) copy of a waiting request for the approvers to inspect."""
+    if user is not None and user.id != ex.requested_by_id and not involves(ex, user):
+        raise Forbidden("only the requester or an approver of this request may start its dry run")
     if ex.task.kind != "playbook":
         raise ValidationError("a dry run is available for playbook tasks only", field="dry_run")
     if ex.status != "waiting_approval":
         raise Conflict(f"execution {ex.id} is {ex.status}, not waiting for approval")
-    if user is not None and user.id != ex.requested_by_id and not involves(ex, user):
-        raise Forbidden("only the requester or an approver of this request may start its dry run")
     current = dry_run_of(session, ex)
     if current is not None and current.status in ("queued", "running"):
         return current

@@ -109,6 +109,8 @@ def approval_detail(execution_id: int):
 def approval_decide(execution_id: int):
     s = db.session()
     ex = _execution_for(execution_id)
+    if ex.status == "waiting_approval" and approvals.may_decide(s, ex, _me()) is not None:
+        abort(403)
     decision = {"approve": "approved", "reject": "rejected"}.get(request.form.get("decision", ""))
     if decision is None:
         abort(400)
@@ -135,8 +137,11 @@ def approval_decide(execution_id: int):
 def approval_dry_run(execution_id: int):
     s = db.session()
     ex = _execution_for(execution_id)
+    user = _me()
+    if user.id != ex.requested_by_id and not approvals.involves(ex, user):
+        abort(403)
     try:
-        dry = approvals.start_dry_run(s, ex, _me())
+        dry = approvals.start_dry_run(s, ex, user)
         s.commit()
         flash(f"Dry run #{dry.id} queued (check mode, with diffs).", "success")
     except ApiError as err:
@@ -178,6 +183,8 @@ def schedule_approval(schedule_id: int):
 def schedule_decide(schedule_id: int):
     s = db.session()
     sch = _schedule_for(schedule_id)
+    if sch.approval_status == "pending" and approvals.may_decide_schedule(s, sch, _me()) is not None:
+        abort(403)
     decision = {"approve": "approved", "reject": "rejected"}.get(request.form.get("decision", ""))
     if decision is None:
         abort(400)
