@@ -17,6 +17,7 @@ and only the YAML inventory plugin is enabled.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
@@ -115,6 +116,28 @@ def _text(value: Any) -> str | None:
     if isinstance(value, list):
         return "\n".join(str(v) for v in value)
     return str(value)
+
+
+def _diff_text(res: dict[str, Any]) -> str | None:
+    """What ``--diff`` reports (check mode: what *would* change), as unified-diff text."""
+    items = [res] + [r for r in res.get("results") or [] if isinstance(r, dict)]
+    out: list[str] = []
+    for item in items:
+        diffs = item.get("diff")
+        for d in diffs if isinstance(diffs, list) else [diffs] if isinstance(diffs, dict) else []:
+            if not isinstance(d, dict):
+                continue
+            if d.get("prepared"):
+                out.append(str(d["prepared"]))
+                continue
+            if "before" not in d and "after" not in d:
+                continue
+            before, after = (v if isinstance(v, str) else json.dumps(v, indent=2, sort_keys=True, default=str)
+                             for v in (d.get("before") or "", d.get("after") or ""))
+            out.extend(difflib.unified_diff(before.splitlines(), after.splitlines(),
+                                            str(d.get("before_header") or "before"),
+                                            str(d.get("after_header") or "after"), lineterm=""))
+    return "\n".join(out) or None
 
 
 def venv_bin() -> Path:
@@ -321,6 +344,7 @@ class Recorder:
             stdout = msg
         if status in ("failed", "unreachable") and not stderr and msg:
             stderr = msg
+        stdout = _join(stdout, _diff_text(res)) or None  # --diff (dry runs for approvers)
         step.status = status
         step.rc = res.get("rc") if isinstance(res.get("rc"), int) else step.rc
         step.stdout = _clip(stdout, MAX_STEP_OUTPUT)
@@ -535,7 +559,7 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         project_dir = str(resolved.parent)
         roles_path.insert(0, str(resolved.parent / "roles"))
     if ex.check_mode:
-        cmdline.append("--check")
+        cmdline += ["--check", "--diff"]  # a dry run shows the approver what would change
     if task.kind == "playbook" and task.become:
         cmdline.append("--become")
     passwords: dict[str, str] = {}
