@@ -25,6 +25,7 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(worker_cmd)
     app.cli.add_command(scheduler_cmd)
     app.cli.add_command(serve_cmd)
+    app.cli.add_command(notifier_cmd)
 
 
 def _fail(message: str) -> None:
@@ -149,3 +150,19 @@ def serve_cmd() -> None:
     from .launcher import serve
 
     serve(current_app.config["TM"])
+
+
+@click.command("notifier")
+@click.option("--interval", default=5.0, show_default=True, help="seconds between polls")
+def notifier_cmd(interval: float) -> None:
+    """Deliver pending notifications until stopped (the scheduler process already does this;
+    run it separately only when no scheduler runs on this machine)."""
+    import signal
+    import threading
+
+    from .notify import run_loop
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    run_loop(current_app._get_current_object(), stop, interval)

@@ -325,6 +325,32 @@ def test_background_thread_delivers(app, session, receiver):
     assert len(r.requests) == 1 and "SUCCEEDED" in json.loads(r.requests[0]["body"])["title"]
 
 
+def test_notifier_command_delivers(app, session, receiver, env):
+    """`flask --app wsgi notifier` as its own process (for machines without a scheduler)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    r = receiver()
+    add_channel(session, "hook", f"json://127.0.0.1:{r.port}/cli")
+    notify.execution_finished(session, failed_execution(session))
+    session.commit()
+    proc = subprocess.Popen([str(repo / ".venv" / "bin" / "flask"), "--app", "wsgi", "notifier", "--interval", "0.2"],
+                            cwd=repo, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not r.requests and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0]
+    assert len(r.requests) == 1, out.decode()[-2000:]
+    assert proc.returncode == 0, out.decode()[-2000:]
+    session.expire_all()
+    assert session.execute(select(NotificationDelivery.status)).scalar_one() == "sent"
+
+
 def test_test_message_endpoint(api, session, receiver):
     r = receiver()
     status, ch = api.post("/api/v1/notifications", {"name": "hook", "url": f"json://127.0.0.1:{r.port}/t",
