@@ -367,3 +367,21 @@ def test_unchanged_task_keeps_its_fingerprint(world, session):
     snap = approvals.current_snapshot(session, ex.task, ex.vars, ex.limit_hosts)
     assert snap.error is None and snap.fingerprint == ex.fingerprint and snap.parts == ex.approval_plan["parts"]
     assert approvals.explain_change(ex.approval_plan["parts"], snap.parts).startswith("the task definition")
+
+
+def test_reading_an_execution_expires_an_overdue_request(world, session):
+    w = world
+    ex_id = request_run(w["olga"], w["task"]["id"])
+    session.execute(Execution.__table__.update().where(Execution.id == ex_id)
+                    .values(approval_expires_at=utcnow() - timedelta(minutes=5)))
+    session.commit()
+    session.expire_all()
+    status, body = w["olga"].get(f"/api/v1/executions/{ex_id}")
+    assert status == 200 and body["status"] == "expired" and "no decision before" in body["message"]
+    later = request_run(w["olga"], w["task"]["id"])
+    session.execute(Execution.__table__.update().where(Execution.id == later)
+                    .values(approval_expires_at=utcnow() - timedelta(seconds=1)))
+    session.commit()
+    session.expire_all()
+    status, page = w["olga"].get("/api/v1/executions?status=waiting_approval")
+    assert status == 200 and page["items"] == []

@@ -8,7 +8,7 @@ from flask import jsonify, request
 from sqlalchemy import select
 from sqlalchemy.orm import joinedload, selectinload
 
-from .. import db
+from .. import approvals, db
 from ..access import can_view_execution, filter_executions, require_task, task_permissions
 from ..errors import Forbidden, NotFound, ValidationError
 from ..executions import MAX_REASON, cancel_execution, request_execution
@@ -120,6 +120,8 @@ def run_task(task_id: int):
 def list_executions():
     """Executions this user may see, newest first (without operations)."""
     s = db.session()
+    if approvals.expire_due(s):  # requests past their deadline show as expired (lazy expiry)
+        s.commit()
     query = (select(Execution).options(joinedload(Execution.task), joinedload(Execution.requested_by))
              .order_by(Execution.created_at.desc(), Execution.id.desc()))
     query = filter_executions(query, me(), s)
@@ -150,7 +152,8 @@ def list_executions():
 @describe(response="ExecutionDetail")
 def get_execution(execution_id: int):
     """One execution with its operations (one per host) and their steps."""
-    visible_execution(execution_id)
+    if approvals.expire_if_due(db.session(), visible_execution(execution_id)):
+        db.session.commit()
     ex = db.session.execute(
         select(Execution).where(Execution.id == execution_id)
         .options(selectinload(Execution.operations).selectinload(Operation.steps))
