@@ -70,7 +70,7 @@ def _connect(module):
     url = p["url"]
     if not url.lower().startswith("ldaps://"):
         module.fail_json(msg=f"url must be ldaps://host[:port] (TLS), not {url!r}")
-    server = ldap3.Server(url, use_ssl=True, tls=tls, connect_timeout=p["timeout"], get_info=ldap3.NONE)
+    server = ldap3.Server(url, use_ssl=True, tls=tls, connect_timeout=int(p["timeout"]), get_info=ldap3.NONE)
     conn = ldap3.Connection(server, user=p["bind_dn"], password=p["bind_password"] or None,
                             receive_timeout=p["timeout"], raise_exceptions=False, read_only=False)
     try:
@@ -121,21 +121,25 @@ def _find(module, conn):
     return entries[0]
 
 
+def _first(value):
+    """ldap3 gives lists (empty for requested attributes the entry lacks)."""
+    if isinstance(value, list):
+        return value[0] if value else None
+    return value
+
+
 def _lock_state(entry):
     a = entry["attributes"]
     locked_by = []
-    if a.get("pwdAccountLockedTime"):
+    if _first(a.get("pwdAccountLockedTime")) not in (None, ""):
         locked_by.append("pwdAccountLockedTime")
-    lockout = a.get("lockoutTime")
-    lockout = lockout[0] if isinstance(lockout, list) and lockout else lockout
-    if lockout not in (None, "", 0, "0") and str(lockout) not in ("1601-01-01 00:00:00+00:00",):
+    lockout = _first(a.get("lockoutTime"))
+    # AD: 0 (or the 1601 epoch ldap3 turns it into) means not locked.
+    if lockout not in (None, "", 0, "0") and not str(lockout).startswith("1601-01-01"):
         locked_by.append("lockoutTime")
-    ns = a.get("nsAccountLock")
-    ns = ns[0] if isinstance(ns, list) and ns else ns
-    if str(ns).lower() == "true":
+    if str(_first(a.get("nsAccountLock"))).lower() == "true":
         locked_by.append("nsAccountLock")
-    uac = a.get("userAccountControl")
-    uac = uac[0] if isinstance(uac, list) and uac else uac
+    uac = _first(a.get("userAccountControl"))
     disabled = bool(uac and int(uac) & AD_DISABLED)
     return locked_by, disabled
 

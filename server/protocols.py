@@ -541,15 +541,15 @@ def _check_ldaps(host, credential, secret, timeout) -> Result:
 
     verify = _flag(host, "tls_verify", True)
     tls = ldap3.Tls(validate=ssl.CERT_REQUIRED if verify else ssl.CERT_NONE, ca_certs_file=ca_bundle(host) if verify else None)
-    server = ldap3.Server(host.address, port=port_of(host), use_ssl=True, tls=tls, connect_timeout=timeout,
+    server = ldap3.Server(host.address, port=port_of(host), use_ssl=True, tls=tls, connect_timeout=int(timeout),
                           get_info=ldap3.NONE)
     try:
         if credential is None:
-            conn = ldap3.Connection(server, auto_bind=False, receive_timeout=timeout)
+            conn = ldap3.Connection(server, auto_bind=False, receive_timeout=int(timeout))
             conn.open()
             conn.unbind()
             return Result(True, "LDAPS (TLS) connection works; no credential, bind not tested", {"tls_verified": verify})
-        conn = ldap3.Connection(server, user=credential.username, password=secret or "", receive_timeout=timeout,
+        conn = ldap3.Connection(server, user=credential.username, password=secret or "", receive_timeout=int(timeout),
                                 raise_exceptions=False)
         if not conn.bind():
             desc = conn.result.get("description") or "bind failed"

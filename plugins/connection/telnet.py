@@ -147,6 +147,10 @@ class TelnetSession:
             self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
             # Small request/response lines: without this, delayed ACKs cost 40 ms each.
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except ConnectionRefusedError as exc:
+            raise TelnetError(f"connection refused by {self.host}:{self.port} (nothing listens there)") from exc
+        except socket.timeout as exc:
+            raise TelnetError(f"timed out after {self.timeout:.0f} s connecting to {self.host}:{self.port}") from exc
         except OSError as exc:
             raise TelnetError(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from exc
 
