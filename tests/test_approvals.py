@@ -385,3 +385,52 @@ def test_reading_an_execution_expires_an_overdue_request(world, session):
     session.expire_all()
     status, page = w["olga"].get("/api/v1/executions?status=waiting_approval")
     assert status == 200 and page["items"] == []
+
+
+def test_two_approvers_at_once_decide_a_level_only_once(api, api_as, app, session):
+    """Two approvers of the same level press Approve together: one wins, the other gets a conflict."""
+    import threading
+
+    from server import db
+    from server.errors import ApiError
+    from server.models import User
+
+    host(api, "c1")
+    t = task(api, "race", hosts=["c1"])
+    op = api_as("op", "operator")
+    api_as("a1", "approver")
+    api_as("a2", "approver")
+    assert api.post("/api/v1/policies", {"name": "race", "users": ["op"], "tasks": ["race"],
+                                         "requires_approval": True,
+                                         "approvers": [{"user": "a1", "level": 1}, {"user": "a2", "level": 1},
+                                                       {"user": "admin", "level": 2}]})[0] == 201
+    ex_id = request_run(op, t["id"])
+    barrier = threading.Barrier(2)
+    results: dict[str, str] = {}
+
+    def press(name: str) -> None:
+        with app.app_context():
+            s = db.session()
+            try:
+                user = s.execute(select(User).where(User.username == name)).scalar_one()
+                ex = s.get(Execution, ex_id)
+                barrier.wait(10)
+                approvals.decide(s, ex, user, "approved")
+                s.commit()
+                results[name] = "ok"
+            except ApiError as err:
+                s.rollback()
+                results[name] = f"{err.status}"
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=press, args=(n,)) for n in ("a1", "a2")]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert sorted(results.values()) == ["409", "ok"], results
+    session.expire_all()
+    ex = session.get(Execution, ex_id)
+    assert ex.status == "waiting_approval" and ex.approval_level == 2  # level 2 was not skipped
+    assert len(session.execute(select(Approval).where(Approval.execution_id == ex_id)).scalars().all()) == 1
