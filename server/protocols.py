@@ -137,6 +137,20 @@ def credential_problem(protocol_name: str, credential: Credential | None) -> str
     return None
 
 
+def commands_problem(hosts) -> str | None:
+    """Why a ``commands`` task may not run on these hosts (None when it may).
+
+    Hosts reached through an API protocol run their tasks on the Task Manager server
+    (connection local): raw command lines there would run on the server itself.
+    """
+    bad = sorted(h.name for h in hosts if not protocol(h.protocol).runs_commands)
+    if not bad:
+        return None
+    shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    return (f"command lines cannot run on {shown}: their protocol is an API or service check "
+            "(https, ldaps, rdp, vnc); use a playbook task for them")
+
+
 # --------------------------------------------------------------------------- host variables
 
 

@@ -342,6 +342,19 @@ def test_host_vars_of_every_protocol(app, api, session):
     assert not ok and "needs a token or password credential" in reason
 
 
+def test_commands_refused_on_api_protocols(app, api, session):
+    from server import protocols
+
+    add_host(api, "api-x", "192.0.2.60", "https")
+    add_host(api, "ssh-x", "192.0.2.61", "ssh")
+    add_host(api, "tn-x", "192.0.2.62", "telnet")
+    hosts, _ = rows(session, ["api-x", "ssh-x", "tn-x"], None)
+    assert protocols.commands_problem(hosts[1:]) is None
+    assert protocols.commands_problem(hosts) == (
+        "command lines cannot run on api-x: their protocol is an API or service check (https, ldaps, rdp, vnc); "
+        "use a playbook task for them")
+
+
 def protolab_key() -> str:
     from tests.resource_factories import ed25519_key
 
@@ -717,6 +730,8 @@ def test_connection_test_page(app, session, telnetd, admin_user):
 
     host = create_host(session, {"name": "page-host", "address": telnetd.addr, "protocol": "telnet"}, actor="test")
     session.commit()
+    listing = client.get("/hosts").get_data(as_text=True)
+    assert f'href="/hosts/{host.id}/test"' in listing  # the button on the hosts page
     page = client.get(f"/hosts/{host.id}/test")
     assert page.status_code == 200 and "Test connection to page-host" in page.get_data(as_text=True)
     resp = client.post(f"/hosts/{host.id}/test", data={"csrf_token": csrf_token(page.get_data(as_text=True))})
