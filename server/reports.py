@@ -277,16 +277,18 @@ def failing_hosts(session: Session, task_ids: set[int] | None, since: datetime, 
                   task_id: int | None = None) -> list[dict[str, Any]]:
     """Hosts with the most failed or unreachable operations over the window."""
     f = Filters(task_ids=task_ids, start=since)
+    executions = select(Execution.id).where(*_execution_conditions(f))
+    if task_id is not None:
+        executions = executions.where(Execution.task_id == task_id)
+    # IN (subquery) rather than a join: the planner probes (execution_id, status) per
+    # execution in the window instead of scanning every operation by host.
     stmt = (
         select(Operation.host_name, func.count().label("failures"), func.max(Operation.execution_id).label("last_id"))
-        .join(Execution, Execution.id == Operation.execution_id)
-        .where(Operation.status.in_(FAILED_OPERATION), *_execution_conditions(f))
+        .where(Operation.status.in_(FAILED_OPERATION), Operation.execution_id.in_(executions))
         .group_by(Operation.host_name)
         .order_by(func.count().desc(), Operation.host_name)
         .limit(limit)
     )
-    if task_id is not None:
-        stmt = stmt.where(Execution.task_id == task_id)
     return [{"host": r.host_name, "failures": r.failures, "last_id": r.last_id} for r in session.execute(stmt)]
 
 
@@ -376,11 +378,11 @@ def host_report(session: Session, user: User, host: str, window: str = "30d", no
     if window not in WINDOWS:
         raise ValidationError(f"'window' must be one of {', '.join(WINDOWS)}", field="window")
     now = now or utcnow()
-    f = Filters(task_ids=access.visible_task_ids(session, user), start=now - WINDOWS[window])
+    f = Filters(task_ids=access.visible_task_ids(session, user), own_user_id=user.id, start=now - WINDOWS[window])
     stmt = (
         select(Operation.status, func.count())
-        .join(Execution, Execution.id == Operation.execution_id)
-        .where(Operation.host_name == host, *_execution_conditions(f))
+        .where(Operation.host_name == host,
+               Operation.execution_id.in_(select(Execution.id).where(*_execution_conditions(f))))
         .group_by(Operation.status)
     )
     counts = {status: n for status, n in session.execute(stmt)}
