@@ -228,6 +228,10 @@ class Recorder:
         self.last_cancel_check = 0.0
         self.cancel_seen = False
         self.events = 0
+        self.handler_s = 0.0  # time spent recording events (for the run summary)
+        self.first_event_at: float | None = None
+        self.flushes = 0
+        self.flush_soon = False
         self.attempt = attempt
         if attempt > 1:  # a retry of unreachable hosts (retries.py): steps follow the earlier ones
             base = dict(session.execute(
@@ -239,14 +243,19 @@ class Recorder:
 
     # -- ansible-runner callbacks ------------------------------------------------------
     def event_handler(self, event: dict[str, Any]) -> bool:
+        began = time.monotonic()
+        if self.first_event_at is None:
+            self.first_event_at = began
         self.events += 1
         try:
             self._handle(event)
         except Exception:  # never let a bookkeeping problem kill the run
             log.exception("execution %s: could not record event %s", self.ex.id, event.get("event"))
         self.pending_events += 1
-        if self.pending_events >= FLUSH_EVERY_EVENTS or time.monotonic() - self.last_flush >= FLUSH_EVERY_S:
+        if (self.flush_soon or self.pending_events >= FLUSH_EVERY_EVENTS
+                or began - self.last_flush >= FLUSH_EVERY_S):
             self.flush()
+        self.handler_s += time.monotonic() - began
         return False  # nothing is written to the artifacts directory
 
     def cancel_callback(self) -> bool:
@@ -263,6 +272,8 @@ class Recorder:
 
     def flush(self) -> None:
         self.session.commit()
+        self.flushes += 1
+        self.flush_soon = False
         self.pending_events = 0
         self.last_flush = time.monotonic()
 
@@ -395,6 +406,8 @@ class Recorder:
         if not st.done:
             st.done = True
             self.ex.hosts_done = (self.ex.hosts_done or 0) + 1
+            if st.final and all(h.final for h in self.hosts.values()):
+                self.flush_soon = True  # the last result: visible now, not at the next batch
 
     # -- the end -------------------------------------------------------------------------
     def finish(self, runner: Runner | None, timeout_s: int, failure: str | None = None) -> RunResult:
@@ -634,6 +647,7 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
     """
     task = ex.task
     timeout_s = int(timeout_s or task.timeout_s or 3600)
+    began = time.monotonic()
     private_dir = Path(tempfile.mkdtemp(prefix="tm-run-"))  # 0700
     runner: Runner | None = None
     recorder: Recorder | None = None
@@ -685,8 +699,16 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
             event_handler=recorder.event_handler,
             cancel_callback=recorder.cancel_callback,
         )
+        spawned = time.monotonic()
         runner.run()
-        return recorder.finish(runner, timeout_s)
+        ended = time.monotonic()
+        result = recorder.finish(runner, timeout_s)
+        log.info(
+            "execution %s: %s on %d hosts; prepare %.3f s, ansible start to first event %.3f s, run %.3f s, "
+            "%d events recorded in %.3f s (%d commits)",
+            ex.id, result.status, len(hosts), spawned - began, (recorder.first_event_at or ended) - spawned,
+            ended - spawned, recorder.events, recorder.handler_s, recorder.flushes)
+        return result
     finally:
         if mark:
             procs.kill_marked(mark)  # nothing of this run outlives it (exceptions, RQ timeout)
