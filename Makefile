@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages: what the product runs on, plus the real servers the tests start.
 RUN_PKGS := redis-server openssh-client sshpass git python3-venv
 TEST_PKGS := openssh-server sudo postgresql chromium inetutils-telnetd inetutils-telnet slapd ldap-utils \
-             xrdp x11vnc xvfb xauth x11-apps openssl procps iproute2
+             xrdp x11vnc xvfb xauth x11-apps x11-utils x11-xserver-utils openssl procps iproute2
 
 .PHONY: run test demo system-run system-test venv migrate admin
 
