@@ -13,6 +13,10 @@ worker, changes nothing twice. It:
 * starts executions waiting for a concurrent run of their task to end;
 * prunes raw output older than the retention period, in batches;
 * expires approval requests, when ``server.approvals`` offers ``expire_due``.
+
+Besides, without the lock, each worker's thread ends the local leftovers of runs whose
+worker process died (``procs.reap_orphans``): an ``ansible-playbook`` orphaned by a
+``kill -9`` must not keep working on hosts after its execution was declared lost.
 """
 from __future__ import annotations
 
