@@ -38,7 +38,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
-from . import audit, db, jobs
+from . import audit, db, jobs, notify
 from .errors import ApiError
 from .executions import request_execution
 from .models import Group, Schedule, ScheduleFire, Task, TZDateTime, utcnow
@@ -183,10 +183,6 @@ def _due_batch(session: Session, now: datetime, after_id: int, limit: int) -> li
 
 
 def _notify_missed(session: Session, schedule: Schedule, fires: list[ScheduleFire]) -> None:
-    try:
-        from . import notify
-    except ImportError:  # pragma: no cover - notifications are optional
-        return
     notify.emit(session, "schedule.missed", schedule=schedule, due_at=", ".join(iso(f.due_at) for f in fires[:10]),
                 message=fires[-1].detail)
 
@@ -417,12 +413,7 @@ def run_scheduler(app: Flask | None = None, *, max_idle_s: float = MAX_IDLE_S) -
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    try:
-        from . import notify
-
-        notify.start_thread(app)  # notification deliveries run in the scheduler process
-    except ImportError:  # pragma: no cover
-        pass
+    notify.start_thread(app)  # notification deliveries run in the scheduler process (see notify.py)
     waker = _Waker()
     log.info("scheduler %s started", name)
     errors = 0

@@ -329,3 +329,17 @@ def test_a_scheduler_with_a_stale_view_cannot_fire_twice(session, task):
     session.commit()
     assert tick(session, at(2030, 1, 1, 10, 0, 1)) == []
     assert len(executions(session, s)) == 1 and len(fires_of(session, s)) == 1
+
+
+def test_a_miss_notifies_channels_subscribed_to_schedule_missed(session, task):
+    from server import notify
+    from server.models import NotificationDelivery
+
+    notify.create_channel(session, {"name": "ops", "url": "json://127.0.0.1:9/hook", "events": ["schedule.missed"]},
+                          actor="test")
+    session.commit()
+    make(session, task, "0 * * * *", now=at(2030, 1, 1, 9, 30))
+    tick(session, at(2030, 1, 1, 11, 30))  # 10:00 and 11:00 both missed: one notification
+    rows = session.execute(select(NotificationDelivery)).scalars().all()
+    assert [(r.event, r.status) for r in rows] == [("schedule.missed", "pending")]
+    assert "restart" in rows[0].title and "2030-01-01T10:00:00+00:00" in rows[0].body

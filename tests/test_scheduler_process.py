@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -64,12 +64,18 @@ def test_scheduler_process_fires_every_minute_schedule_and_worker_runs_it(api, s
         status, task = api.post("/api/v1/tasks", {"name": "minutely", "kind": "commands", "hosts": [srv.name],
                                                   "credential": "lab-key", "commands": ["echo scheduled-hello"]})
         assert status == 201, task
-        status, sched = api.post(f"/api/v1/tasks/{task['id']}/schedules", {"cron": "* * * * *", "timezone": "UTC"})
-        assert status == 201, sched
-
         scheduler = start("scheduler", log=tmp_path / "scheduler.log")
         worker = start("worker", log=tmp_path / "worker.log")
         try:
+            live = wait_for(lambda: api.get("/api/v1/scheduler")[1]["schedulers"], 30, "the scheduler's heartbeat")
+            assert live[0]["next_fire_at"] is None  # nothing to do: it sleeps
+            status, sched = api.post(f"/api/v1/tasks/{task['id']}/schedules", {"cron": "* * * * *", "timezone": "UTC"})
+            assert status == 201, sched
+            # the API's change notification wakes it at once (its idle poll is 30 s)
+            due = datetime.fromisoformat(sched["next_fire_at"])
+            wait_for(lambda: any(h["next_fire_at"] and datetime.fromisoformat(h["next_fire_at"]) == due
+                                 for h in api.get("/api/v1/scheduler")[1]["schedulers"]), 3,
+                     "the scheduler to notice the new schedule")
             def fired():
                 session.expire_all()
                 return session.execute(
@@ -80,8 +86,6 @@ def test_scheduler_process_fires_every_minute_schedule_and_worker_runs_it(api, s
             assert ex.trigger == "schedule" and ex.scheduled_for.second == 0
             # woken at the due instant, not by a coarse poll
             assert ex.queued_at - ex.scheduled_for < timedelta(seconds=2), (ex.queued_at, ex.scheduled_for)
-            status, live = api.get("/api/v1/scheduler")
-            assert status == 200 and live["schedulers"], live
 
             def finished():
                 session.expire_all()

@@ -113,6 +113,7 @@ def update_schedule(schedule_id: int):
 
 
 @api_bp.delete("/schedules/<int:schedule_id>")
+@describe(status=204)
 def delete_schedule(schedule_id: int):
     """Remove a schedule (its executions stay; the audit log keeps the definition)."""
     schedule = _visible_schedule(schedule_id)
@@ -202,12 +203,14 @@ def create_blackout():
 @api_bp.get("/blackouts/<int:blackout_id>")
 @describe(response="Blackout")
 def get_blackout(blackout_id: int):
+    """One blackout window."""
     return jsonify(svc.blackout_dict(get_or_404(Blackout, blackout_id, "blackout")))
 
 
 @api_bp.patch("/blackouts/<int:blackout_id>")
 @describe(request="BlackoutInput", response="Blackout")
 def update_blackout(blackout_id: int):
+    """Move or rename a blackout window (admins)."""
     access.require(me(), "schedules.admin")
     b = svc.update_blackout(db.session(), get_or_404(Blackout, blackout_id, "blackout"), me(), json_body())
     db.session.commit()
@@ -215,7 +218,9 @@ def update_blackout(blackout_id: int):
 
 
 @api_bp.delete("/blackouts/<int:blackout_id>")
+@describe(status=204)
 def delete_blackout(blackout_id: int):
+    """Remove a blackout window (admins)."""
     access.require(me(), "schedules.admin")
     svc.delete_blackout(db.session(), get_or_404(Blackout, blackout_id, "blackout"), me())
     db.session.commit()
