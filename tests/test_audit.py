@@ -17,6 +17,13 @@ from server import audit, db
 from server.models import AuditLog
 
 
+@pytest.fixture(scope="session")
+def redis_db() -> int:
+    """Not conftest's db 1: other pytest processes sharing this Redis flush that one, which
+    would take the Redis head anchor with it in the middle of a test."""
+    return 9 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % 3
+
+
 def _rows(session) -> list[AuditLog]:
     return session.execute(select(AuditLog).order_by(AuditLog.id)).scalars().all()
 
