@@ -192,24 +192,35 @@ def _notify_finished(session: Session, ex: Execution) -> None:
 # ------------------------------------------------------------------ queued executions
 
 
-def _job_pending(conn, queue_key: bytes | str, ex: Execution, now: datetime, lost_after_s: float) -> bool:
-    """Whether Redis still holds a job that will (or does) run this execution."""
-    job_id = f"execution-{ex.id}"
-    fields = conn.hmget(f"rq:job:{job_id}", "status", "worker_name")
-    status = fields[0].decode() if fields[0] else None
-    if status is None:
-        return False  # Redis flushed or restarted without the job
-    if status == "queued":
-        return conn.lpos(queue_key, job_id) is not None
-    if status in ("scheduled", "deferred", "created"):
-        return True
-    if status == "started":
-        # A worker took it but has not claimed it (yet): wait, unless that worker is gone
-        # or never got to its claim.
-        worker = fields[1].decode() if fields[1] else ""
-        queued_for = (now - (ex.queued_at or ex.created_at)).total_seconds()
-        return bool(worker) and bool(conn.exists(f"rq:worker:{worker}")) and queued_for < lost_after_s
-    return False  # finished / failed / stopped / canceled while the database says queued
+class _Jobs:
+    """What Redis holds for some executions: one LRANGE and one pipelined HMGET per call,
+    so that a long queue costs O(n), not a round trip (or an LPOS scan) per execution."""
+
+    def __init__(self, conn, queue_key, execution_ids: list[int]) -> None:
+        self.conn = conn
+        self.in_queue = {x.decode() for x in conn.lrange(queue_key, 0, -1)}
+        pipe = conn.pipeline(transaction=False)
+        for ex_id in execution_ids:
+            pipe.hmget(f"rq:job:execution-{ex_id}", "status", "worker_name")
+        self.fields = dict(zip(execution_ids, pipe.execute()))
+
+    def pending(self, ex: Execution, now: datetime, lost_after_s: float) -> bool:
+        """Whether Redis still holds a job that will (or does) run this execution."""
+        status_raw, worker_raw = self.fields.get(ex.id) or (None, None)
+        status = status_raw.decode() if status_raw else None
+        if status is None:
+            return False  # Redis flushed or restarted without the job
+        if status == "queued":
+            return f"execution-{ex.id}" in self.in_queue
+        if status in ("scheduled", "deferred", "created"):
+            return True
+        if status == "started":
+            # A worker took it but has not claimed it (yet): wait, unless that worker is gone
+            # or never got to its claim.
+            worker = worker_raw.decode() if worker_raw else ""
+            queued_for = (now - (ex.queued_at or ex.created_at)).total_seconds()
+            return bool(worker) and bool(self.conn.exists(f"rq:worker:{worker}")) and queued_for < lost_after_s
+        return False  # finished / failed / stopped / canceled while the database says queued
 
 
 def requeue(session: Session, now: datetime, cfg: ReaperConfig) -> list[int]:
@@ -229,6 +240,7 @@ def requeue(session: Session, now: datetime, cfg: ReaperConfig) -> list[int]:
     )
     pushed: list[int] = []
     seen_tasks: set[int] = set()
+    held = _Jobs(conn, queue_key, [ex.id for ex in queued])
     for ex in queued:
         if (ex.queued_at or ex.created_at) > grace:
             continue
@@ -236,7 +248,7 @@ def requeue(session: Session, now: datetime, cfg: ReaperConfig) -> list[int]:
         if exclusive and ex.task_id in seen_tasks:
             continue  # an older one of this task goes first
         seen_tasks.add(ex.task_id)
-        if _job_pending(conn, queue_key, ex, now, cfg.lost_after_s):
+        if held.pending(ex, now, cfg.lost_after_s):
             continue
         if concurrency.blocker(session, ex) is not None:
             continue  # waits; the run it waits for releases it when it ends
@@ -254,13 +266,14 @@ def release_waiting(session: Session, task_id: int) -> list[int]:
     queue_key = jobs.queue().key
     now = utcnow()
     pushed: list[int] = []
-    waiting = session.execute(
+    waiting = list(session.execute(
         select(Execution)
         .where(Execution.task_id == task_id, Execution.status == "queued")
         .order_by(Execution.created_at, Execution.id)
-    ).scalars()
+    ).scalars())
+    held = _Jobs(conn, queue_key, [ex.id for ex in waiting])
     for ex in waiting:
-        if not _job_pending(conn, queue_key, ex, now, 3600) and concurrency.blocker(session, ex) is None:
+        if not held.pending(ex, now, 3600) and concurrency.blocker(session, ex) is None:
             jobs.enqueue(ex.id, ex.task.timeout_s or 3600)
             pushed.append(ex.id)
         if not ex.task.allow_simultaneous:
