@@ -258,6 +258,20 @@ def test_retry_on_lost_runs_a_new_execution(api, session, lab, workers, tmp_path
     os.path.exists(flag) and os.unlink(flag)
 
 
+def test_sigterm_lets_the_running_execution_finish(api, session, lab, workers):
+    """What ``systemctl stop`` does (KillMode=mixed): the worker finishes its run, then exits."""
+    hosts, cred = setup_hosts(api, lab, lab.servers[:1])
+    task = add_task(api, name="graceful", hosts=hosts, credential=cred, commands=["sleep 3", "echo done"])
+    (worker,) = workers.start(1)
+    ex_id = start(api, task)
+    wait_for(lambda: running_step(session, ex_id, "sleep 3"), 60, "sleep 3", workers)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0, workers.logs()
+    ex = execution(session, ex_id)
+    assert ex.status == "succeeded", (ex.status, ex.message)
+    assert ex.operations[0].steps[-1].stdout.strip() == "done"
+
+
 # ------------------------------------------------------------------ Redis loss
 
 
