@@ -30,6 +30,14 @@ def _isolated_clients(app):
     app.test_client_class = IsolatedClient
 
 
+@pytest.fixture(scope="session")
+def redis_db() -> int:
+    """Not conftest's db 1: other pytest processes sharing this Redis flush that one."""
+    import os
+
+    return 9 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % 3
+
+
 def web_login(app, username: str, password: str = ADMIN_PASSWORD):
     client = app.test_client()
     page = client.get("/login").get_data(as_text=True)
