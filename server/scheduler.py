@@ -267,8 +267,12 @@ def _record_failure(session: Session, schedule_id: int, now: datetime, exc: Base
     s = session.get(Schedule, schedule_id, populate_existing=True)
     if s is None or s.next_fire_at is None or s.next_fire_at > now:
         return []
-    dues, _, after = _due_instants(s, now)
     detail = f"internal error: {type(exc).__name__}: {str(exc)[:500]}"
+    try:
+        dues, _, after = _due_instants(s, now)
+    except Exception:  # noqa: BLE001 - its definition cannot be evaluated: park it until edited
+        dues, after = [s.next_fire_at], None
+        detail += "; the schedule is parked until it is edited"
     rows = [{"schedule_id": s.id, "due_at": d, "outcome": "error", "detail": detail, "recorded_at": now}
             for d in dues]
     fires = list(_claim(session, rows).values())

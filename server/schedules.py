@@ -223,12 +223,16 @@ def next_runs(schedule: Schedule, now: datetime | None = None, count: int = 5) -
         return []
     first = schedule.next_fire_at  # the first instant not handled yet, possibly overdue
     after = first - _MICRO if first is not None else (now or utcnow())
-    z = zone(schedule.timezone)
-    out = []
-    for inst in fire_times(schedule.cron, schedule.timezone, after, start_at=schedule.start_at, end_at=schedule.end_at):
-        out.append(inst.astimezone(z))
-        if len(out) >= count:
-            break
+    out: list[datetime] = []
+    try:
+        z = zone(schedule.timezone)
+        for inst in fire_times(schedule.cron, schedule.timezone, after, start_at=schedule.start_at,
+                               end_at=schedule.end_at):
+            out.append(inst.astimezone(z))
+            if len(out) >= count:
+                break
+    except (CroniterError, ValueError, KeyError, ZoneInfoNotFoundError):
+        return []  # a definition stored behind the API's back; the scheduler records the error
     return out
 
 

@@ -343,3 +343,17 @@ def test_a_miss_notifies_channels_subscribed_to_schedule_missed(session, task):
     rows = session.execute(select(NotificationDelivery)).scalars().all()
     assert [(r.event, r.status) for r in rows] == [("schedule.missed", "pending")]
     assert "restart" in rows[0].title and "2030-01-01T10:00:00+00:00" in rows[0].body
+
+
+def test_a_broken_schedule_is_recorded_and_does_not_block_the_others(session, task, caplog):
+    good = make(session, task, "0 * * * *", now=at(2030, 1, 1, 9, 30))
+    bad = make(session, task, "0 * * * *", now=at(2030, 1, 1, 9, 30))
+    bad.cron = "not a cron"  # corrupted behind the API's back
+    session.commit()
+    fires = {f.schedule_id: f for f in tick(session, at(2030, 1, 1, 10))}
+    assert fires[good.id].outcome == "fired"
+    assert fires[bad.id].outcome == "error" and "parked" in fires[bad.id].detail
+    session.refresh(bad)
+    assert bad.next_fire_at is None
+    assert tick(session, at(2030, 1, 1, 11)) != []  # the loop keeps going
+    assert session.execute(select(AuditLog).where(AuditLog.action == "schedule.error")).scalar_one().target_id == str(bad.id)
