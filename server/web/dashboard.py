@@ -87,8 +87,9 @@ def report_task(task_id: int):
 @web_bp.get("/reports/hosts")
 @login_required
 def report_hosts():
-    window = request.args.get("window", "30d")
-    window = window if window in reports.WINDOWS else "30d"
+    # 7 days by default: per-host totals read every operation of the window.
+    window = request.args.get("window", "7d")
+    window = window if window in reports.WINDOWS else "7d"
     rows = reports.host_summary(db.session(), current_user, utcnow() - reports.WINDOWS[window])
     return render_template("reports/hosts.html", rows=rows, window=window)
 
