@@ -123,6 +123,12 @@ def running_step(session, ex_id: int, name: str) -> bool:
     )
 
 
+def all_sleeping(session, ex_id: int, name: str, n: int) -> bool:
+    ex = execution(session, ex_id)
+    return ex.status == "running" and sum(
+        1 for op in ex.operations for s in op.steps if s.name.endswith(name) and s.status == "running") == n
+
+
 def run_processes(ex_id: int, workers: Workers) -> list[procs.Proc]:
     """Local processes of this test's runs of ``ex_id``, other than ssh ControlPersist masters.
 
@@ -147,11 +153,7 @@ def test_cancel_stops_a_sleeping_run_within_5_s(api, session, lab, workers):
     task = add_task(api, name="sleepy", hosts=hosts, credential=cred, commands=["echo before", "sleep 60"])
     workers.start(1)
     ex_id = start(api, task)
-    def sleeping() -> bool:
-        ex = execution(session, ex_id)
-        return sum(1 for op in ex.operations for s in op.steps if s.name.endswith("sleep 60") and s.status == "running") == 3
-
-    wait_for(sleeping, 60, "sleep 60 on every host", workers)
+    wait_for(lambda: all_sleeping(session, ex_id, "sleep 60", len(hosts)), 60, "sleep 60 on every host", workers)
     assert any(p.cmdline.find("ansible-playbook") >= 0 for p in run_processes(ex_id, workers))
 
     t0 = time.monotonic()
@@ -181,7 +183,7 @@ def test_cancel_stops_a_sleeping_run_within_5_s(api, session, lab, workers):
 
 def test_timeout_keeps_partial_results(api, session, lab, workers):
     hosts, cred = setup_hosts(api, lab)
-    task = add_task(api, name="slow", hosts=hosts, credential=cred, timeout_s=4,
+    task = add_task(api, name="slow", hosts=hosts, credential=cred, timeout_s=8,
                     commands=["echo first-step", "sleep 60"])
     workers.start(1)
     ex_id = start(api, task)
@@ -190,7 +192,7 @@ def test_timeout_keeps_partial_results(api, session, lab, workers):
     ex = execution(session, ex_id)
     assert ex.status == "timed_out", (ex.status, ex.message)
     assert "timed out" in ex.message
-    assert time.monotonic() - t0 < 15
+    assert time.monotonic() - t0 < 25
     for op in ex.operations:
         assert op.status == "failed" and "timed out" in (op.message or "")
         assert op.steps[0].status == "succeeded" and op.steps[0].stdout.strip() == "first-step"
@@ -206,12 +208,13 @@ def test_killed_worker_becomes_lost_and_is_never_rerun(api, session, lab, worker
     task = add_task(api, name="doomed", hosts=hosts, credential=cred, commands=["echo partial", "sleep 60"])
     (victim,) = workers.start(1)
     ex_id = start(api, task)
-    wait_for(lambda: running_step(session, ex_id, "sleep 60"), 60, "sleep 60", workers)
+    wait_for(lambda: all_sleeping(session, ex_id, "sleep 60", len(hosts)), 60, "sleep 60 on every host", workers)
 
     os.kill(victim.pid, signal.SIGKILL)  # SimpleWorker: the job runs in this very process
     t_kill = time.monotonic()
     victim.wait()
-    assert run_processes(ex_id, workers), "ansible-playbook outlives its worker until someone ends it"
+    # ansible-playbook outlives its worker until a reaper thread on this machine ends it
+    # (any worker's: another test's worker may already have done it).
     workers.start(1)  # another worker (its reaper thread) notices
     wait_for(lambda: execution(session, ex_id).status == "lost", 90, "status lost", workers, step=0.1)
     detect = time.monotonic() - t_kill
@@ -239,9 +242,7 @@ def test_retry_on_lost_runs_a_new_execution(api, session, lab, workers, tmp_path
                     commands=[f"if [ -e {flag} ]; then echo second-time; else touch {flag}; sleep 60; fi"])
     (victim,) = workers.start(1)
     ex_id = start(api, task)
-    wait_for(lambda: execution(session, ex_id).status == "running"
-             and any(op.steps for op in execution(session, ex_id).operations), 60, "the first run", workers)
-    time.sleep(1)
+    wait_for(lambda: os.path.exists(flag), 60, "the first run to start its command", workers)  # same machine
     os.kill(victim.pid, signal.SIGKILL)
     workers.start(1)
     wait_for(lambda: execution(session, ex_id).status == "lost", 60, "lost", workers)
