@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -141,7 +140,6 @@ def main() -> int:
                     db.session.rollback()
                     if done >= args.schedules:
                         burst_cpu = cpu_seconds(proc.pid) - c_pre
-                        burst_wall = time.monotonic() - t_pre
             t_end, c_end = time.monotonic(), cpu_seconds(proc.pid)
         finally:
             proc.send_signal(signal.SIGTERM)

@@ -138,7 +138,7 @@ def _plan(schedule: Schedule, now: datetime, paused: bool, blackouts: list) -> _
             if b is not None:
                 outcome, detail = "blackout", f"blackout window '{b.name}' ({iso(b.starts_at)} to {iso(b.ends_at)})"
             elif runnable:
-                outcome, detail = "missed", f"not run: a later instant ({iso(latest)}) ran instead (no backlog runs)"
+                outcome, detail = "missed", f"superseded by the later instant {iso(latest)}: a backlog never runs"
             else:
                 late = int((now - due).total_seconds())
                 outcome, detail = "missed", f"scheduler was not running: {late} s late, grace window is {grace} s"
@@ -187,10 +187,11 @@ def _notify_missed(session: Session, schedule: Schedule, fires: list[ScheduleFir
                 message=fires[-1].detail)
 
 
-def _process(session: Session, schedules: list[Schedule], now: datetime, paused: bool) -> tuple[list, list[int]]:
+def _process(session: Session, schedules: list[Schedule], now: datetime,
+             paused: bool) -> tuple[list[ScheduleFire], list[tuple[int, int]]]:
     """Record (and run) the due instants of ``schedules`` in the caller's transaction.
 
-    Returns the fire rows this call inserted and the ids of executions to enqueue."""
+    Returns the fire rows this call inserted and the (execution id, timeout) to enqueue."""
     earliest = min(s.next_fire_at for s in schedules)
     blackouts = blackouts_at(session, earliest, now)
     plans = [_plan(s, now, paused, blackouts) for s in schedules]
@@ -214,6 +215,7 @@ def _process(session: Session, schedules: list[Schedule], now: datetime, paused:
             except (ApiError, OSError, ValueError) as exc:
                 fire.outcome = "error"
                 fire.detail = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+                plan.last_fire_at = s.last_fire_at
                 continue
             links.append({"fid": fire.id, "eid": ex.id})
             set_committed_value(fire, "execution_id", ex.id)

@@ -26,7 +26,7 @@ from functools import lru_cache
 from typing import Any, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, croniter
+from croniter import CroniterBadDateError, CroniterError, croniter
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 

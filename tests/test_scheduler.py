@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from server import db
 from server.jobs import queue
-from server.models import AuditLog, Blackout, Execution, Host, Schedule, ScheduleFire, Setting, Task
+from server.models import AuditLog, Blackout, Execution, Host, ScheduleFire, Setting, Task
 from server.scheduler import MAX_BACKLOG, next_due_at, tick
 from server.schedules import create_schedule, fire_times, next_fire, next_runs, update_schedule
 

@@ -129,7 +129,7 @@ def test_edit_form_errors_and_history(live_url, browser, session, admin_user, ta
     page.goto(f"{live_url}/schedules/{s.id}")
     rows = page.locator("#fires tbody tr").all_text_contents()
     assert [("fired" in r, "missed" in r) for r in rows] == [(True, False), (False, True), (False, True)]
-    assert "grace window" in rows[-1] or "later instant" in rows[-1]
+    assert "superseded by the later instant" in rows[-1] and "backlog never runs" in rows[-1]
     page.click("#fires >> text=/#\\d+/")
     page.wait_for_url(re.compile(r"/executions/\d+"))
     # a server-side rejection comes back next to its field, nothing saved
