@@ -32,6 +32,12 @@ pytestmark = [
 ]
 
 
+@pytest.fixture(scope="session")
+def redis_db() -> int:
+    """Not conftest's db 1, which other pytest processes on a shared machine flush."""
+    return 14 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % 2
+
+
 @pytest.fixture(scope="module")
 def lab():
     with SSHLab(2) as lab:
@@ -140,8 +146,11 @@ def test_login_create_schedule_run_watch_report_download(api, lab, live_server, 
     assert page.locator(".progress").first.is_visible()
     shot(page, "04-execution-started")
     page.wait_for_selector("#summary .badge.status-succeeded, #summary .badge.status-failed", timeout=45_000)
-    page.wait_for_load_state("networkidle")
+    assert page.url.endswith(f"/executions/{execution_id}")  # updated in place, no reload
+    page.wait_for_selector("body[data-final='1']")
     page.wait_for_selector("#summary .badge.status-succeeded")
+    assert page.locator("#actions").get_by_text("Relaunch on all hosts").is_visible()
+    assert page.locator("#actions").get_by_text("Cancel").count() == 0
     for srv in lab.servers:
         block = page.locator(f'.host-block[data-host="{srv.name}"]')
         assert block.get_attribute("data-status") == "succeeded"
