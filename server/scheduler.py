@@ -38,7 +38,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
-from . import audit, db, jobs, notify
+from . import approvals, audit, db, jobs, notify
 from .errors import ApiError
 from .executions import request_execution
 from .models import Group, Schedule, ScheduleFire, Task, TZDateTime, utcnow
@@ -208,6 +208,12 @@ def _process(session: Session, schedules: list[Schedule], now: datetime,
                      len(plan.rows) - len(mine))
         for fire in mine:
             if fire.outcome != "fired":
+                continue
+            refused = approvals.check_schedule_fire(session, s)
+            if refused:  # not approved, or the approved definition changed since
+                fire.outcome = "suspended"
+                fire.detail = refused
+                plan.last_fire_at = s.last_fire_at
                 continue
             try:
                 ex = request_execution(session, s.task, None, trigger="schedule", schedule_id=s.id,

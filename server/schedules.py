@@ -30,7 +30,7 @@ from croniter import CroniterBadDateError, CroniterError, croniter
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
-from . import audit
+from . import approvals, audit
 from .errors import ValidationError
 from .models import Blackout, Schedule, ScheduleFire, Setting, Task, User, utcnow
 
@@ -366,6 +366,7 @@ def create_schedule(session: Session, task: Task, user: User | None, data: Any) 
     session.flush()
     audit.record(session, "schedule.create", actor=user.username if user else None, target=schedule,
                  task=task.name, cron=schedule.cron, timezone=schedule.timezone, enabled=schedule.enabled)
+    approvals.request_schedule_approval(session, schedule, user)  # when the task's policy requires it
     _after_commit_notify(session)
     return schedule
 
@@ -385,6 +386,7 @@ def update_schedule(session: Session, schedule: Schedule, user: User | None, dat
         session.flush()
         audit.record(session, "schedule.update", actor=user.username if user else None, target=schedule,
                      task=schedule.task.name, changes=changes)
+        approvals.request_schedule_approval(session, schedule, user)  # a changed schedule is approved anew
         _after_commit_notify(session)
     return schedule
 

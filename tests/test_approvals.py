@@ -442,3 +442,39 @@ def test_two_approvers_at_once_decide_a_level_only_once(api, api_as, app, sessio
     ex = session.get(Execution, ex_id)
     assert ex.status == "waiting_approval" and ex.approval_level == 2  # level 2 was not skipped
     assert len(session.execute(select(Approval).where(Approval.execution_id == ex_id)).scalars().all()) == 1
+
+
+def test_scheduler_fires_a_schedule_only_once_it_is_approved(world, api, session):
+    """Through the API and the real scheduler tick: a schedule on a task under approval is
+    recorded as suspended until approved, then fires with the approved fingerprint."""
+    from datetime import datetime, timezone
+
+    from server import scheduler
+    from server.models import ScheduleFire
+
+    status, sch = api.post(f"/api/v1/tasks/{world['task']['id']}/schedules",
+                           {"cron": "0 6 * * *", "timezone": "UTC"})
+    assert status == 201, sch
+    session.expire_all()
+    row = session.get(Schedule, sch["id"])
+    assert row.approval_status == "pending"
+
+    def fire_at(day: int):
+        due = datetime(2030, 1, day, 6, 0, tzinfo=timezone.utc)
+        row = session.get(Schedule, sch["id"])
+        row.next_fire_at = due
+        session.commit()
+        scheduler.tick(session, due)
+        session.expire_all()
+        return session.execute(select(ScheduleFire).where(ScheduleFire.schedule_id == sch["id"],
+                                                          ScheduleFire.due_at == due)).scalar_one()
+
+    first = fire_at(1)
+    assert first.outcome == "suspended" and first.execution_id is None and "pending" in first.detail
+    for who in ("ann", "ben", "cat"):
+        assert world[who].post(f"/api/v1/schedules/{sch['id']}/approve")[0] == 200
+    second = fire_at(2)
+    assert second.outcome == "fired" and second.execution_id
+    ex = session.get(Execution, second.execution_id)
+    assert ex.trigger == "schedule" and ex.status == "queued"
+    assert ex.fingerprint == session.get(Schedule, sch["id"]).approved_fingerprint
