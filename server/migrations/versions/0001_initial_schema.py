@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 23:29:33.678204
+Create Date: 2026-11-23 23:53:33.292873
 """
 from __future__ import annotations
 
