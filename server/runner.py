@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from . import db, inventory, playbooks, procs
 from .config import Settings
+from .errors import ValidationError
 from .models import Credential, Execution, Host, Operation, Step, Task, utcnow
 from .vault import vault
 
@@ -537,6 +538,10 @@ def ssh_args(settings: Settings, credential: Credential | None) -> str:
 
 def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], settings: Settings) -> Prepared:
     credential = task.credential
+    if task.kind == "commands" and _protocols is not None and hasattr(_protocols, "commands_problem"):
+        problem = _protocols.commands_problem(hosts)  # API-protocol hosts run on this machine: no raw lines
+        if problem:
+            raise ValidationError(problem, field="commands")
     key, password, become_password = _secrets(credential)
     inv = inventory.build_inventory(hosts, credential)
     (private_dir / "inventory").mkdir(mode=0o700)
@@ -582,6 +587,11 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     if become_password and (task.become or task.kind == "playbook"):
         cmdline.append("--ask-become-pass")
         passwords[BECOME_PASS_PROMPT] = become_password
+    if task.kind == "playbook" and _protocols is not None and hasattr(_protocols, "prompt_answers"):
+        # the protocol playbooks' vars_prompt (API secrets): answered like Ansible's own prompts,
+        # with the secret only when an API-protocol host needs it (an ssh key stays with ssh-agent)
+        api_hosts = any((h.protocol or "ssh") not in ("ssh", "local", "x11") for h in hosts)
+        passwords.update(_protocols.prompt_answers(credential if api_hosts else None))
     forks = max(1, min(len(hosts), settings.max_forks))
     cfg_file = private_dir / "ansible.cfg"
     cfg_file.write_text("# empty: every setting comes from the environment below\n")
@@ -609,7 +619,11 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         "ANSIBLE_ROLES_PATH": ":".join(roles_path),
     }
     if _protocols is not None and hasattr(_protocols, "ansible_env"):
-        for k, v in (_protocols.ansible_env() or {}).items():
+        # shipped modules, module_utils, connection plugins and roles (non-secret)
+        extra = dict(_protocols.ansible_env(Path(project_dir) if task.kind == "playbook" else settings.playbook_dir))
+        more_roles = [r for r in str(extra.pop("ANSIBLE_ROLES_PATH", "")).split(os.pathsep) if r]
+        envvars["ANSIBLE_ROLES_PATH"] = os.pathsep.join(dict.fromkeys(roles_path + more_roles))
+        for k, v in extra.items():
             envvars.setdefault(k, str(v))
     return Prepared(
         private_dir=private_dir,
@@ -632,8 +646,9 @@ def _shell_quote(arg: str) -> str:
     return shlex.quote(arg)
 
 
-def _filter_env(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k in ENV_KEEP or k.startswith(ENV_KEEP_PREFIXES)}
+def _filter_env(env: dict[str, str], keep: dict[str, str]) -> dict[str, str]:
+    """What ansible-playbook may see: our own variables, ANSIBLE_*/runner ones, and the basics."""
+    return {k: v for k, v in env.items() if k in keep or k in ENV_KEEP or k.startswith(ENV_KEEP_PREFIXES)}
 
 
 # --------------------------------------------------------------------------- the run
@@ -691,7 +706,7 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
             fact_cache_type="jsonfile",
         )
         rc.prepare()
-        rc.env = _filter_env(rc.env)
+        rc.env = _filter_env(rc.env, keep=prep.envvars)
         rc.env[procs.MARK_ENV] = mark = procs.marker(ex.id)  # finds this run's processes (procs.py)
         fifo = getattr(rc, "ssh_key_path", None)
         runner = Runner(

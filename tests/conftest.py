@@ -190,3 +190,22 @@ def run_worker(env):
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def private_redis_url(tmp_path_factory) -> Iterator[str]:
+    """A redis-server for this pytest process alone, on a unix socket (opt-in).
+
+    The shared Redis on 127.0.0.1:6379 has 16 databases for every pytest process on the
+    machine, and the ``app`` fixture flushes its database: a concurrent test run can wipe a
+    queued job mid-test. Tests that run real workers use this private server instead
+    (override ``env`` to point ``TASKMANAGER_REDIS_URL`` at it)."""
+    from server.redis_conn import ensure_embedded_redis
+
+    base = tmp_path_factory.mktemp("redis")
+    sock = base / "redis.sock"
+    proc = ensure_embedded_redis(base, sock)
+    yield f"unix://{sock}"
+    if proc is not None:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -20,10 +20,6 @@ from tests.sshlab import SSHLab
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="session")
-def redis_db() -> int:
-    """A Redis db apart from the one other test runs on a shared machine flush (app fixture)."""
-    return 8 + os.getpid() % 8
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +30,10 @@ def lab():
 
 
 @pytest.fixture
-def env(env, tmp_path, monkeypatch):
-    """The shared test environment plus a private playbook directory with a role."""
+def env(env, tmp_path, monkeypatch, private_redis_url):
+    """The shared test environment with a private Redis and playbook directory (with a role)."""
+    monkeypatch.setenv("TASKMANAGER_REDIS_URL", private_redis_url)
+    env = {**env, "TASKMANAGER_REDIS_URL": private_redis_url}
     pb = tmp_path / "playbooks"
     (pb / "roles" / "greet" / "tasks").mkdir(parents=True)
     (pb / "roles" / "greet" / "tasks" / "main.yml").write_text(

@@ -1,0 +1,293 @@
+#!/usr/bin/env python3
+"""The seed use case: 3 commands on 20 servers. Task Manager vs plain ssh vs ansible-playbook.
+
+    .venv/bin/python bench/seed_usecase.py [--runs 5] [--hosts 20]
+
+On 20 real loopback sshd servers (tests/sshlab.py, needs root), in ONE run, measures:
+
+  (a) floor: 20 parallel plain ``ssh`` calls, each running the 3 commands
+  (b) stock ``ansible-playbook`` with 3 ``ansible.builtin.command`` tasks, default
+      settings as a user would run it (forks 5, linear, fact gathering on), host key
+      checking off; (b') the same with ``gather_facts: false`` for reference
+  (c) Task Manager: from the ``POST /api/v1/tasks/<id>/executions`` (real app, WSGI test
+      client) until the last operation is final in the database, with a real
+      ``flask --app wsgi worker`` process already running, the embedded Redis on a unix
+      socket and SQLite, as ``make run`` sets them up.
+
+Each is run once to warm up (ControlPersist masters, page cache) and then ``--runs``
+times; medians are reported with the ratios c/a and c/b (targets: c <= 1.3 a and
+c <= 0.25 b). Results go to stdout and bench/results/seed_usecase.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+BIN = Path(sys.executable).parent
+COMMANDS = ["hostname", "echo $SSH_CONNECTION", "id -un"]
+
+
+def median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
+def measure(label: str, fn, runs: int) -> dict:
+    cold = fn()
+    times = [fn() for _ in range(runs)]
+    result = {"cold_s": round(cold, 3), "runs_s": [round(t, 3) for t in times], "median_s": median(times)}
+    print(f"{label:<44} median {result['median_s']:6.3f} s   runs {result['runs_s']}  (first/cold {result['cold_s']} s)",
+          flush=True)
+    return result
+
+
+# --------------------------------------------------------------------------- (a) plain ssh
+
+def plain_ssh(lab) -> float:
+    script = "; ".join(COMMANDS)
+    start = time.perf_counter()
+    procs = [subprocess.Popen(lab.ssh_command(s.index, script), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for s in lab.servers]
+    for p in procs:
+        out, err = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError(f"ssh failed: {err.decode()}")
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- (b) ansible-playbook
+
+def stock_ansible(lab, workdir: Path, gather_facts: bool) -> float:
+    inv = workdir / "inventory.ini"
+    inv.write_text("[lab]\n" + "".join(f"{s.name} ansible_host={s.address}\n" for s in lab.servers) +
+                   f"\n[lab:vars]\nansible_user={lab.user}\nansible_ssh_private_key_file={lab.key_path}\n"
+                   f"ansible_python_interpreter=/usr/bin/python3\n")
+    play = workdir / f"play-{gather_facts}.yml"
+    tasks = "".join(f"    - ansible.builtin.command: {c!r}\n" if "$" not in c else
+                    f"    - ansible.builtin.shell: {c!r}\n" for c in COMMANDS)
+    play.write_text("- hosts: all\n" + ("" if gather_facts else "  gather_facts: false\n") + "  tasks:\n" + tasks)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "TASKMANAGER_"))}
+    env.update(ANSIBLE_HOST_KEY_CHECKING="False", PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}")
+    start = time.perf_counter()
+    proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inv), str(play)], cwd=workdir, env=env,
+                          capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0 or "failed=0" not in proc.stdout:
+        raise RuntimeError(f"ansible-playbook failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return elapsed
+
+
+# --------------------------------------------------------------------------- (c) Task Manager
+
+class TaskManager:
+    """A real app (WSGI test client), embedded Redis, SQLite, and a running worker process."""
+
+    def __init__(self, lab, workdir: Path) -> None:
+        self.lab = lab
+        self.instance = workdir / "instance"
+        os.environ.pop("TASKMANAGER_REDIS_URL", None)
+        os.environ.update(TASKMANAGER_INSTANCE_DIR=str(self.instance), TASKMANAGER_QUEUE="bench")
+        os.environ.pop("TASKMANAGER_DATABASE_URL", None)
+        from server import create_app, db
+        from server.config import load_settings
+        from server.redis_conn import ensure_embedded_redis
+
+        settings = load_settings()
+        self.redis_proc = ensure_embedded_redis(settings.instance_dir, settings.embedded_redis_socket)
+        self.app = create_app()
+        from server.db import Base
+
+        Base.metadata.create_all(db.engine())
+        self.ctx = self.app.app_context()
+        self.ctx.push()
+        from server.auth import create_user, issue_token
+
+        s = db.session()
+        admin = create_user(s, "bench", "admin", "bench-password-1", actor="bench")
+        s.commit()
+        self.token = issue_token(s, admin, name="bench")
+        s.commit()
+        self.client = self.app.test_client()
+        self.timings: list[dict] = []
+        for srv in lab.servers:
+            self.call("POST", "/api/v1/hosts", {"name": srv.name, "address": srv.address})
+        self.call("POST", "/api/v1/credentials", {"name": "lab", "kind": "ssh_key", "username": lab.user,
+                                                  "secret": lab.private_key})
+        self.task_id = self.call("POST", "/api/v1/tasks", {
+            "name": "seed", "kind": "commands", "commands": COMMANDS, "credential": "lab",
+            "hosts": [s.name for s in lab.servers]})["id"]
+        self.worker = subprocess.Popen([str(BIN / "flask"), "--app", "wsgi", "worker", "--name", "bench-worker"],
+                                       cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT)
+        time.sleep(2)  # the worker imports and connects before the clock starts
+
+    def call(self, method: str, path: str, body=None) -> dict:
+        resp = self.client.open(path, method=method, json=body, headers={"Authorization": f"Bearer {self.token}"})
+        if resp.status_code >= 400:
+            raise RuntimeError(f"{method} {path}: {resp.status_code} {resp.get_data(as_text=True)}")
+        return resp.get_json()
+
+    def run(self) -> float:
+        from sqlalchemy import func, select
+
+        from server import db
+        from server.models import OPERATION_FINAL, Execution, Operation
+
+        start = time.perf_counter()
+        ex_id = self.call("POST", f"/api/v1/tasks/{self.task_id}/executions", {})["id"]
+        n = len(self.lab.servers)
+        with db.engine().connect() as conn:
+            while True:
+                done = conn.execute(select(func.count()).select_from(Operation).where(
+                    Operation.execution_id == ex_id, Operation.status.in_(OPERATION_FINAL))).scalar()
+                conn.rollback()
+                if done == n:
+                    break
+                if time.perf_counter() - start > 120:
+                    raise RuntimeError("execution did not finish in 120 s")
+                time.sleep(0.005)
+        elapsed = time.perf_counter() - start
+        # Check the result (outside the clock): every host succeeded with 3 steps.
+        s = db.session()
+        for _ in range(200):
+            ex = s.get(Execution, ex_id, populate_existing=True)
+            if ex.status != "running":
+                break
+            s.rollback()
+            time.sleep(0.05)
+        ops = s.execute(select(Operation).where(Operation.execution_id == ex_id)).scalars().all()
+        bad = [(o.host_name, o.status, o.message) for o in ops if o.status != "succeeded" or len(o.steps) != 3]
+        if bad or ex.status != "succeeded":
+            raise RuntimeError(f"Task Manager run failed: {ex.status} {ex.message} {bad[:3]}")
+        first_step = min(st.started_at for o in ops for st in o.steps)
+        last_op = max(o.finished_at for o in ops)
+        self.timings.append({
+            "post_to_claim_s": (ex.started_at - ex.created_at).total_seconds(),
+            "claim_to_first_step_s": (first_step - ex.started_at).total_seconds(),
+            "first_step_to_last_operation_s": (last_op - first_step).total_seconds(),
+            "last_operation_to_execution_final_s": (ex.finished_at - last_op).total_seconds(),
+        })
+        s.rollback()
+        return elapsed
+
+    def breakdown(self) -> dict:
+        """Where the time goes (medians over the measured runs, from database timestamps)."""
+        runs = self.timings[1:]  # without the warm-up run
+        out = {k: round(statistics.median(t[k] for t in runs), 3) for k in runs[0]}
+        print("    (c) breakdown: " + ", ".join(f"{k} {v}" for k, v in out.items()), flush=True)
+        return out
+
+    def close(self) -> None:
+        self.worker.terminate()
+        try:
+            self.worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.worker.kill()
+            self.worker.wait()
+        self.ctx.pop()
+        if self.redis_proc is not None:
+            self.redis_proc.terminate()
+            self.redis_proc.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------- (w) RQ worker class
+
+_WORKER_SCRIPT = """
+import sys
+from wsgi import app
+from rq import Queue, Worker, SimpleWorker
+from server.redis_conn import redis
+from server import worker as w
+cls = {"simple": SimpleWorker, "fork": Worker}[sys.argv[1]]
+with app.app_context():
+    w._get_app(); w._after_fork()
+    cls([Queue(sys.argv[2], connection=redis())], connection=redis()).work(with_scheduler=False,
+                                                                         logging_level="WARNING")
+"""
+
+
+def worker_latency(runs: int = 15) -> dict:
+    """Enqueue -> finished for jobs that only claim (the id does not exist: one SELECT),
+    with RQ's SimpleWorker (what run_worker uses) and with the forking Worker."""
+    from rq import Queue
+
+    from server.redis_conn import redis
+
+    out = {}
+    for kind in ("simple", "fork"):
+        name = f"bench-latency-{kind}"
+        q = Queue(name, connection=redis())
+        proc = subprocess.Popen([sys.executable, "-c", _WORKER_SCRIPT, kind, name], cwd=REPO, env=dict(os.environ))
+        try:
+            time.sleep(3)
+            lat = []
+            for i in range(runs):
+                start = time.perf_counter()
+                job = q.enqueue_call("server.worker.run_execution_job", args=(10_000_000 + i,))
+                while job.get_status(refresh=True) not in ("finished", "failed"):
+                    time.sleep(0.001)
+                lat.append(time.perf_counter() - start)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=15)
+        out[kind] = {"median_ms": round(statistics.median(lat) * 1000, 1), "runs_ms": [round(x * 1000) for x in lat]}
+        print(f"(w) RQ {kind:<6} worker: enqueue -> job finished, median {out[kind]['median_ms']} ms", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--hosts", type=int, default=20)
+    parser.add_argument("--only", choices=["a", "b", "c", "w"], action="append",
+                        help="a: plain ssh, b: ansible-playbook, c: Task Manager, w: RQ worker class latency")
+    args = parser.parse_args()
+    only = set(args.only or ["a", "b", "c"])
+    from tests.sshlab import SSHLab
+
+    workdir = Path(tempfile.mkdtemp(prefix="tm-bench-"))
+    results: dict = {"hosts": args.hosts, "runs": args.runs, "commands": COMMANDS, "cpus": os.cpu_count()}
+    try:
+        with SSHLab(args.hosts) as lab:
+            print(f"{args.hosts} sshd servers on 127.0.{lab.block}.10-{9 + args.hosts}, {os.cpu_count()} CPUs", flush=True)
+            if "a" in only:
+                results["a_plain_ssh"] = measure("(a) 20 parallel plain ssh", lambda: plain_ssh(lab), args.runs)
+            if "b" in only:
+                results["b_ansible_playbook"] = measure(
+                    "(b) stock ansible-playbook (facts on)", lambda: stock_ansible(lab, workdir, True), args.runs)
+                results["b2_ansible_playbook_no_facts"] = measure(
+                    "(b') stock ansible-playbook, gather_facts off", lambda: stock_ansible(lab, workdir, False), args.runs)
+            if "c" in only:
+                tm = TaskManager(lab, workdir)
+                try:
+                    results["c_task_manager"] = measure("(c) Task Manager, POST -> last operation", tm.run, args.runs)
+                    results["c_breakdown"] = tm.breakdown()
+                    if "w" in only:
+                        results["w_worker_latency"] = worker_latency()
+                finally:
+                    tm.close()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if {"a", "b", "c"} <= only:
+        a = results["a_plain_ssh"]["median_s"]
+        b = results["b_ansible_playbook"]["median_s"]
+        b2 = results["b2_ansible_playbook_no_facts"]["median_s"]
+        c = results["c_task_manager"]["median_s"]
+        results["ratios"] = {"c/a": round(c / a, 2), "c/b": round(c / b, 2), "c/b'": round(c / b2, 2)}
+        print(f"c/a = {c / a:.2f} (target <= 1.3)   c/b = {c / b:.2f} (target <= 0.25)   c/b' = {c / b2:.2f}")
+        out = REPO / "bench" / "results"
+        out.mkdir(exist_ok=True)
+        (out / "seed_usecase.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
