@@ -43,12 +43,13 @@ class Workers:
         self.tmp = tmp
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, n: int = 1, **extra: str) -> list[subprocess.Popen]:
+    def start(self, n: int = 1, names: list[str] | None = None, **extra: str) -> list[subprocess.Popen]:
         started = []
-        for _ in range(n):
+        for i in range(n):
             log = open(self.tmp / f"worker-{len(self.procs)}.log", "wb")
             proc = subprocess.Popen(
-                [str(Path(sys.executable).parent / "flask"), "--app", "wsgi", "worker"],
+                [str(Path(sys.executable).parent / "flask"), "--app", "wsgi", "worker",
+                 *(["--name", names[i]] if names else [])],
                 cwd=REPO, env={**self.env, **extra}, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
