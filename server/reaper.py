@@ -351,10 +351,9 @@ def expire_approvals(session: Session, now: datetime) -> int:
 
 # ------------------------------------------------------------------ the sweep
 
-_last_prune: dict[str, datetime] = {}
-
-
-def sweep(session: Session, now: datetime | None = None, cfg: ReaperConfig | None = None) -> dict[str, int]:
+def sweep(
+    session: Session, now: datetime | None = None, cfg: ReaperConfig | None = None, *, prune: bool = True
+) -> dict[str, int]:
     """One pass of every repair; commits as it goes. Safe to run concurrently or twice."""
     now = now or utcnow()
     cfg = cfg or ReaperConfig.from_env()
@@ -364,10 +363,8 @@ def sweep(session: Session, now: datetime | None = None, cfg: ReaperConfig | Non
         ("requeued", lambda: len(requeue(session, now, cfg))),
         ("expired", lambda: expire_approvals(session, now)),
     ]
-    last = _last_prune.get("at")
-    if last is None or (now - last).total_seconds() >= cfg.retention_every_s or now < last:
+    if prune:
         steps.append(("pruned", lambda: prune_output(session, now, cfg)))
-        _last_prune["at"] = now
     for name, step in steps:
         try:
             result[name] = step()
@@ -393,7 +390,9 @@ def sweep_once(app: Flask, cfg: ReaperConfig | None = None) -> dict[str, int] | 
         if not lock.acquire(blocking=False):
             return None
         try:
-            return sweep(db.session(), utcnow(), cfg)
+            # Pruning at most every retention_every_s across all processes and machines.
+            prune = bool(redis().set(_lock_name(app) + ":pruned", "1", nx=True, ex=max(1, int(cfg.retention_every_s))))
+            return sweep(db.session(), utcnow(), cfg, prune=prune)
         finally:
             db.session.remove()
             try:

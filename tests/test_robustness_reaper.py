@@ -245,8 +245,16 @@ def test_sweep_once_is_exclusive_across_processes(app, session):
         assert reaper.sweep_once(app, CFG) is None  # somebody else is sweeping
     finally:
         lock.release()
+    task = make_task(session)
+    old = make_execution(session, task, "succeeded", finished_at=utcnow() - timedelta(days=100))
+    session.add(Operation(execution_id=old.id, host_name="h1", status="succeeded", stdout="old output"))
+    session.commit()
     result = reaper.sweep_once(app, CFG)
     assert result is not None and result["lost"] == 0 and result["requeued"] == 0
+    assert result["pruned"] == 1  # retention runs from the reaper loop...
+    assert "pruned" not in reaper.sweep_once(app, CFG)  # ...at most every retention_every_s, cluster-wide
+    session.expire_all()
+    assert session.get(Execution, old.id).operations[0].stdout == reaper.PRUNED_MARKER
 
 
 # ------------------------------------------------------------------ relaunch
