@@ -59,6 +59,7 @@ MAX_STEP_OUTPUT = 256 * 1024
 MAX_OPERATION_OUTPUT = 1024 * 1024
 MAX_MESSAGE = 4000
 TRUNCATED = "\n[... output truncated ...]\n"
+STUBS_DIR = Path(__file__).resolve().parent / "ansible_stubs"
 # The worker's environment may hold the vault key, database and Redis URLs: Ansible gets
 # only these variables from it (plus ANSIBLE_* / ansible-runner's own).
 ENV_KEEP = {"PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ", "USER", "LOGNAME",
@@ -618,6 +619,9 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         "ANSIBLE_GATHER_TIMEOUT": "30",
         "ANSIBLE_ROLES_PATH": ":".join(roles_path),
     }
+    if not any((h.protocol or "ssh") == "winrm" for h in hosts):
+        # no pywinrm import at ansible-playbook start-up (see ansible_stubs/winrm)
+        envvars["PYTHONPATH"] = str(STUBS_DIR)
     if _protocols is not None and hasattr(_protocols, "ansible_env"):
         # shipped modules, module_utils, connection plugins and roles (non-secret)
         extra = dict(_protocols.ansible_env(Path(project_dir) if task.kind == "playbook" else settings.playbook_dir))

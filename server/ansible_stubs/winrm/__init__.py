@@ -1,0 +1,9 @@
+"""Stand-in for pywinrm in ansible-playbook runs that have no WinRM host.
+
+ansible-playbook imports every connection plugin at start (PlaybookExecutor.run preloads
+them), and the winrm plugin imports pywinrm with requests, requests-ntlm, spnego and
+cryptography: ~0.15 s of every run (measured, bench/seed_usecase.py). runner.py puts this
+directory first on PYTHONPATH only when no target host uses the winrm protocol; the
+plugin then loads without pywinrm (it handles the ImportError) and is never used.
+"""
+raise ImportError("pywinrm is not loaded in this run: none of its hosts uses the winrm protocol")
