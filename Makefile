@@ -17,7 +17,7 @@ run: system-run venv migrate admin
 	$(FLASK) serve
 
 demo: system-test venv migrate admin
-	$(BIN)/python -m bench.demo
+	$(BIN)/python bench/demo.py
 
 test: system-test venv
 	bash tests/run.sh
