@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from . import access, audit, executions, jobs
+from . import access, audit, executions, jobs, notify
 from .errors import Conflict, Forbidden, ValidationError
 from .models import Approval, Execution, Schedule, Task, User, utcnow
 
@@ -124,10 +124,6 @@ def level_approver_ids(plan: dict[str, Any] | None, level: int) -> list[int]:
 
 def _notify(session: Session, event: str, **kw: Any) -> None:
     """Tell the notification module (if installed) without letting it break the decision."""
-    try:
-        from . import notify  # type: ignore[attr-defined]
-    except ImportError:
-        return
     try:
         notify.emit(session, event, **kw)
     except Exception:  # noqa: BLE001 - a broken channel must not block approvals

@@ -20,22 +20,11 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import audit
+from . import audit, protocols
 from .errors import ValidationError
 from .models import PROTOCOLS, Credential, Group, Host
+from .validation import GROUP_NAME_RE, HOST_NAME_RE, var_name_problem
 
-try:  # helper module with the protocol-specific connection variables (winrm, telnet, ...)
-    from . import protocols as _protocols
-except ImportError:  # pragma: no cover - present once the protocols module lands
-    _protocols = None
-
-try:
-    from .validation import GROUP_NAME_RE, HOST_NAME_RE
-    from .validation import var_name_problem as _var_name_problem
-except ImportError:  # pragma: no cover - the shared validation module is optional here
-    HOST_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-\[\]@]*$")
-    GROUP_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
-    _var_name_problem = None
 
 # Inventory names the YAML inventory plugin takes literally (no ``[1:3]`` ranges, no ``:port``).
 PLAIN_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-@]*$")
@@ -90,7 +79,7 @@ def unsafe(value: Any) -> Any:
 
 
 def forbidden_var(name: str) -> bool:
-    if _var_name_problem is not None and _var_name_problem(name):
+    if var_name_problem(name):
         return True
     return bool(_FORBIDDEN_VAR.match(name))
 
@@ -117,9 +106,7 @@ def connection_vars(host: Host, credential: Credential | None) -> dict[str, Any]
         if credential is not None and credential.username:
             out["ansible_user"] = credential.username
         return out
-    if _protocols is None:
-        raise ValidationError(f"protocol {protocol!r} of host {host.name!r} is not supported yet", field="protocol")
-    extra = _protocols.host_vars(host, credential)
+    extra = protocols.host_vars(host, credential)
     out.update(extra)
     return out
 

@@ -20,7 +20,6 @@ worker process died (``procs.reap_orphans``): an ``ansible-playbook`` orphaned b
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import random
@@ -32,7 +31,7 @@ from flask import Flask
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from . import audit, concurrency, db, jobs, procs
+from . import approvals, audit, concurrency, db, jobs, notify, procs
 from .executions import fingerprint, revision_of, target_hosts
 from .models import Execution, Operation, Step, utcnow
 from .redis_conn import redis
@@ -178,14 +177,8 @@ def retry_lost(session: Session, parent: Execution) -> Execution | None:
 def _notify_finished(session: Session, ex: Execution) -> None:
     """Record the ``execution.failed`` notification (server.notify, when present)."""
     try:
-        mod = importlib.import_module("server.notify")
-    except ImportError:
-        return
-    hook = getattr(mod, "execution_finished", None)
-    if hook is not None:
-        try:
-            hook(session, ex)
-        except Exception:  # a notification problem must never keep an execution running
+        notify.execution_finished(session, ex)
+    except Exception:  # a notification problem must never keep an execution running
             log.exception("reaper: notification for execution %s failed", ex.id)
 
 
@@ -337,14 +330,7 @@ def prune_output(session: Session, now: datetime, cfg: ReaperConfig) -> int:
 
 
 def expire_approvals(session: Session, now: datetime) -> int:
-    try:
-        mod = importlib.import_module("server.approvals")
-    except ImportError:
-        return 0
-    expire_due = getattr(mod, "expire_due", None)
-    if expire_due is None:
-        return 0
-    result = expire_due(session, now)
+    result = approvals.expire_due(session, now)
     session.commit()
     return len(result) if isinstance(result, (list, tuple, set)) else int(result or 0)
 

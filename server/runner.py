@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import stat
 import sys
@@ -42,16 +43,12 @@ from ansible_runner.runner import Runner
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from . import db, inventory, playbooks, procs
+from . import db, inventory, playbooks, procs, protocols
 from .config import Settings
 from .errors import ValidationError
 from .models import Credential, Execution, Host, Operation, Step, Task, utcnow
 from .vault import vault
 
-try:  # non-secret environment some protocols need (collections path, ...)
-    from . import protocols as _protocols
-except ImportError:  # pragma: no cover
-    _protocols = None
 
 log = logging.getLogger(__name__)
 procs.install_tree_termination()  # cancel/timeout end ansible's setsid()'d workers and ssh too
@@ -544,8 +541,8 @@ def ssh_args(settings: Settings, credential: Credential | None) -> str:
 
 def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], settings: Settings) -> Prepared:
     credential = task.credential
-    if task.kind == "commands" and _protocols is not None and hasattr(_protocols, "commands_problem"):
-        problem = _protocols.commands_problem(hosts)  # API-protocol hosts run on this machine: no raw lines
+    if task.kind == "commands":
+        problem = protocols.commands_problem(hosts)  # API-protocol hosts run on this machine: no raw lines
         if problem:
             raise ValidationError(problem, field="commands")
     key, password, become_password = _secrets(credential)
@@ -593,11 +590,11 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     if become_password and (task.become or task.kind == "playbook"):
         cmdline.append("--ask-become-pass")
         passwords[BECOME_PASS_PROMPT] = become_password
-    if task.kind == "playbook" and _protocols is not None and hasattr(_protocols, "prompt_answers"):
+    if task.kind == "playbook":
         # the protocol playbooks' vars_prompt (API secrets): answered like Ansible's own prompts,
         # with the secret only when an API-protocol host needs it (an ssh key stays with ssh-agent)
         api_hosts = any((h.protocol or "ssh") not in ("ssh", "local", "x11") for h in hosts)
-        passwords.update(_protocols.prompt_answers(credential if api_hosts else None))
+        passwords.update(protocols.prompt_answers(credential if api_hosts else None))
     forks = max(1, min(len(hosts), settings.max_forks))
     cfg_file = private_dir / "ansible.cfg"
     cfg_file.write_text("# empty: every setting comes from the environment below\n")
@@ -627,13 +624,12 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     if not any((h.protocol or "ssh") == "winrm" for h in hosts):
         # no pywinrm import at ansible-playbook start-up (see ansible_stubs/winrm)
         envvars["PYTHONPATH"] = str(STUBS_DIR)
-    if _protocols is not None and hasattr(_protocols, "ansible_env"):
-        # shipped modules, module_utils, connection plugins and roles (non-secret)
-        extra = dict(_protocols.ansible_env(Path(project_dir) if task.kind == "playbook" else settings.playbook_dir))
-        more_roles = [r for r in str(extra.pop("ANSIBLE_ROLES_PATH", "")).split(os.pathsep) if r]
-        envvars["ANSIBLE_ROLES_PATH"] = os.pathsep.join(dict.fromkeys(roles_path + more_roles))
-        for k, v in extra.items():
-            envvars.setdefault(k, str(v))
+    # shipped modules, module_utils, connection plugins and roles (non-secret)
+    extra = dict(protocols.ansible_env(Path(project_dir) if task.kind == "playbook" else settings.playbook_dir))
+    more_roles = [r for r in str(extra.pop("ANSIBLE_ROLES_PATH", "")).split(os.pathsep) if r]
+    envvars["ANSIBLE_ROLES_PATH"] = os.pathsep.join(dict.fromkeys(roles_path + more_roles))
+    for k, v in extra.items():
+        envvars.setdefault(k, str(v))
     return Prepared(
         private_dir=private_dir,
         playbook=str(playbook),
@@ -647,12 +643,6 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         names=inv["_meta"]["names"],
         expected_steps=expected_steps,
     )
-
-
-def _shell_quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
 
 
 def _filter_env(env: dict[str, str], keep: dict[str, str]) -> dict[str, str]:
@@ -701,7 +691,7 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
             playbook=prep.playbook,
             inventory=str(private_dir / "inventory" / "hosts.yml"),
             project_dir=prep.project_dir,
-            cmdline=" ".join(_shell_quote(a) for a in prep.cmdline),
+            cmdline=" ".join(shlex.quote(a) for a in prep.cmdline),
             envvars=prep.envvars,
             passwords=dict(prep.passwords),
             ssh_key=prep.ssh_key,

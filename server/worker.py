@@ -6,7 +6,6 @@ one conditional UPDATE) lets exactly one worker run an execution.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import socket
@@ -17,7 +16,7 @@ from flask import Flask, current_app, has_app_context
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from . import audit, concurrency, db, retries, runner
+from . import approvals, audit, concurrency, db, notify, reaper, retries, runner
 from .config import Settings
 from .executions import target_hosts
 from .models import Execution, Operation, Step, utcnow
@@ -202,17 +201,11 @@ def _run(app: Flask, execution_id: int) -> str:
 
 
 def _verify(session: Session, ex: Execution) -> str | None:
-    """Approval binding (server.approvals): what runs must be what was approved."""
-    try:
-        approvals = importlib.import_module("server.approvals")
-    except ImportError:
-        return None
-    check = getattr(approvals, "verify_before_run", None)
-    return check(session, ex) if check else None
+    """Approval binding: what runs must be what was approved."""
+    return approvals.verify_before_run(session, ex)
 
 
 def _refuse(session: Session, ex: Execution, reason: str) -> None:
-    approvals = importlib.import_module("server.approvals")
     approvals.refuse(session, ex, reason)
     ex.hosts_done = ex.host_count
 
@@ -268,22 +261,13 @@ def _finish(session: Session, ex: Execution, result: runner.RunResult) -> None:
 
 
 def _notify(session: Session, ex: Execution) -> None:
-    try:
-        notify = importlib.import_module("server.notify")
-    except ImportError:
-        return
-    hook = getattr(notify, "execution_finished", None)
-    if hook is not None:
-        hook(session, ex)
+    notify.execution_finished(session, ex)
 
 
 def _after_finish(session: Session, ex: Execution) -> None:
-    """Start executions of the same task that waited for this one (server.reaper)."""
+    """Start executions of the same task that waited for this one."""
     try:
-        reaper = importlib.import_module("server.reaper")
-        release = getattr(reaper, "release_waiting", None)
-        if release is not None:
-            release(session, ex.task_id)
+        reaper.release_waiting(session, ex.task_id)
         session.rollback()
     except Exception:  # noqa: BLE001 - the reaper's sweep will catch up
         session.rollback()
@@ -298,8 +282,8 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
     ``SimpleWorker`` (the job runs in this process) rather than RQ's forking ``Worker``,
     because measuring says so: enqueue -> job finished for a job that only claims (one
     SELECT) took a median 18 ms with SimpleWorker and 413 ms with the forking Worker (15
-    jobs each, same machine, same load; /tmp/wbench in the helper's notes, see
-    bench/seed_usecase.py for the whole path). Forking the app-sized process, re-opening
+    jobs each, same machine, same load; ``bench/seed_usecase.py --only w`` measures
+    it). Forking the app-sized process, re-opening
     the database and Redis connections in the work horse and RQ's horse monitoring cost
     more than the ~1 s Ansible run it would isolate. The isolation a fork would buy is
     already there: Ansible runs in its own ``ansible-playbook`` process tree; this
@@ -316,13 +300,7 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
     conn = redis()
     queue = Queue(settings.queue_name, connection=conn)
     worker = SimpleWorker([queue], connection=conn, name=name)
-    stop_reaper = None
-    if not burst:
-        try:
-            reaper = importlib.import_module("server.reaper")
-            stop_reaper = reaper.start_thread(app)
-        except ImportError:
-            pass
+    stop_reaper = None if burst else reaper.start_thread(app)
     try:
         worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
     finally:

@@ -34,5 +34,5 @@ status=0
 echo "== SQLite =="
 TM_TEST_DB=sqlite .venv/bin/pytest -q -p no:cacheprovider "$@" || status=$?
 echo "== PostgreSQL =="
-TM_TEST_DB=postgresql .venv/bin/pytest -q -p no:cacheprovider -m "not sqlite_only and not browser" "$@" || status=$?
+TM_TEST_DB=postgresql .venv/bin/pytest -q -p no:cacheprovider -m "not sqlite_only and not browser and not slow" "$@" || status=$?
 exit $status

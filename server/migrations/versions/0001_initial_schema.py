@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 23:53:33.292873
+Create Date: 2026-11-24 00:09:09.395659
 """
 from __future__ import annotations
 
