@@ -246,3 +246,14 @@ def task_approval_rules(session: Session, task: Task) -> RunRules:
         .order_by(Policy.id)
     ).scalars().all()
     return _combine(list(policies))
+
+
+def tasks_under_approval(session: Session, task_ids: set[int]) -> set[int]:
+    """Which of ``task_ids`` an approval-requiring policy covers (one query for a batch)."""
+    if not task_ids:
+        return set()
+    return set(session.execute(
+        select(policy_tasks.c.task_id)
+        .join(Policy, Policy.id == policy_tasks.c.policy_id)
+        .where(policy_tasks.c.task_id.in_(task_ids), Policy.requires_approval.is_(True))
+    ).scalars())

@@ -57,7 +57,6 @@ def init_audit(secret_key: str, anchor_path: Path | str | None = None) -> None:
 def _digest(row: AuditLog) -> str:
     body = json.dumps(
         {
-            "id": row.id,
             "ts": row.ts.astimezone(timezone.utc).isoformat(),
             "actor": row.actor,
             "action": row.action,
@@ -89,7 +88,10 @@ def record(
     if target is not None:
         target_type = target_type or type(target).__name__.lower()
         target_id = target_id if target_id is not None else getattr(target, "id", None)
-    if session.get_bind().dialect.name == "postgresql":
+    tx = session.get_nested_transaction() or session.get_transaction()
+    head = session.info.get("audit_head")
+    chained = head is not None and session.info.get("audit_tx") is tx
+    if not chained and session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
     row = AuditLog(
         ts=utcnow(),
@@ -103,14 +105,22 @@ def record(
         hash="pending-" + uuid.uuid4().hex,
     )
     session.add(row)
-    session.flush()  # takes the write lock on SQLite and assigns the id
-    prev = session.execute(
-        select(AuditLog.hash).where(AuditLog.id < row.id).order_by(AuditLog.id.desc()).limit(1)
-    ).scalar()
-    row.prev_hash = prev or GENESIS
-    row.hash = _digest(row)
-    session.flush()
+    if chained:
+        # This transaction appended the previous row and still holds the append lock:
+        # the head is known, so one INSERT does (the burst of a scheduler tick, say).
+        row.prev_hash = head[1]
+        row.hash = _digest(row)
+        session.flush()
+    else:
+        session.flush()  # takes the write lock on SQLite and assigns the id
+        prev = session.execute(
+            select(AuditLog.hash).where(AuditLog.id < row.id).order_by(AuditLog.id.desc()).limit(1)
+        ).scalar()
+        row.prev_hash = prev or GENESIS
+        row.hash = _digest(row)
+        session.flush()
     session.info["audit_head"] = (row.id, row.hash)  # written out by _after_commit
+    session.info["audit_tx"] = tx
     return row
 
 
@@ -188,6 +198,7 @@ def anchors() -> list[tuple[str, dict[str, Any]]]:
 
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
+    session.info.pop("audit_tx", None)
     head = session.info.pop("audit_head", None)
     if head is not None:
         _write_anchor(*head)
@@ -195,6 +206,7 @@ def _after_commit(session: Session) -> None:
 
 @event.listens_for(Session, "after_rollback")
 def _after_rollback(session: Session) -> None:
+    session.info.pop("audit_tx", None)
     session.info.pop("audit_head", None)
 
 
@@ -304,3 +316,11 @@ def as_dict(row: AuditLog) -> dict[str, Any]:
         "hash": row.hash,
         "prev_hash": row.prev_hash,
     }
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _after_soft_rollback(session: Session, previous_transaction) -> None:
+    # A rolled-back SAVEPOINT took its audit rows with it: forget a head it appended.
+    if session.info.get("audit_tx") is previous_transaction:
+        session.info.pop("audit_tx", None)
+        session.info.pop("audit_head", None)

@@ -225,3 +225,22 @@ def test_cli_export_writes_json_lines(trail, app, tmp_path):
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == len(trail) and rows[0]["prev_hash"] == audit.GENESIS
+
+
+def test_many_rows_in_one_transaction_and_a_rolled_back_savepoint_keep_the_chain(app, session):
+    """Rows after the first in a transaction are chained from the cached head; a
+    SAVEPOINT that is rolled back takes its rows with it and the chain stays whole."""
+    from server import audit as audit_mod
+
+    for i in range(5):
+        audit_mod.record(session, "test.burst", actor="t", n=i)
+    nested = session.begin_nested()
+    audit_mod.record(session, "test.savepoint", actor="t")
+    nested.rollback()
+    audit_mod.record(session, "test.after", actor="t")
+    session.commit()
+    rows = list(audit_mod.iter_rows(session))
+    assert [r.action for r in rows].count("test.savepoint") == 0
+    ok, bad, why = audit_mod.verify(rows)
+    assert ok, why
+    assert rows[-1].action == "test.after" and rows[-1].prev_hash == rows[-2].hash
