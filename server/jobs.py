@@ -1,14 +1,19 @@
 """The RQ side: execution ids go to Redis only after the database row is committed."""
 from __future__ import annotations
 
+import logging
+
 from flask import current_app, has_app_context
 from rq import Queue
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from .models import Execution
 from .redis_conn import redis
 
+log = logging.getLogger(__name__)
 JOB_FUNC = "server.worker.run_execution_job"
+_PENDING = "jobs.pending"  # session.info key: (execution id, timeout) to push after commit
 
 
 def queue(name: str | None = None) -> Queue:
@@ -40,13 +45,26 @@ def enqueue_many(items: list[tuple[int, int]]) -> None:
 
 
 def enqueue_after_commit(session: Session, execution_id: int) -> None:
-    timeout = 3600
-    from .models import Execution
+    """Push the id once the caller's transaction commits, never for a rolled-back one.
 
+    A Redis failure at that point is logged, not raised: the execution is committed and
+    the reaper re-enqueues queued executions that Redis does not hold.
+    """
     ex = session.get(Execution, execution_id)
-    if ex is not None and ex.task is not None:
-        timeout = ex.task.timeout_s or 3600
+    timeout = (ex.task.timeout_s if ex is not None and ex.task is not None else None) or 3600
+    session.info.setdefault(_PENDING, []).append((execution_id, timeout))
 
-    @event.listens_for(session, "after_commit", once=True)
-    def _push(_session) -> None:
-        enqueue(execution_id, timeout)
+
+@event.listens_for(Session, "after_commit")
+def _push_pending(session: Session) -> None:
+    items = session.info.pop(_PENDING, None)
+    if items:
+        try:
+            enqueue_many(items)
+        except Exception:  # noqa: BLE001 - see enqueue_after_commit
+            log.warning("could not enqueue executions %s; the reaper will", [i for i, _ in items], exc_info=True)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_pending(session: Session) -> None:
+    session.info.pop(_PENDING, None)

@@ -4,7 +4,7 @@ No worker runs here: executions stay queued (helper A's tests run them end to en
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
@@ -142,3 +142,31 @@ def test_executions_visibility(api, api_as):
     assert auditor.get(f"/api/v1/executions/{run['id']}")[0] == 200
     assert auditor.post(f"/api/v1/tasks/{t['id']}/executions", {})[0] == 403
     assert auditor.post(f"/api/v1/executions/{run['id']}/cancel")[0] == 403
+
+
+def test_run_with_redis_down_is_accepted_and_a_rollback_enqueues_nothing(api, session, monkeypatch):
+    """The database is the truth: with Redis unreachable the run is still accepted (the
+    reaper enqueues it later), and an execution whose transaction rolled back is never pushed."""
+    from redis import Redis
+
+    from server import redis_conn
+    from server.executions import request_execution
+    from server.models import Task
+    from server.reaper import sweep
+
+    t = setup_task(api)
+    live = redis_conn.redis()
+    monkeypatch.setattr(redis_conn, "_conn", Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5))
+    status, body = api.post(f"/api/v1/tasks/{t['id']}/executions", {})
+    assert status == 202 and body["status"] == "queued"
+    monkeypatch.setattr(redis_conn, "_conn", live)
+    assert f"execution-{body['id']}" not in jobs.queue().job_ids
+
+    ex = request_execution(session, session.get(Task, t["id"]), None, trigger="manual")
+    rolled_back = ex.id
+    session.rollback()
+    session.commit()  # a later commit of the same session must not push the rolled-back id
+    assert f"execution-{rolled_back}" not in jobs.queue().job_ids
+
+    sweep(session, utcnow() + timedelta(seconds=60))
+    assert f"execution-{body['id']}" in jobs.queue().job_ids  # re-enqueued from the database
