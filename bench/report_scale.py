@@ -12,7 +12,6 @@ templates) and streams both CSV exports while sampling the process RSS. Target: 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import random

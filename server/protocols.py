@@ -217,7 +217,7 @@ def host_vars(host: Host, credential: Credential | None) -> dict[str, Any]:
     before anything connects.
     """
     name = host.protocol or "ssh"
-    proto = protocol(name)
+    protocol(name)  # an unknown protocol is a ValidationError here
     problem = credential_problem(name, credential)
     if problem:
         raise ValidationError(f"host {host.name!r}: {problem}", field="credential")

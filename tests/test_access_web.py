@@ -216,7 +216,7 @@ def test_approver_decides_in_the_browser(live_url, flow, session):
                 page.fill("input[name=password]", ADMIN_PASSWORD)
                 page.click("button[type=submit]")
                 page.click("nav >> text=Approvals")
-                page.click(f"#pending >> text=Review")
+                page.click("#pending >> text=Review")
                 page.wait_for_url(re.compile(rf"/approvals/{ex_id}$"))
                 page.fill("textarea[name=comment]", f"checked by {who}")
                 page.click(f"button:has-text('{button}')")

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from server import procs
-from server.models import AuditLog, Execution, Operation
+from server.models import AuditLog, Execution
 from tests.sshlab import SSHLab
 
 REPO = Path(__file__).resolve().parent.parent

@@ -5,7 +5,6 @@ A seeded fuzz test throws random JSON shapes at every POST/PATCH and asserts < 5
 """
 from __future__ import annotations
 
-import json
 import random
 
 import pytest

@@ -21,22 +21,11 @@ from ..models import PERMISSIONS, ROLES, ApiToken, Policy, Task, User, utcnow
 from ..pagination import page_args, paginate
 from ..policies import delete_policy, policy_dict, save_policy
 from . import web_bp
+from .common import get_or_404, need
 
 PER_PAGE = 50
 # Pages a user who must change their password may still open.
 _OPEN_WHILE_MUST_CHANGE = {"web.account", "web.account_password", "web.logout", "web.login", "web.static"}
-
-
-def _need(grant: str) -> None:
-    if not access.has(current_user, grant):
-        abort(403)
-
-
-def _get(model, obj_id: int):
-    obj = db.session.get(model, obj_id) if 0 < obj_id <= 2**31 - 1 else None
-    if obj is None:
-        abort(404)
-    return obj
 
 
 def _try(action, *args, **kwargs) -> tuple[Any, str | None, int]:
@@ -73,7 +62,7 @@ def _force_password_change():
 @web_bp.route("/admin/users", methods=["GET", "POST"])
 @login_required
 def users():
-    _need("users.manage")
+    need("users.manage")
     error, status, form = None, 200, {}
     if request.method == "POST":
         form = {k: request.form.get(k, "") for k in ("username", "role", "password", "email")}
@@ -89,8 +78,8 @@ def users():
 @web_bp.route("/admin/users/<int:user_id>", methods=["GET", "POST"])
 @login_required
 def user_edit(user_id: int):
-    _need("users.manage")
-    user = _get(User, user_id)
+    need("users.manage")
+    user = get_or_404(User, user_id)
     error, status = None, 200
     if request.method == "POST":
         data: dict[str, Any] = {"role": request.form.get("role", user.role), "email": request.form.get("email", ""),
@@ -111,8 +100,8 @@ def user_edit(user_id: int):
 @web_bp.post("/admin/users/<int:user_id>/delete")
 @login_required
 def user_delete(user_id: int):
-    _need("users.manage")
-    user = _get(User, user_id)
+    need("users.manage")
+    user = get_or_404(User, user_id)
     _, error, _status = _try(deactivate_user, user, actor=current_user)
     flash(error or f"User {user.username} deactivated; their tokens are revoked.", "error" if error else "success")
     return redirect(url_for("web.users"))
@@ -172,7 +161,7 @@ def _defaults() -> dict[str, Any]:
 @web_bp.route("/admin/policies/new", methods=["GET", "POST"])
 @login_required
 def policy_new():
-    _need("policies.manage")
+    need("policies.manage")
     if request.method == "POST":
         values = _policy_form()
         policy, error, status = _try(save_policy, values, actor=current_user.username)
@@ -186,8 +175,8 @@ def policy_new():
 @web_bp.route("/admin/policies/<int:policy_id>", methods=["GET", "POST"])
 @login_required
 def policy_edit(policy_id: int):
-    _need("policies.manage")
-    policy = _get(Policy, policy_id)
+    need("policies.manage")
+    policy = get_or_404(Policy, policy_id)
     if request.method == "POST":
         values = _policy_form()
         saved, error, status = _try(save_policy, values, actor=current_user.username, policy=policy)
@@ -201,8 +190,8 @@ def policy_edit(policy_id: int):
 @web_bp.post("/admin/policies/<int:policy_id>/delete")
 @login_required
 def policy_delete(policy_id: int):
-    _need("policies.manage")
-    policy = _get(Policy, policy_id)
+    need("policies.manage")
+    policy = get_or_404(Policy, policy_id)
     name = policy.name
     _, error, _status = _try(delete_policy, policy, actor=current_user.username)
     flash(error or f"Policy {name} deleted.", "error" if error else "success")
@@ -226,7 +215,7 @@ def _day(name: str, end: bool) -> datetime | None:
 @web_bp.get("/audit")
 @login_required
 def audit_log():
-    _need("audit.view")
+    need("audit.view")
     filters = {k: (request.args.get(k) or "").strip()[:120] for k in ("actor", "action", "outcome", "from", "to")}
     query = audit.query(db.session(), actor=filters["actor"] or None, action=filters["action"] or None,
                         outcome=filters["outcome"] or None, since=_day("from", False), until=_day("to", True))
@@ -285,7 +274,7 @@ def account_token_new():
 @web_bp.post("/account/tokens/<int:token_id>/revoke")
 @login_required
 def account_token_revoke(token_id: int):
-    token = _get(ApiToken, token_id)
+    token = get_or_404(ApiToken, token_id)
     if token.user_id != current_user.id and not access.has(current_user, "users.manage"):
         abort(404)
     _, error, _status = _try(revoke_token, token, actor=current_user._get_current_object())

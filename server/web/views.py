@@ -23,24 +23,13 @@ from ..models import CREDENTIAL_KINDS, PROTOCOLS, Credential, Execution, Group, 
 from ..pagination import like_pattern, page_args, paginate, text_arg
 from ..tasks import create_task, delete_task, update_task
 from . import web_bp
+from .common import get_or_404, need
 from .forms import FormError, checkbox, dump_vars, errors_of, int_or_text, lines, parse_vars, split_names
 
 PER_PAGE = 50
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-def _need(grant: str) -> None:
-    if not access.has(current_user, grant):
-        abort(403)
-
-
-def _get(model, obj_id: int):
-    obj = db.session.get(model, obj_id) if 0 < obj_id <= 2**31 - 1 else None
-    if obj is None:
-        abort(404)
-    return obj
-
 
 def _page(query):
     """A page of ``query`` from ?page (bad values fall back to the first page)."""
@@ -81,7 +70,7 @@ def _status(errors: dict[str, str]) -> int:
 @web_bp.get("/hosts")
 @login_required
 def hosts():
-    _need("hosts.view")
+    need("hosts.view")
     query = access.filter_hosts(select(Host).options(selectinload(Host.groups)).order_by(Host.name), current_user)
     q, group = _search("q"), _search("group")
     if q:
@@ -123,7 +112,7 @@ def _host_form(host: Host | None, errors: dict[str, str] | None = None, status: 
 @web_bp.route("/hosts/new", methods=["GET", "POST"])
 @login_required
 def host_new():
-    _need("hosts.edit")
+    need("hosts.edit")
     if request.method == "GET":
         return _host_form(None)
     host, errors = _save(lambda s: create_host(s, _host_data(request.form), actor=current_user.username))
@@ -136,13 +125,13 @@ def host_new():
 @web_bp.route("/hosts/<int:host_id>/edit", methods=["GET", "POST"])
 @login_required
 def host_edit(host_id: int):
-    _need("hosts.edit")
-    host = _get(Host, host_id)
+    need("hosts.edit")
+    host = get_or_404(Host, host_id)
     if request.method == "GET":
         return _host_form(host)
     _, errors = _save(lambda s: update_host(s, host, _host_data(request.form), actor=current_user.username))
     if errors:
-        return _host_form(_get(Host, host_id), errors, _status(errors))
+        return _host_form(get_or_404(Host, host_id), errors, _status(errors))
     flash(f"Host {host.name} saved.", "success")
     return redirect(url_for("web.hosts"))
 
@@ -150,8 +139,8 @@ def host_edit(host_id: int):
 @web_bp.post("/hosts/<int:host_id>/delete")
 @login_required
 def host_delete(host_id: int):
-    _need("hosts.edit")
-    host = _get(Host, host_id)
+    need("hosts.edit")
+    host = get_or_404(Host, host_id)
     name = host.name
     _, errors = _save(delete_host, host, actor=current_user.username)
     if errors:
@@ -166,7 +155,7 @@ def host_delete(host_id: int):
 @web_bp.get("/credentials")
 @login_required
 def credentials():
-    _need("credentials.view")
+    need("credentials.view")
     query = select(Credential).order_by(Credential.name)
     q = _search("q")
     if q:
@@ -219,7 +208,7 @@ def _credential_form(cred: Credential | None, errors: dict[str, str] | None = No
 @web_bp.route("/credentials/new", methods=["GET", "POST"])
 @login_required
 def credential_new():
-    _need("credentials.edit")
+    need("credentials.edit")
     if request.method == "GET":
         return _credential_form(None)
     cred, errors = _save(lambda s: create_credential(s, _credential_data(request.form, False),
@@ -233,14 +222,14 @@ def credential_new():
 @web_bp.route("/credentials/<int:credential_id>/edit", methods=["GET", "POST"])
 @login_required
 def credential_edit(credential_id: int):
-    _need("credentials.edit")
-    cred = _get(Credential, credential_id)
+    need("credentials.edit")
+    cred = get_or_404(Credential, credential_id)
     if request.method == "GET":
         return _credential_form(cred)
     _, errors = _save(lambda s: update_credential(s, cred, _credential_data(request.form, True),
                                                   actor=current_user.username))
     if errors:
-        return _credential_form(_get(Credential, credential_id), errors, _status(errors))
+        return _credential_form(get_or_404(Credential, credential_id), errors, _status(errors))
     flash(f"Credential {cred.name} saved.", "success")
     return redirect(url_for("web.credentials"))
 
@@ -248,8 +237,8 @@ def credential_edit(credential_id: int):
 @web_bp.post("/credentials/<int:credential_id>/delete")
 @login_required
 def credential_delete(credential_id: int):
-    _need("credentials.edit")
-    cred = _get(Credential, credential_id)
+    need("credentials.edit")
+    cred = get_or_404(Credential, credential_id)
     name = cred.name
     _, errors = _save(delete_credential, cred, actor=current_user.username)
     if errors:
@@ -262,7 +251,7 @@ def credential_delete(credential_id: int):
 # --- tasks ---------------------------------------------------------------------------------
 
 def _visible_task(task_id: int) -> tuple[Task, set[str]]:
-    task = _get(Task, task_id)
+    task = get_or_404(Task, task_id)
     perms = access.task_permissions(db.session(), current_user, task)
     if "view" not in perms:
         abort(404)
@@ -351,7 +340,7 @@ def _task_form(task: Task | None, errors: dict[str, str] | None = None, status: 
 @web_bp.route("/tasks/new", methods=["GET", "POST"])
 @login_required
 def task_new():
-    _need("tasks.create")
+    need("tasks.create")
     if request.method == "GET":
         return _task_form(None)
     task, errors = _save(lambda s: create_task(s, _task_data(request.form), user=current_user._get_current_object(),
@@ -393,7 +382,7 @@ def task_edit(task_id: int):
     _, errors = _save(lambda s: update_task(s, task, _task_data(request.form), user=current_user._get_current_object(),
                                             playbook_dir=current_app.config["TM"].playbook_dir))
     if errors:
-        return _task_form(_get(Task, task_id), errors, _status(errors))
+        return _task_form(get_or_404(Task, task_id), errors, _status(errors))
     flash(f"Task {task.name} saved.", "success")
     return redirect(url_for("web.task", task_id=task.id))
 
@@ -427,7 +416,7 @@ def task_run(task_id: int):
 
     ex, errors = _save(run)
     if errors:
-        return _task_page(_get(Task, task_id), perms, errors, 422)
+        return _task_page(get_or_404(Task, task_id), perms, errors, 422)
     if ex.status == "waiting_approval":
         flash(f"Execution #{ex.id} is waiting for approval.", "warning")
     else:
