@@ -13,10 +13,10 @@ TEST_PKGS := openssh-server sudo postgresql chromium inetutils-telnetd inetutils
 
 .PHONY: run test demo system-run system-test venv migrate admin
 
-run: system-run venv migrate admin
+run: system-run venv migrate
 	$(FLASK) serve
 
-demo: system-test venv migrate admin
+demo: system-test venv migrate
 	$(BIN)/python bench/demo.py
 
 test: system-test venv

@@ -18,6 +18,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from sshlab import SSHLab  # noqa: E402
 
 from server import create_app, db  # noqa: E402
+from server.auth import ensure_first_admin, first_admin_banner  # noqa: E402
 from server.credentials import create_credential, update_credential  # noqa: E402
 from server.executions import request_execution  # noqa: E402
 from server.hosts import create_host, update_host  # noqa: E402
@@ -78,6 +79,9 @@ def main() -> None:
         settings.instance_dir, settings.embedded_redis_socket)
     try:
         with SSHLab(20) as lab, app.app_context():
+            password = ensure_first_admin(db.session())
+            if password:
+                print(first_admin_banner(password), flush=True)
             execution_id = seed(lab, settings.playbook_dir)
             print(f"demo: 20 SSH servers on {lab.servers[0].address}..{lab.servers[-1].address}; "
                   f"first run: http://{settings.bind}/executions/{execution_id}", flush=True)

@@ -155,3 +155,22 @@ def user_for_token(session: Session, token: str) -> User | None:
     if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
         row.last_used_at = now  # coarse, so reads don't write on every request
     return row.user
+
+
+def ensure_first_admin(session: Session) -> str | None:
+    """Create the user ``admin`` if no admin exists; return its one-time password (else None).
+
+    The password must be changed at first sign-in (``must_change_password``).
+    """
+    if session.execute(select(User.id).where(User.role == "admin")).first():
+        return None
+    password = secrets.token_urlsafe(12)
+    user = create_user(session, "admin", "admin", password, actor="bootstrap")
+    user.must_change_password = True
+    session.commit()
+    return password
+
+
+def first_admin_banner(password: str) -> str:
+    line = "=" * 60
+    return f"{line}\nFirst admin created. Username: admin   One-time password: {password}\n{line}"

@@ -1,7 +1,6 @@
 """Flask CLI: ``flask --app wsgi <group> <command>`` (see ../shared/CONTRACT.md)."""
 from __future__ import annotations
 
-import secrets
 import sys
 
 import click
@@ -67,18 +66,10 @@ def users_token(name: str, label: str) -> None:
 @users_cli.command("ensure-admin")
 def users_ensure_admin() -> None:
     """Create the first admin if there is none; print its one-time password."""
-    from .auth import create_user
+    from .auth import ensure_first_admin, first_admin_banner
 
-    if db.session.execute(select(User.id).where(User.role == "admin")).first():
-        click.echo("an admin already exists")
-        return
-    password = secrets.token_urlsafe(12)
-    user = create_user(db.session(), "admin", "admin", password, actor="bootstrap")
-    user.must_change_password = True
-    db.session.commit()
-    click.echo("=" * 60)
-    click.echo(f"First admin created. Username: admin   One-time password: {password}")
-    click.echo("=" * 60)
+    password = ensure_first_admin(db.session())
+    click.echo(first_admin_banner(password) if password else "an admin already exists")
 
 
 @db_cli.command("upgrade")

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import db
+from .auth import ensure_first_admin, first_admin_banner
 from .config import REPO_ROOT, Settings
 from .redis_conn import ensure_embedded_redis
 
@@ -45,6 +47,9 @@ def serve(settings: Settings) -> None:
     if not settings.redis_url:
         redis_proc = ensure_embedded_redis(settings.instance_dir, settings.embedded_redis_socket)
         print(f"redis: private server on unix://{settings.embedded_redis_socket}", flush=True)
+    password = ensure_first_admin(db.session())  # after Redis is up: the audit anchor goes there too
+    if password:
+        print(first_admin_banner(password), flush=True)
     children: dict[str, subprocess.Popen] = {}
     stopping = False
 
