@@ -11,11 +11,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from . import access, audit, jobs, playbooks
-from .errors import ValidationError
-from .models import Execution, Host, Task, User, utcnow
+from .errors import Conflict, ValidationError
+from .models import EXECUTION_FINAL, OPERATION_FINAL, Execution, Host, Operation, Task, User, utcnow
 
 MAX_REASON = 2000
 
@@ -161,11 +162,6 @@ def cancel_execution(session: Session, ex: Execution, user: User | None) -> Exec
 
     The not-started case is a conditional UPDATE so it cannot race a worker claiming the run.
     """
-    from sqlalchemy import update
-
-    from .errors import Conflict
-    from .models import EXECUTION_FINAL, OPERATION_FINAL, Operation
-
     actor = user.username if user else None
     previous = ex.status
     if previous in EXECUTION_FINAL:
