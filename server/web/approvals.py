@@ -104,6 +104,14 @@ def approval_detail(execution_id: int):
     )
 
 
+def _decision_from_form() -> str:
+    """The form's Approve/Reject button as a decision; anything else is a 400."""
+    decision = {"approve": "approved", "reject": "rejected"}.get(request.form.get("decision", ""))
+    if decision is None:
+        abort(400)
+    return decision
+
+
 @web_bp.post("/approvals/<int:execution_id>/decide")
 @login_required
 def approval_decide(execution_id: int):
@@ -111,9 +119,7 @@ def approval_decide(execution_id: int):
     ex = _execution_for(execution_id)
     if ex.status == "waiting_approval" and approvals.may_decide(s, ex, _me()) is not None:
         abort(403)
-    decision = {"approve": "approved", "reject": "rejected"}.get(request.form.get("decision", ""))
-    if decision is None:
-        abort(400)
+    decision = _decision_from_form()
     try:
         outcome = approvals.decide(s, ex, _me(), decision, request.form.get("comment") or None)
         s.commit()
@@ -185,9 +191,7 @@ def schedule_decide(schedule_id: int):
     sch = _schedule_for(schedule_id)
     if sch.approval_status == "pending" and approvals.may_decide_schedule(s, sch, _me()) is not None:
         abort(403)
-    decision = {"approve": "approved", "reject": "rejected"}.get(request.form.get("decision", ""))
-    if decision is None:
-        abort(400)
+    decision = _decision_from_form()
     try:
         outcome = approvals.decide_schedule(s, sch, _me(), decision, request.form.get("comment") or None)
         s.commit()
