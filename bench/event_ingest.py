@@ -84,7 +84,10 @@ def main() -> None:
             handler_time = [0.0]
             original = runner.Recorder.event_handler
 
+            progress: list[str | None] = [None]  # the run's tm_commands progress prefix, for the replays
+
             def recording(self, event):
+                progress[0] = self.progress
                 events.append(copy.deepcopy(event))
                 t0 = time.perf_counter()
                 try:
@@ -122,7 +125,8 @@ def main() -> None:
             for r in range(args.replays):
                 ex, ops = make_execution(session, task, hosts)
                 names = {h.name: h.name for h in hosts}
-                rec = runner.Recorder(session, ex, runner._by_inventory_name(ops, names), names, args.tasks)
+                rec = runner.Recorder(session, ex, runner._by_inventory_name(ops, names), names,
+                                      list(task.commands), progress[0])
                 t0 = time.perf_counter()
                 for ev in events:
                     rec.event_handler(ev)

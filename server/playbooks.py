@@ -72,22 +72,30 @@ def git_commit(directory: Path) -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-def commands_play(commands: list[str], *, become: bool = False) -> list[dict[str, Any]]:
-    """The generated play for a ``commands`` task: one ``raw`` step per command line.
+def command_step_name(index: int, command: str) -> str:
+    """The step name of a ``commands`` task's command line ``index`` (0-based)."""
+    return f"command {index + 1}: {command[:80]}"
 
-    ``raw`` needs no Python on the target. Command lines are fixed when the task is
-    saved; they are passed as ``!unsafe`` data by the runner so Jinja never evaluates them.
+
+def commands_play(commands: list[str], *, become: bool = False, progress: str | None = None) -> list[dict[str, Any]]:
+    """The generated play for a ``commands`` task: its command lines, one step each.
+
+    They run in one ``tm_commands`` task per host (plugins/action/tm_commands.py), which
+    executes each line exactly as ``ansible.builtin.raw`` does (no Python needed on the
+    target) without paying Ansible's per-task cost per line. Command lines are fixed when
+    the task is saved; the runner passes them as ``!unsafe`` data so Jinja never evaluates
+    them. ``progress`` is the prefix of the per-command progress lines the runner reads.
     """
+    args: dict[str, Any] = {"commands": list(commands)}
+    if progress:
+        args["progress"] = progress
     return [
         {
             "name": "commands",
             "hosts": "all",
             "gather_facts": False,
             "become": bool(become),
-            "tasks": [
-                {"name": f"command {i + 1}: {cmd[:80]}", "ansible.builtin.raw": cmd}
-                for i, cmd in enumerate(commands)
-            ],
+            "tasks": [{"name": "commands", "tm_commands": args}],
         }
     ]
 

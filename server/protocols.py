@@ -94,7 +94,8 @@ def protocol(name: str | None) -> Protocol:
 
 def ansible_env(playbook_dir: Path | None = None) -> dict[str, str]:
     """Non-secret environment every ansible-playbook run needs to find the shipped roles,
-    modules (LDAP, RDP/VNC probes), module_utils and the telnet connection plugin.
+    modules (LDAP, RDP/VNC probes), module_utils, the telnet connection plugin and the
+    ``tm_commands`` action that runs ``commands`` tasks.
     For x11 hosts, ``TASKMANAGER_X11_DISPLAY`` names the controller's X display that
     forwarded clients draw on; it is passed on as ``DISPLAY``."""
     roles = [REPO_ROOT / "roles"]
@@ -105,6 +106,7 @@ def ansible_env(playbook_dir: Path | None = None) -> dict[str, str]:
         "ANSIBLE_LIBRARY": str(REPO_ROOT / "library"),
         "ANSIBLE_MODULE_UTILS": str(PLUGIN_DIR / "module_utils"),
         "ANSIBLE_CONNECTION_PLUGINS": str(PLUGIN_DIR / "connection"),
+        "ANSIBLE_ACTION_PLUGINS": str(PLUGIN_DIR / "action"),  # tm_commands
     }
     display = os.environ.get("TASKMANAGER_X11_DISPLAY")
     if display:

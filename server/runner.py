@@ -13,12 +13,13 @@ file. Ansible then hands the login password to ssh through its own ssh_askpass h
 used because it mistakes remote exit codes 1-6 for its own errors. User variables and
 command lines are written as ``!unsafe`` YAML so Jinja never evaluates them.
 
-Speed: ssh ControlMaster connections persist (per credential version) between runs, the
-``commands`` play uses the ``free`` strategy with one fork per host, pipelining is on,
-only the YAML inventory plugin is enabled, runs without WinRM hosts skip importing
-pywinrm, and events reach the database in batches (the last host's result at once).
-The remaining cost is ansible-playbook itself: ~0.4 s CPU to start and ~30 ms CPU per
-task and host (bench/seed_usecase.py).
+Speed: ssh ControlMaster connections persist (per credential version) between runs, a
+``commands`` task runs all its lines in one ``tm_commands`` task per host (each line still
+its own shell and step, without Ansible's ~15 ms of per-task CPU for every line), with the
+``free`` strategy and one fork per host, pipelining is on, only the YAML inventory plugin
+is enabled, runs without WinRM hosts skip importing pywinrm, and events reach the database
+in batches (the last host's result at once). What remains is mostly ansible-playbook
+starting up (~0.4 s CPU; bench/seed_usecase.py).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shlex
 import shutil
 import stat
@@ -110,6 +112,13 @@ def _parse_time(value: Any) -> datetime | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed
+
+
+def _epoch(value: Any) -> datetime | None:
+    """A UNIX timestamp (tm_commands' step times) as an aware datetime."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, tz=timezone.utc)
+    return None
 
 
 def _text(value: Any) -> str | None:
@@ -213,18 +222,27 @@ class HostState:
     unreachable: bool = False
     first_failure: str | None = None
     seq_base: int = 0  # steps of earlier attempts on this host (retries.py)
+    command_steps: dict[int, Step] = field(default_factory=dict)  # commands task: line index -> step
+    commands_done: set[int] = field(default_factory=set)  # line indexes with a result
 
 
 class Recorder:
-    """Turns ansible-runner events into Steps/Operations; writes them in batches."""
+    """Turns ansible-runner events into Steps/Operations; writes them in batches.
+
+    Playbook tasks: one step per Ansible task and host. ``commands`` tasks run all their
+    lines in one ``tm_commands`` task per host (plugins/action/tm_commands.py): one step
+    per line, from its progress lines (``progress`` prefix) as each line ends, and from
+    the task's result, which is authoritative.
+    """
 
     def __init__(self, session: Session, ex: Execution, ops: dict[str, Operation], names: dict[str, str],
-                 expected_steps: int | None, attempt: int = 1) -> None:
+                 commands: list[str] | None = None, progress: str | None = None, attempt: int = 1) -> None:
         self.session = session
         self.ex = ex
         self.names = names  # inventory name -> host name
         self.hosts = {name: HostState(op) for name, op in ops.items()}
-        self.expected_steps = expected_steps  # known for commands tasks
+        self.commands = commands  # a commands task's lines
+        self.progress = progress  # tm_commands' progress lines start with it and a space
         self.stats: dict[str, Any] | None = None
         self.errors: list[str] = []
         self.pending_events = 0
@@ -291,12 +309,18 @@ class Recorder:
         data = event.get("event_data") or {}
         if kind == "runner_on_start":
             st = self._state(event)
-            if st is not None:
+            if st is not None and self.commands is not None:
+                self._start_command(st, 0, _parse_time(event.get("created")) or _now())
+            elif st is not None:
                 self._start_step(st, data, event)
         elif kind in STEP_EVENTS:
             st = self._state(event)
-            if st is not None:
+            if st is not None and self.commands is not None:
+                self._finish_commands(st, kind, data)
+            elif st is not None:
                 self._finish_step(st, kind, data, event)
+        elif kind == "verbose" and self.progress and (event.get("stdout") or "").startswith(self.progress + " "):
+            self._command_progress(event["stdout"][len(self.progress) + 1:])
         elif kind in ITEM_EVENTS:
             st = self._state(event)
             if st is not None:
@@ -312,26 +336,30 @@ class Recorder:
         role = data.get("role")
         if role:
             name = f"{role} : {name}"
-        if self.attempt > 1:
-            name = f"[attempt {self.attempt}] {name}"
-        return name[:500]
+        return self._attempt_name(name)
 
-    def _start_step(self, st: HostState, data: dict[str, Any], event: dict[str, Any]) -> Step:
+    def _attempt_name(self, name: str) -> str:
+        return f"[attempt {self.attempt}] {name}" if self.attempt > 1 else name
+
+    def _new_step(self, st: HostState, name: str, started: datetime) -> Step:
         op = st.op
-        started = _parse_time(event.get("created")) or _now()
         if op.status == "pending":
             op.status = "running"
             op.started_at = started
         step = Step(
             operation_id=op.id,
             seq=st.seq_base + len(st.steps) + 1,
-            name=self._step_name(data),
+            name=name[:500],
             status="running",
             started_at=started,
             changed=False,
         )
         self.session.add(step)
         st.steps.append(step)
+        return step
+
+    def _start_step(self, st: HostState, data: dict[str, Any], event: dict[str, Any]) -> Step:
+        step = self._new_step(st, self._step_name(data), _parse_time(event.get("created")) or _now())
         if data.get("task_uuid"):
             st.open_steps[data["task_uuid"]] = step
         return step
@@ -360,19 +388,29 @@ class Recorder:
         if status in ("failed", "unreachable") and not stderr and msg:
             stderr = msg
         stdout = _join(stdout, _diff_text(res)) or None  # --diff (dry runs for approvers)
+        duration = data.get("duration")
+        self._record(st, step, status, res.get("rc"), stdout, stderr, msg, changed=bool(res.get("changed")),
+                     duration=float(duration) if isinstance(duration, (int, float)) else None,
+                     ignore_errors=bool(data.get("ignore_errors")))
+        if status == "unreachable":
+            self._host_done(st, final="unreachable")
+        elif st.failed:
+            self._host_done(st, final=None)  # a rescue block may still take over: final at the end
+
+    def _record(self, st: HostState, step: Step, status: str, rc: Any, stdout: str | None, stderr: str | None,
+                msg: str | None, *, changed: bool, duration: float | None, ignore_errors: bool = False) -> None:
+        """A step's outcome, and what it means for its operation (rc, output, message)."""
         step.status = status
-        step.rc = res.get("rc") if isinstance(res.get("rc"), int) else step.rc
+        step.rc = rc if isinstance(rc, int) else step.rc
         step.stdout = _clip(stdout, MAX_STEP_OUTPUT)
         step.stderr = _clip(stderr, MAX_STEP_OUTPUT)
-        step.changed = bool(res.get("changed"))
-        duration = data.get("duration")
-        if isinstance(duration, (int, float)):
-            step.duration_s = round(float(duration), 3)
+        step.changed = changed
+        if duration is not None:
+            step.duration_s = round(duration, 3)
         elif step.started_at is not None:
             step.duration_s = round((_now() - step.started_at).total_seconds(), 3)
         st.completed += 1
         op = st.op
-        counts_as_failure = status == "failed" and not data.get("ignore_errors")
         if step.rc is not None and not st.failed:
             op.rc = step.rc  # the last rc, or the rc of the step that failed the host
         op.stdout = _clip(_join(op.stdout, stdout), MAX_OPERATION_OUTPUT)
@@ -380,16 +418,84 @@ class Recorder:
         if status == "unreachable":
             st.unreachable = True
             op.message = _clip(msg or stderr or "host unreachable", MAX_MESSAGE)
-            self._host_done(st, final="unreachable")
-        elif counts_as_failure:
+        elif status == "failed" and not ignore_errors:
             st.failed = True
             if st.first_failure is None:
                 st.first_failure = _clip(f"{step.name}: {msg or stderr or 'failed'}", MAX_MESSAGE)
                 op.message = st.first_failure
-            # Ansible stops a failed host (unless a rescue block takes over): commands
-            # tasks have none, so their result is final now.
-            self._host_done(st, final="failed" if self.expected_steps is not None else None)
-        elif self.expected_steps is not None and st.completed >= self.expected_steps and not st.failed:
+
+    # -- commands tasks (tm_commands) ------------------------------------------------------
+    def _start_command(self, st: HostState, index: int, started: datetime) -> Step | None:
+        if self.commands is None or index >= len(self.commands):
+            return None
+        step = st.command_steps.get(index)
+        if step is None:
+            step = self._new_step(st, self._attempt_name(playbooks.command_step_name(index, self.commands[index])),
+                                  started)
+            st.command_steps[index] = step
+        return step
+
+    def _command_result(self, st: HostState, result: dict[str, Any]) -> None:
+        """One command line's outcome (a progress line or the task's ``tm_steps``)."""
+        index = result.get("index")
+        status = result.get("status")
+        if not isinstance(index, int) or index in st.commands_done or status not in STEP_EVENTS.values():
+            return
+        began = _epoch(result.get("start"))
+        ended = _epoch(result.get("end"))
+        step = self._start_command(st, index, began or _now())
+        if step is None:
+            return
+        if began is not None:
+            step.started_at = began
+            if step is st.steps[0] and (st.op.started_at is None or began < st.op.started_at):
+                st.op.started_at = began
+        st.commands_done.add(index)
+        duration = (ended - began).total_seconds() if began and ended else None
+        msg = "non-zero return code" if status == "failed" else None  # as ansible.builtin.raw says it
+        self._record(st, step, status, result.get("rc"), _text(result.get("stdout")), _text(result.get("stderr")),
+                     msg, changed=status == "succeeded", duration=duration)
+        if status == "succeeded":
+            self._start_command(st, index + 1, ended or _now())  # the next line starts now
+
+    def _command_progress(self, line: str) -> None:
+        try:
+            result = json.loads(line)
+        except ValueError:
+            return
+        if isinstance(result, dict):
+            st = self.hosts.get(str(result.get("host") or ""))
+            if st is not None and not st.final:
+                self._command_result(st, result)
+
+    def _finish_commands(self, st: HostState, kind: str, data: dict[str, Any]) -> None:
+        """The host's tm_commands task ended: its result completes every step, and the host."""
+        res = data.get("res") if isinstance(data.get("res"), dict) else {}
+        for result in res.get("tm_steps") or []:
+            if isinstance(result, dict):
+                self._command_result(st, result)
+        status = STEP_EVENTS[kind]
+        msg = _text(res.get("msg"))
+        for index, step in list(st.command_steps.items()):
+            if index not in st.commands_done:  # no result of its own (an error Ansible raised)
+                st.commands_done.add(index)
+                self._record(st, step, "failed" if status == "succeeded" else status, None, None, msg, msg,
+                             changed=False, duration=None)
+        if not st.command_steps and status != "skipped":  # it failed before the first line ran
+            step = self._start_command(st, 0, _now())
+            if step is not None:
+                st.commands_done.add(0)
+                self._record(st, step, "failed" if status == "succeeded" else status, None, None, msg, msg,
+                             changed=False, duration=None)
+        if st.unreachable:
+            self._host_done(st, final="unreachable")
+        elif st.failed or status == "failed":
+            st.failed = True
+            st.op.message = st.op.message or _clip(msg or "failed", MAX_MESSAGE)
+            self._host_done(st, final="failed")
+        elif status == "skipped" or all(s.status == "skipped" for s in st.steps):
+            self._host_done(st, final=None)  # check mode: finish() says skipped
+        else:
             self._host_done(st, final="succeeded")
 
     def _item(self, st: HostState, kind: str, data: dict[str, Any], event: dict[str, Any]) -> None:
@@ -504,7 +610,8 @@ class Prepared:
     roles_path: list[str]
     forks: int
     names: dict[str, str]
-    expected_steps: int | None
+    commands: list[str] | None  # a commands task's lines (steps come from tm_commands)
+    progress: str | None  # prefix of tm_commands' progress lines
 
 
 def _secrets(credential: Credential | None) -> tuple[str | None, str | None, str | None]:
@@ -561,19 +668,18 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     project = private_dir / "project"
     project.mkdir(mode=0o700)
     roles_path = [str(settings.playbook_dir / "roles"), str(settings.playbook_dir.parent / "roles")]
-    expected_steps = None
+    commands: list[str] | None = None
+    progress: str | None = None
     if task.kind == "commands":
-        play = playbooks.commands_play(list(task.commands or []), become=bool(task.become))
+        commands = list(task.commands or [])
+        progress = f"tm-progress-{secrets.token_hex(8)}"  # only this run's plugin writes such lines
+        play = playbooks.commands_play([inventory.Unsafe(c) for c in commands], become=bool(task.become),
+                                       progress=progress)
         for p in play:
             p["strategy"] = "free"  # each host runs its commands as fast as it can
-            p["tasks"] = [
-                {"name": inventory.Unsafe(t["name"]), "ansible.builtin.raw": inventory.Unsafe(t["ansible.builtin.raw"])}
-                for t in p["tasks"]
-            ]
         playbook = project / "commands.yml"
         playbook.write_text(inventory.dump(play))
         project_dir = str(project)
-        expected_steps = len(task.commands or [])
     else:
         resolved = playbooks.resolve(settings.playbook_dir, task.playbook or "")
         playbook = resolved
@@ -641,7 +747,8 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         roles_path=roles_path,
         forks=forks,
         names=inv["_meta"]["names"],
-        expected_steps=expected_steps,
+        commands=commands,
+        progress=progress,
     )
 
 
@@ -672,10 +779,10 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
             prep = prepare(private_dir, ex, task, hosts, settings)
         except Exception as exc:  # an invalid playbook path, an undecryptable secret, ...
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-            recorder = Recorder(session, ex, _by_inventory_name(ops, {}), {}, None)
+            recorder = Recorder(session, ex, _by_inventory_name(ops, {}), {})
             return recorder.finish(None, timeout_s, failure=f"could not prepare the run: {message}")
-        recorder = Recorder(session, ex, _by_inventory_name(ops, prep.names), prep.names, prep.expected_steps,
-                            attempt=attempt)
+        recorder = Recorder(session, ex, _by_inventory_name(ops, prep.names), prep.names, prep.commands,
+                            prep.progress, attempt=attempt)
         # Non-secret runner settings go in env/settings: ansible-runner 2.4.3 drops a
         # ``settings=`` dict when that file is missing (BaseConfig.prepare_env).
         (private_dir / "env" / "settings").write_text(json.dumps({

@@ -159,6 +159,37 @@ def test_twenty_hosts_three_commands(api, session, lab, run_worker):
     assert audit_actions(session, ex_id) == ["execution.request", "execution.start", "execution.finish"]
 
 
+def test_each_command_line_is_its_own_shell_and_step(api, lab, run_worker):
+    """All of a host's lines run in one tm_commands task, but each exactly as raw runs it:
+    its own shell (no cd or variable carries over, ``exit`` ends only that line), its own
+    step with its own times, and output that looks like a progress line is just output."""
+    hosts = add_hosts(api, lab, lab.servers[:2])
+    cred = add_key_credential(api, lab)
+    forged = 'tm-progress-0123456789abcdef {"host": "%s", "index": 2, "status": "failed", "rc": 9}' % hosts[0]
+    task = add_task(api, name="shells", kind="commands", hosts=hosts, credential=cred, commands=[
+        "cd /tmp && X=set && echo $X; exit 0",
+        "pwd; echo \"x=${X:-unset}\"; sleep 0.3",
+        f"echo '{forged}'",
+    ])
+    ex_id = start(api, task)
+    drained(run_worker)
+    ex = get_execution(api, ex_id)
+    assert ex["status"] == "succeeded", ex
+    for op in ex["operations"]:
+        first, second, third = op["steps"]
+        assert [s["status"] for s in op["steps"]] == ["succeeded"] * 3
+        assert [s["name"] for s in op["steps"]] == [
+            "command 1: cd /tmp && X=set && echo $X; exit 0",
+            'command 2: pwd; echo "x=${X:-unset}"; sleep 0.3',
+            f"command 3: echo '{forged}'"[:91],
+        ]
+        assert first["stdout"] == "set\n"
+        assert second["stdout"] == f"/home/{lab.user}\nx=unset\n"
+        assert third["stdout"] == forged + "\n" and third["rc"] == 0
+        assert second["duration_s"] >= 0.3 and first["duration_s"] < 0.3
+        assert first["started_at"] <= second["started_at"] <= third["started_at"]
+
+
 def test_one_server_down_is_unreachable(api, lab, run_worker):
     hosts = add_hosts(api, lab)
     cred = add_key_credential(api, lab)
