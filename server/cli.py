@@ -117,6 +117,30 @@ def hosts_import(path: str) -> None:
     click.echo(f"imported {result['hosts']} hosts and {result['groups']} groups from {path}")
 
 
+@hosts_cli.command("forget-key")
+@click.argument("name")
+def hosts_forget_key(name: str) -> None:
+    """Forget a host's recorded SSH host key (after the server was rebuilt)."""
+    from sqlalchemy import select
+
+    from .hostkeys import forget
+    from .models import Host
+
+    host = db.session.execute(select(Host).where(Host.name == name)).scalar_one_or_none()
+    if host is None:
+        _fail(f"host {name!r} does not exist")
+    try:
+        result = forget(db.session(), None, host, current_app.config["TM"].instance_dir)
+        db.session.commit()
+    except ApiError as err:
+        db.session.rollback()
+        _fail(err.message)
+    for key in result["forgotten"]:
+        click.echo(f"forgot {key['name']} {key['type']} {key['fingerprint']}")
+    if not result["forgotten"]:
+        click.echo(f"no host key recorded for {name}")
+
+
 @click.command("worker")
 @click.option("--burst", is_flag=True, help="exit when the queue is empty")
 @click.option("--name", default=None)

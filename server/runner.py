@@ -45,7 +45,7 @@ from ansible_runner.runner import Runner
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from . import db, inventory, playbooks, procs, protocols
+from . import db, hostkeys, inventory, playbooks, procs, protocols
 from .config import Settings
 from .errors import ValidationError
 from .models import Credential, Execution, Host, Operation, Step, Task, utcnow
@@ -417,7 +417,7 @@ class Recorder:
         op.stderr = _clip(_join(op.stderr, stderr), MAX_OPERATION_OUTPUT)
         if status == "unreachable":
             st.unreachable = True
-            op.message = _clip(msg or stderr or "host unreachable", MAX_MESSAGE)
+            op.message = _clip(hostkeys.explain(msg or stderr or "host unreachable"), MAX_MESSAGE)
         elif status == "failed" and not ignore_errors:
             st.failed = True
             if st.first_failure is None:

@@ -213,6 +213,16 @@ class SSHLab:
                 time.sleep(0.02)
         server.proc = None
 
+    def rekey_server(self, index: int) -> Path:
+        """Give server ``index`` a new host key (a rebuilt server) and restart it; returns the key."""
+        server = self.servers[index]
+        host_key = self.dir / f"host_ed25519_{index}_{time.monotonic_ns()}"
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)])
+        server.config.write_text(self._config(server, host_key, self.dir / "authorized_keys"))
+        self.stop_server(index)
+        self.start_server(index)
+        return host_key
+
     # -- helpers ---------------------------------------------------------------------
     def ssh_command(self, index: int, *remote: str, password: bool = False) -> list[str]:
         """A plain ``ssh`` command line for server ``index`` (used by the benchmark floor)."""

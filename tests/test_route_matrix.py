@@ -85,7 +85,10 @@ expect(INVOLVED, "POST /approvals/<int:execution_id>/dry-run", "POST /api/v1/exe
 # Hosts: visible to all here (the operator and approver through the sample task); authors edit.
 # A reachability test is open to whoever sees the host (logging in with a credential needs hosts.edit).
 expect(ALL, "GET /hosts", "GET /api/v1/hosts", "GET /api/v1/hosts/<int:host_id>", "GET /hosts/<int:host_id>/test",
-       "POST /hosts/<int:host_id>/test", "POST /api/v1/hosts/<int:host_id>/test")
+       "POST /hosts/<int:host_id>/test", "POST /api/v1/hosts/<int:host_id>/test",
+       "GET /api/v1/hosts/<int:host_id>/host-keys")
+# Forgetting a recorded SSH host key (after a rebuild) is an edit of the host.
+expect(EDITORS, "POST /hosts/<int:host_id>/host-keys/forget", "DELETE /api/v1/hosts/<int:host_id>/host-keys")
 expect(EDITORS, "GET /hosts/new", "POST /hosts/new", "GET /hosts/<int:host_id>/edit", "POST /hosts/<int:host_id>/edit",
        "POST /hosts/<int:host_id>/delete", "POST /api/v1/hosts", "PATCH /api/v1/hosts/<int:host_id>",
        "DELETE /api/v1/hosts/<int:host_id>")

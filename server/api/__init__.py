@@ -119,3 +119,4 @@ from . import credentials, executions, hosts, openapi, tasks  # noqa: E402,F401 
 from . import approvals, audit_trail, policies, tokens_admin, users  # noqa: E402,F401  (helper E: access, approvals, audit)
 from . import schedules  # noqa: E402,F401  (helper D: schedules, scheduler switch, blackouts)
 from . import connections  # noqa: E402,F401  (helper C: connection tests)
+from . import hostkeys  # noqa: E402,F401

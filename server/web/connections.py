@@ -1,11 +1,12 @@
-"""The host page's "Test connection" button: a form to pick a credential, and the result."""
+"""The host page's "Test connection" button: a form to pick a credential, the result, and the
+SSH host key recorded for the host (with "Forget host key" for editors)."""
 from __future__ import annotations
 
-from flask import abort, render_template, request
+from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
-from .. import access, db, protocols
+from .. import access, db, hostkeys, protocols
 from ..connections import test_host
 from ..errors import ApiError
 from ..models import Credential, Host
@@ -15,15 +16,7 @@ from . import web_bp
 @web_bp.route("/hosts/<int:host_id>/test", methods=["GET", "POST"])
 @login_required
 def host_test(host_id: int):
-    if not access.has(current_user, "hosts.view"):
-        abort(403)
-    host = db.session.get(Host, host_id) if 0 < host_id <= 2**31 - 1 else None
-    if host is None:
-        abort(404)
-    try:
-        access.require_host(db.session(), current_user, host)
-    except ApiError:
-        abort(403)
+    host = _visible_host(host_id)
     can_login = access.has(current_user, "hosts.edit")
     proto = protocols.PROTOCOLS.get(host.protocol)
     kinds = proto.credential_kinds if proto else ()
@@ -38,5 +31,39 @@ def host_test(host_id: int):
         except ApiError as err:
             db.session.rollback()
             error, status = err.message, err.status
+    known_keys = hostkeys.keys(current_app.config["TM"].instance_dir, host)
     return render_template("connections/test.html", host=host, protocol=proto, credentials=credentials,
-                           can_login=can_login, result=result, error=error, chosen=chosen), status
+                           can_login=can_login, result=result, error=error, chosen=chosen,
+                           known_keys=known_keys, ssh_host=host.protocol in hostkeys.SSH_PROTOCOLS), status
+
+
+@web_bp.post("/hosts/<int:host_id>/host-keys/forget")
+@login_required
+def host_forget_keys(host_id: int):
+    host = _visible_host(host_id)
+    try:
+        result = hostkeys.forget(db.session(), current_user, host, current_app.config["TM"].instance_dir)
+        db.session.commit()
+    except ApiError as err:
+        db.session.rollback()
+        if err.status == 403:
+            abort(403)
+        flash(err.message, "error")
+    else:
+        count = len(result["forgotten"])
+        flash(f"Forgot {count} host key{'s' if count != 1 else ''} of {host.name}; the next connection learns "
+              "the server's current key." if count else f"No host key was recorded for {host.name}.", "success")
+    return redirect(url_for("web.host_test", host_id=host_id))
+
+
+def _visible_host(host_id: int) -> Host:
+    if not access.has(current_user, "hosts.view"):
+        abort(403)
+    host = db.session.get(Host, host_id) if 0 < host_id <= 2**31 - 1 else None
+    if host is None:
+        abort(404)
+    try:
+        access.require_host(db.session(), current_user, host)
+    except ApiError:
+        abort(403)
+    return host

@@ -1,0 +1,44 @@
+"""Recorded SSH host keys: ``GET`` / ``DELETE /api/v1/hosts/<id>/host-keys``."""
+from __future__ import annotations
+
+from flask import current_app, jsonify
+
+from .. import db, hostkeys
+from ..access import require, require_host
+from ..models import Host
+from . import api_bp, me
+from .common import get_or_404
+from .openapi import describe, register_schema
+
+register_schema("HostKeys", {
+    "type": "object",
+    "properties": {
+        "host": {"type": "string"},
+        "keys": {"type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "type": {"type": "string"}, "fingerprint": {"type": "string"}}}},
+    },
+})
+register_schema("ForgottenHostKeys", {
+    "type": "object",
+    "properties": {"host": {"type": "string"}, "forgotten": {"type": "array", "items": {"type": "object"}}},
+})
+
+
+@api_bp.get("/hosts/<int:host_id>/host-keys")
+@describe(response="HostKeys")
+def get_host_keys(host_id: int):
+    """The SSH host keys recorded for this host (learnt on first contact)."""
+    require(me(), "hosts.view")
+    host = get_or_404(Host, host_id, "host")
+    require_host(db.session(), me(), host)
+    return jsonify({"host": host.name, "keys": hostkeys.keys(current_app.config["TM"].instance_dir, host)})
+
+
+@api_bp.delete("/hosts/<int:host_id>/host-keys")
+@describe(response="ForgottenHostKeys")
+def forget_host_keys(host_id: int):
+    """Forget this host's recorded SSH host keys (after a rebuild); the next connection learns the new one."""
+    host = get_or_404(Host, host_id, "host")
+    result = hostkeys.forget(db.session(), me(), host, current_app.config["TM"].instance_dir)
+    db.session.commit()
+    return jsonify(result)
