@@ -321,3 +321,17 @@ def test_visibility_helpers_directly(api, api_as, session):
     names = {h.name for h in session.execute(access.filter_hosts(select(access.Host), op, session)).scalars()}
     assert names == {"a1", "g1"}
     assert access.task_permissions(session, op, session.get(access.Task, t["id"])) == {"view"}
+
+
+def test_passwords_are_argon2id_with_a_fresh_salt_each(session):
+    """The hasher the app uses (the suite memoises ``hash_password`` per password, not the hasher)."""
+    from server import auth
+    from server.models import User
+
+    first, second = (auth._hasher.hash("pw-123456789") for _ in range(2))
+    assert first != second  # a new random salt every time
+    assert first.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+    assert auth.check_password(User(password_hash=first), "pw-123456789")
+    assert not auth.check_password(User(password_hash=first), "pw-123456780")
+    stored = auth.create_user(session, "hashme", "auditor", "pw-123456789").password_hash
+    assert stored.startswith("$argon2id$v=19$m=65536,t=3,p=4$") and "pw-123456789" not in stored
