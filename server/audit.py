@@ -16,16 +16,18 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import os
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
-from sqlalchemy import event, func, select, text
+from sqlalchemy import event, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from .models import AuditLog, utcnow
@@ -54,23 +56,52 @@ def init_audit(secret_key: str, anchor_path: Path | str | None = None) -> None:
     _anchor_path = Path(anchor_path) if anchor_path else None
 
 
-def _digest(row: AuditLog) -> str:
+def _digest(row: AuditLog | dict[str, Any]) -> str:
+    """The row's HMAC: over its content and the previous row's hash (a row or its values)."""
+    get = row.get if isinstance(row, dict) else row.__getattribute__
     body = json.dumps(
         {
-            "ts": row.ts.astimezone(timezone.utc).isoformat(),
-            "actor": row.actor,
-            "action": row.action,
-            "target_type": row.target_type,
-            "target_id": row.target_id,
-            "outcome": row.outcome,
-            "detail": row.detail,
-            "prev": row.prev_hash,
+            "ts": get("ts").astimezone(timezone.utc).isoformat(),
+            "actor": get("actor"),
+            "action": get("action"),
+            "target_type": get("target_type"),
+            "target_id": get("target_id"),
+            "outcome": get("outcome"),
+            "detail": get("detail"),
+            "prev": get("prev_hash"),
         },
         sort_keys=True,
         separators=(",", ":"),
         default=str,
     )
     return hmac.new(_key, body.encode(), hashlib.sha256).hexdigest()
+
+
+def _values(
+    action: str,
+    *,
+    actor: str | None = None,
+    target: Any = None,
+    target_type: str | None = None,
+    target_id: Any = None,
+    outcome: str = "ok",
+    **detail: Any,
+) -> dict[str, Any]:
+    """The column values of one row, its hash still to be chained."""
+    if target is not None:
+        target_type = target_type or type(target).__name__.lower()
+        target_id = target_id if target_id is not None else getattr(target, "id", None)
+    return {
+        "ts": utcnow(),
+        "actor": actor,
+        "action": action,
+        "target_type": target_type,
+        "target_id": None if target_id is None else str(target_id),
+        "outcome": outcome,
+        "detail": json.loads(json.dumps(detail, default=str)),
+        "prev_hash": GENESIS,
+        "hash": "pending-" + uuid.uuid4().hex,
+    }
 
 
 def record(
@@ -85,43 +116,61 @@ def record(
     **detail: Any,
 ) -> AuditLog:
     """Append one audit row in the caller's transaction (committed with the change)."""
-    if target is not None:
-        target_type = target_type or type(target).__name__.lower()
-        target_id = target_id if target_id is not None else getattr(target, "id", None)
+    return record_many(session, [(action, {"actor": actor, "target": target, "target_type": target_type,
+                                           "target_id": target_id, "outcome": outcome, **detail})])[0]
+
+
+def record_many(session: Session, entries: Sequence[tuple[str, dict[str, Any]]]) -> list[AuditLog]:
+    """Append several rows, in order, in the caller's transaction; ``entries`` are
+    (action, keyword arguments of ``record``).
+
+    The first append of a transaction takes the append lock and reads the head: on
+    PostgreSQL an advisory lock, then the head; on SQLite the first row's INSERT takes the
+    write lock, then the head is read and that row's hash set. Every row after that is
+    chained from the cached head in Python, so any number of them is one multi-row INSERT.
+    """
+    if not entries:
+        return []
+    values = [_values(action, **kw) for action, kw in entries]
     tx = session.get_nested_transaction() or session.get_transaction()
     head = session.info.get("audit_head")
-    chained = head is not None and session.info.get("audit_tx") is tx
-    if not chained and session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
-    row = AuditLog(
-        ts=utcnow(),
-        actor=actor,
-        action=action,
-        target_type=target_type,
-        target_id=None if target_id is None else str(target_id),
-        outcome=outcome,
-        detail=json.loads(json.dumps(detail, default=str)),
-        prev_hash=GENESIS,
-        hash="pending-" + uuid.uuid4().hex,
-    )
-    session.add(row)
-    if chained:
-        # This transaction appended the previous row and still holds the append lock:
-        # the head is known, so one INSERT does (the burst of a scheduler tick, say).
-        row.prev_hash = head[1]
-        row.hash = _digest(row)
-        session.flush()
-    else:
-        session.flush()  # takes the write lock on SQLite and assigns the id
-        prev = session.execute(
-            select(AuditLog.hash).where(AuditLog.id < row.id).order_by(AuditLog.id.desc()).limit(1)
-        ).scalar()
-        row.prev_hash = prev or GENESIS
-        row.hash = _digest(row)
-        session.flush()
-    session.info["audit_head"] = (row.id, row.hash)  # written out by _after_commit
+    out: list[AuditLog] = []
+    if head is None or session.info.get("audit_tx") is not tx:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+            last = session.execute(select(AuditLog.id, AuditLog.hash).order_by(AuditLog.id.desc()).limit(1)).first()
+            head = (last.id, last.hash) if last else (0, GENESIS)
+        else:
+            first = AuditLog(**values.pop(0))
+            session.add(first)
+            session.flush()  # takes the write lock and assigns the id
+            prev = session.execute(
+                select(AuditLog.hash).where(AuditLog.id < first.id).order_by(AuditLog.id.desc()).limit(1)
+            ).scalar()
+            first.prev_hash = prev or GENESIS
+            first.hash = _digest(first)
+            session.flush()
+            head = (first.id, first.hash)
+            out.append(first)
+    if values:
+        # This transaction holds the append lock and knows the head: chain in Python.
+        prev_hash = head[1]
+        for v in values:
+            v["prev_hash"] = prev_hash
+            v["hash"] = prev_hash = _digest(v)
+        # No ordered RETURNING needed (SQLite could not batch it): each row comes back with
+        # its unique hash. The chain is checked in id order, so the ids must follow it.
+        inserted = {r.hash: r for r in session.scalars(insert(AuditLog).returning(AuditLog), values,
+                                                       execution_options={"populate_existing": True})}
+        rows = [inserted[v["hash"]] for v in values]
+        ids = [head[0], *(r.id for r in rows)]
+        if any(a >= b for a, b in itertools.pairwise(ids)):
+            raise RuntimeError("audit rows were not numbered in the order they were chained")
+        out += rows
+    session.flush()  # as ever: the caller's pending changes are written with its audit rows
+    session.info["audit_head"] = (out[-1].id, out[-1].hash)  # written out by _after_commit
     session.info["audit_tx"] = tx
-    return row
+    return out
 
 
 # ---------------------------------------------------------------- head anchor

@@ -243,3 +243,28 @@ def test_many_rows_in_one_transaction_and_a_rolled_back_savepoint_keep_the_chain
     ok, bad, why = audit_mod.verify(rows)
     assert ok, why
     assert rows[-1].action == "test.after" and rows[-1].prev_hash == rows[-2].hash
+
+
+def test_record_many_chains_a_batch_and_a_rolled_back_savepoint_keeps_the_chain(app, session):
+    """The batch form: rows in order, one chain with single appends around it, a batch in a
+    rolled-back SAVEPOINT gone without a trace."""
+    audit.record(session, "test.single", actor="t")
+    first = audit.record_many(session, [("test.batch", {"actor": "t", "n": i}) for i in range(4)])
+    nested = session.begin_nested()
+    doomed = audit.record_many(session, [("test.savepoint", {"actor": "t", "n": i}) for i in range(3)])
+    nested.rollback()  # (SQLite hands its ids out again; ``doomed`` still holds the old objects)
+    after = audit.record_many(session, [("test.after", {"actor": "t", "n": i, "target_id": 7}) for i in range(3)])
+    audit.record(session, "test.last", actor="t")
+    session.commit()
+    assert [r.detail["n"] for r in first] == [0, 1, 2, 3] and [r.id for r in first] == sorted(r.id for r in first)
+    rows = list(audit.iter_rows(session))
+    assert [r.action for r in rows] == ["test.single"] + ["test.batch"] * 4 + ["test.after"] * 3 + ["test.last"]
+    assert [r.detail for r in rows if r.action == "test.after"] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert [r.action for r in after] == ["test.after"] * 3 and all(r.target_id == "7" for r in after)
+    assert len(doomed) == 3
+    check = audit.verify_trail(session)
+    assert check.ok, check.why
+    audit.record_many(session, [("test.new_tx", {"actor": "t"}), ("test.new_tx", {"actor": "t"})])
+    session.commit()
+    check = audit.verify_trail(session)
+    assert check.ok and check.rows == len(rows) + 2, check.why
