@@ -1,12 +1,14 @@
 """Starting executions: validate the request, fix its revision and fingerprint, enqueue.
 
-Every trigger (API, web, scheduler, relaunch) goes through ``request_execution`` so that
-access rules, approvals and auditing apply the same way to all of them.
+Every trigger (API, web, scheduler, relaunch) goes through ``request_execution`` (or its
+batch form ``request_executions``, same code) so that access rules, approvals and auditing
+apply the same way to all of them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,7 +17,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from . import access, audit, jobs, playbooks
-from .errors import Conflict, ValidationError
+from .errors import ApiError, Conflict, ValidationError
 from .models import EXECUTION_FINAL, OPERATION_FINAL, Execution, Host, Operation, Task, User, utcnow
 
 MAX_REASON = 2000
@@ -78,6 +80,101 @@ def validate_run_input(run_vars: Any, reason: Any) -> tuple[dict[str, Any], str 
     return run_vars, (reason.strip() or None) if reason else None
 
 
+@dataclass
+class RunRequest:
+    """One run to request: the arguments of ``request_execution`` (``request_executions`` takes many)."""
+
+    task: Task
+    user: User | None = None
+    run_vars: Any = None
+    reason: Any = None
+    trigger: str = "manual"
+    schedule_id: int | None = None
+    scheduled_for: datetime | None = None
+    limit_hosts: list[str] | None = None
+    parent_id: int | None = None
+    dry_run: Any = False
+
+
+# What a request can be refused with before anything is written: the batch form records
+# these per request instead of raising (e.g. a task without hosts, an unreadable playbook).
+REFUSALS = (ApiError, OSError, ValueError)
+
+
+@dataclass
+class _Prepared:
+    req: RunRequest
+    ex: Execution
+    rules: access.RunRules
+    actor: str
+    host_count: int
+
+
+def _prepare(session: Session, req: RunRequest, revisions: dict[int, tuple[str | None, str]]) -> _Prepared:
+    """Validate one request and build its Execution (not added to the session yet)."""
+    run_vars, reason = validate_run_input(req.run_vars, req.reason)
+    task, user, trigger = req.task, req.user, req.trigger
+    rules = access.run_rules(session, user, task) if user is not None and trigger == "manual" else access.RunRules()
+    if rules.requires_reason and not reason:
+        raise ValidationError("a reason is required to run this task", field="reason")
+    hosts = target_hosts(task, req.limit_hosts)
+    if not hosts:
+        raise ValidationError("the task has no target hosts", field="hosts")
+    if task.id not in revisions:  # one git/content read per task per batch
+        revisions[task.id] = revision_of(task)
+    revision, chash = revisions[task.id]
+    now = utcnow()
+    ex = Execution(
+        task_id=task.id,
+        task=task,
+        trigger=trigger,
+        requested_by_id=user.id if user else None,
+        reason=reason,
+        vars=run_vars,
+        limit_hosts=req.limit_hosts,
+        parent_id=req.parent_id,
+        schedule_id=req.schedule_id,
+        scheduled_for=req.scheduled_for,
+        revision=revision or chash[:12],
+        content_hash=chash,
+        fingerprint=fingerprint(task, chash, run_vars, hosts),
+        host_count=len(hosts),
+        created_at=now,
+    )
+    if rules.requires_approval:
+        ex.status = "waiting_approval"
+        ex.approval_level = rules.levels[0] if rules.levels else 1
+        ex.approval_expires_at = now + timedelta(seconds=rules.approval_ttl_s)
+    else:
+        ex.status = "queued"
+        ex.queued_at = now
+    return _Prepared(req, ex, rules, user.username if user else "scheduler", len(hosts))
+
+
+def _create(session: Session, prepared: list[_Prepared], enqueue: bool) -> None:
+    """Write prepared executions: one flush for all rows, then their audit rows in one go."""
+    if not prepared:
+        return
+    session.add_all([p.ex for p in prepared])
+    session.flush()  # one multi-row INSERT ... RETURNING for the batch
+    audit.record_many(session, [
+        ("execution.request", {
+            "actor": p.actor, "target": p.ex, "task": p.req.task.name, "trigger": p.req.trigger,
+            "status": p.ex.status, "reason": p.ex.reason, "hosts": p.host_count,
+        })
+        for p in prepared
+    ])
+    for p in prepared:
+        if p.ex.status == "waiting_approval":
+            from . import approvals  # late import: approvals uses this module
+
+            approvals.on_requested(session, p.ex, p.rules, dry_run=p.req.dry_run)
+        elif p.req.dry_run:
+            raise ValidationError("'dry_run' applies to runs that need approval; this one does not", field="dry_run")
+        if p.ex.status == "queued" and enqueue:
+            jobs.enqueue_after_commit(session, p.ex.id)
+
+
 def request_execution(
     session: Session,
     task: Task,
@@ -98,62 +195,35 @@ def request_execution(
     The caller commits; ``jobs.enqueue_after_commit`` pushes the id to Redis only once the
     row is durable, so a worker never sees an id the database does not have.
     """
-    run_vars, reason = validate_run_input(run_vars, reason)
-    actor = user.username if user else "scheduler"
-    rules = access.run_rules(session, user, task) if user is not None and trigger == "manual" else access.RunRules()
-    if rules.requires_reason and not reason:
-        raise ValidationError("a reason is required to run this task", field="reason")
-    hosts = target_hosts(task, limit_hosts)
-    if not hosts:
-        raise ValidationError("the task has no target hosts", field="hosts")
-    revision, chash = revision_of(task)
-    now = utcnow()
-    ex = Execution(
-        task_id=task.id,
-        task=task,
-        trigger=trigger,
-        requested_by_id=user.id if user else None,
-        reason=reason,
-        vars=run_vars,
-        limit_hosts=limit_hosts,
-        parent_id=parent_id,
-        schedule_id=schedule_id,
-        scheduled_for=scheduled_for,
-        revision=revision or chash[:12],
-        content_hash=chash,
-        fingerprint=fingerprint(task, chash, run_vars, hosts),
-        host_count=len(hosts),
-        created_at=now,
-    )
-    if rules.requires_approval:
-        ex.status = "waiting_approval"
-        ex.approval_level = rules.levels[0] if rules.levels else 1
-        ex.approval_expires_at = now + timedelta(seconds=rules.approval_ttl_s)
-    else:
-        ex.status = "queued"
-        ex.queued_at = now
-    session.add(ex)
-    session.flush()
-    audit.record(
-        session,
-        "execution.request",
-        actor=actor,
-        target=ex,
-        task=task.name,
-        trigger=trigger,
-        status=ex.status,
-        reason=reason,
-        hosts=len(hosts),
-    )
-    if ex.status == "waiting_approval":
-        from . import approvals  # late import: approvals uses this module
+    req = RunRequest(task, user, run_vars=run_vars, reason=reason, trigger=trigger, schedule_id=schedule_id,
+                     scheduled_for=scheduled_for, limit_hosts=limit_hosts, parent_id=parent_id, dry_run=dry_run)
+    prepared = _prepare(session, req, {})
+    _create(session, [prepared], enqueue)
+    return prepared.ex
 
-        approvals.on_requested(session, ex, rules, dry_run=dry_run)
-    elif dry_run:
-        raise ValidationError("'dry_run' applies to runs that need approval; this one does not", field="dry_run")
-    if ex.status == "queued" and enqueue:
-        jobs.enqueue_after_commit(session, ex.id)
-    return ex
+
+def request_executions(session: Session, requests: list[RunRequest], *,
+                       enqueue: bool = True) -> list[Execution | Exception]:
+    """``request_execution`` for many runs at once (the scheduler's bursts), in the caller's
+    transaction: all rows in one flush, all audit rows in one more.
+
+    Returns, in order, each request's Execution or the refusal (one of ``REFUSALS``) that
+    stopped it before anything was written; the others go ahead. An error once the rows
+    are being written (a constraint, a lost connection) is raised and concerns the batch.
+    """
+    revisions: dict[int, tuple[str | None, str]] = {}
+    results: list[Execution | Exception] = []
+    prepared: list[_Prepared] = []
+    for req in requests:
+        try:
+            p = _prepare(session, req, revisions)
+        except REFUSALS as exc:
+            results.append(exc)
+        else:
+            prepared.append(p)
+            results.append(p.ex)
+    _create(session, prepared, enqueue)
+    return results
 
 
 def cancel_execution(session: Session, ex: Execution, user: User | None) -> Execution:
