@@ -22,14 +22,18 @@ Every such record is also written to the audit log.
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from flask import Flask, current_app
@@ -89,12 +93,20 @@ class _Plan:
 def _due_instants(schedule: Schedule, now: datetime) -> tuple[list[datetime], bool, datetime | None]:
     """Every instant from ``next_fire_at`` up to ``now`` (capped after a long outage), whether
     the cap was hit, and the first instant after ``now`` (the new ``next_fire_at``)."""
-    first = schedule.next_fire_at
+    return _instants(schedule.cron, schedule.timezone, schedule.next_fire_at, schedule.start_at, schedule.end_at,
+                     schedule.misfire_grace_s, now)
+
+
+@lru_cache(maxsize=1024)
+def _instants(cron: str, tz: str, first: datetime, start_at: datetime | None, end_at: datetime | None,
+              grace_s: int, now: datetime) -> tuple[list[datetime], bool, datetime | None]:
+    # A pure function of its arguments, remembered: a burst's schedules mostly share their
+    # cron line and zone (1,000 schedules due at one minute: a handful of distinct calls).
+    # Callers must not modify the list.
     dues = [first]
     overflow = False
     after: datetime | None = None
-    times = fire_times(schedule.cron, schedule.timezone, first, start_at=schedule.start_at, end_at=schedule.end_at)
-    for inst in times:
+    for inst in fire_times(cron, tz, first, start_at=start_at, end_at=end_at):
         if inst > now:
             after = inst
             break
@@ -104,9 +116,8 @@ def _due_instants(schedule: Schedule, now: datetime) -> tuple[list[datetime], bo
         dues.append(inst)
     if overflow:
         # Skip to the grace window: only its instants may still matter individually.
-        resume = max(dues[-1], now - timedelta(seconds=schedule.misfire_grace_s) - _MICRO)
-        for inst in fire_times(schedule.cron, schedule.timezone, resume, start_at=schedule.start_at,
-                               end_at=schedule.end_at):
+        resume = max(dues[-1], now - timedelta(seconds=grace_s) - _MICRO)
+        for inst in fire_times(cron, tz, resume, start_at=start_at, end_at=end_at):
             if inst > now:
                 after = inst
                 break
@@ -414,6 +425,25 @@ class _Waker:
         self.pubsub = None
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection during a tick.
+
+    A burst allocates hundreds of thousands of short-lived objects, which sets off full
+    collections that walk the whole heap (the app, SQLAlchemy's mappers and caches): 70-150 ms
+    each, a quarter of a 1,000-fire burst's CPU, measured. A tick leaves almost no cycles
+    (about 700 objects after 1,000 fires; reference counting frees the rest), so collection
+    simply waits until the tick is over.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _heartbeat(name: str, now: datetime, next_due: datetime | None, fired: int) -> None:
     try:
         from .redis_conn import redis
@@ -448,7 +478,8 @@ def run_scheduler(app: Flask | None = None, *, max_idle_s: float = MAX_IDLE_S) -
             now = utcnow()
             session = db.session()
             try:
-                fires = tick(session, now)
+                with _gc_paused():
+                    fires = tick(session, now)
                 next_due = next_due_at(session)
                 session.commit()
                 errors = 0
