@@ -410,3 +410,26 @@ def test_a_burst_of_50_fires_costs_a_few_inserts_and_keeps_the_audit_chain(app, 
         == str(refused.id)
     check = audit.verify_trail(session)
     assert check.ok, check.why
+
+
+def test_a_batch_that_fails_to_write_falls_back_to_one_by_one_and_keeps_the_audit_chain(session, task, caplog):
+    """A clash on the executions' unique key sinks the batch's one INSERT: the batch is
+    rolled back and retried schedule by schedule, so only the clashing fire is an error."""
+    from server import audit
+
+    schedules = [make(session, task, "0 * * * *", now=at(2030, 1, 1, 9, 30)) for _ in range(5)]
+    clash = schedules[2]
+    # A run for that instant exists already (behind the scheduler's back: no fire row).
+    session.add(Execution(task_id=task.id, trigger="schedule", schedule_id=clash.id, scheduled_for=at(2030, 1, 1, 10),
+                          status="queued", vars={}, host_count=1))
+    session.commit()
+    fires = {f.schedule_id: f for f in tick(session, at(2030, 1, 1, 10))}
+    assert [fires[s.id].outcome for s in schedules] == ["fired", "fired", "error", "fired", "fired"]
+    assert "internal error" in fires[clash.id].detail
+    assert "retrying them one by one" in caplog.text
+    for s in schedules:
+        assert len(executions(session, s)) == 1
+    requests = session.execute(select(AuditLog).where(AuditLog.action == "execution.request")).scalars().all()
+    assert len(requests) == 4
+    check = audit.verify_trail(session)
+    assert check.ok, check.why
