@@ -61,6 +61,7 @@ def live_server(app):
 def worker(app, env):
     """One real RQ worker process (`flask --app wsgi worker`) on this test's queue."""
     flask = str(REPO / ".venv" / "bin" / "flask")
+    (REPO / "test-output").mkdir(exist_ok=True)  # run.sh makes it; a bare pytest run may not have
     log = open(REPO / "test-output" / "browser-worker.log", "w")  # noqa: SIM115
     proc = subprocess.Popen([flask, "--app", "wsgi", "worker", "--name", f"browser-{os.getpid()}"], cwd=REPO,
                             env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT)
