@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from server import procs
+
 PROTO_USER = "tmproto"
 PROTO_PASSWORD = "Proto-Pass-314"
 
@@ -65,29 +67,11 @@ def wait_port(addr: str, port: int, proc: subprocess.Popen | None = None, timeou
     raise RuntimeError(f"nothing listens on {addr}:{port} after {timeout} s")
 
 
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def stop_process(proc: subprocess.Popen | None) -> None:
     """Stop ``proc`` and every process it started (servers fork per connection)."""
     if proc is None:
         return
-    for pid in descendants(proc.pid) + [proc.pid]:
+    for pid in [p.pid for p in procs.descendants(proc.pid)] + [proc.pid]:
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:

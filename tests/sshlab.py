@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from server import procs
+
 SSHD = "/usr/sbin/sshd"
 DEFAULT_USER = "tmlab"
 DEFAULT_PASSWORD = "tmlab-Pass-2718"
@@ -77,27 +79,6 @@ def ensure_user(user: str, password: str, become_user: str | None = None,
         tmp.write_text(rule)
         os.chmod(tmp, 0o440)
         os.replace(tmp, sudoers)
-
-
-def _descendants(pid: int) -> list[int]:
-    """All live descendants of ``pid`` (sshd's per-connection children call setsid)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    result, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            result.append(child)
-            todo.append(child)
-    return result
 
 
 class SSHLab:
@@ -190,7 +171,8 @@ class SSHLab:
         proc = server.proc
         if proc is None:
             return
-        pids = _descendants(proc.pid) + [proc.pid]
+        # by parentage, not process group: sshd's per-connection children call setsid
+        pids = [p.pid for p in procs.descendants(proc.pid)] + [proc.pid]
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGTERM)
