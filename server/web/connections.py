@@ -11,6 +11,7 @@ from ..connections import test_host
 from ..errors import ApiError
 from ..models import Credential, Host
 from . import web_bp
+from .common import get_or_404, need
 
 
 @web_bp.route("/hosts/<int:host_id>/test", methods=["GET", "POST"])
@@ -57,11 +58,8 @@ def host_forget_keys(host_id: int):
 
 
 def _visible_host(host_id: int) -> Host:
-    if not access.has(current_user, "hosts.view"):
-        abort(403)
-    host = db.session.get(Host, host_id) if 0 < host_id <= 2**31 - 1 else None
-    if host is None:
-        abort(404)
+    need("hosts.view")
+    host = get_or_404(Host, host_id)
     try:
         access.require_host(db.session(), current_user, host)
     except ApiError:
