@@ -55,13 +55,10 @@ def keys(instance_dir: Path, host: Host) -> list[dict[str, str]]:
     for name in lookup_names(host):
         out = _keygen("-F", name, "-l", "-f", str(path))
         for line in out.stdout.splitlines():
-            parts = line.split()
+            parts = line.split()  # "<name> ED25519 SHA256:...", after a "# Host ... found" line
             if line.startswith("#") or len(parts) < 3:
                 continue
-            # "<name> ED25519 SHA256:..." (ssh-keygen -l prints the bit count first on some versions)
-            kind, fingerprint = next(((parts[i], parts[i + 1]) for i in range(len(parts) - 1)
-                                      if parts[i + 1].startswith(("SHA256:", "MD5:"))), (parts[1], parts[2]))
-            found.append({"name": name, "type": kind, "fingerprint": fingerprint})
+            found.append({"name": name, "type": parts[1], "fingerprint": parts[2]})
     return found
 
 

@@ -476,15 +476,11 @@ class Recorder:
                 self._command_result(st, result)
         status = STEP_EVENTS[kind]
         msg = _text(res.get("msg"))
-        for index, step in list(st.command_steps.items()):
+        if not st.command_steps and status != "skipped":  # it failed before the first line ran
+            self._start_command(st, 0, _now())
+        for index, step in st.command_steps.items():
             if index not in st.commands_done:  # no result of its own (an error Ansible raised)
                 st.commands_done.add(index)
-                self._record(st, step, "failed" if status == "succeeded" else status, None, None, msg, msg,
-                             changed=False, duration=None)
-        if not st.command_steps and status != "skipped":  # it failed before the first line ran
-            step = self._start_command(st, 0, _now())
-            if step is not None:
-                st.commands_done.add(0)
                 self._record(st, step, "failed" if status == "succeeded" else status, None, None, msg, msg,
                              changed=False, duration=None)
         if st.unreachable:

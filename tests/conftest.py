@@ -78,9 +78,9 @@ def _empty_schema(engine) -> None:
     if engine.dialect.name == "postgresql":
         tables = [t.name for t in Base.metadata.sorted_tables]
         if set(tables) <= set(inspect(engine).get_table_names()):
+            quoted = ", ".join(f'"{t}"' for t in tables)
             with engine.begin() as conn:
-                conn.exec_driver_sql(f"TRUNCATE {', '.join(chr(34) + t + chr(34) for t in tables)} "
-                                     "RESTART IDENTITY CASCADE")
+                conn.exec_driver_sql(f"TRUNCATE {quoted} RESTART IDENTITY CASCADE")
             return
         Base.metadata.drop_all(engine)
     Base.metadata.create_all(engine)
