@@ -10,6 +10,7 @@ through ansible-runner's password prompts and ssh-agent (see runner.py).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -28,13 +29,8 @@ from .validation import GROUP_NAME_RE, HOST_NAME_RE, var_name_problem
 
 # Inventory names the YAML inventory plugin takes literally (no ``[1:3]`` ranges, no ``:port``).
 PLAIN_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-@]*$")
-# Variables that change how the controller connects, or carry secrets: never from user data.
-_FORBIDDEN_VAR = re.compile(
-    r"^ansible_(connection|host|ssh_host|port|ssh_port|user|ssh_user|remote_user|.*_args|.*executable|.*pass|"
-    r".*password|.*passphrase|.*private_key.*|.*_cert_key_pem|.*token|control_path.*|.*_askpass.*|"
-    r"sshpass_prompt|pipelining|ssh_transfer_method)$"
-)
 RESERVED_GROUPS = ("all", "ungrouped")
+log = logging.getLogger(__name__)
 IMPORT_TIMEOUT_S = 120
 
 
@@ -78,15 +74,24 @@ def unsafe(value: Any) -> Any:
     return value
 
 
-def forbidden_var(name: str) -> bool:
-    if var_name_problem(name):
-        return True
-    return bool(_FORBIDDEN_VAR.match(name))
+def forbidden_var(name: Any) -> bool:
+    """A name user data may not set (validation.var_name_problem is the one rule)."""
+    return var_name_problem(name) is not None
 
 
 def user_vars(values: dict[str, Any] | None) -> dict[str, Any]:
-    """User variables as unsafe data, minus anything that would change the connection."""
-    return {k: unsafe(v) for k, v in (values or {}).items() if isinstance(k, str) and not forbidden_var(k)}
+    """User variables as unsafe data, minus reserved names (``ansible_``/``tm_``...).
+
+    Rows saved before the allow-list may still hold such names: they are dropped here, at
+    every inventory build and for run variables, so they never reach Ansible and never
+    override what the inventory or the protocol sets."""
+    out: dict[str, Any] = {}
+    for key, value in (values or {}).items():
+        if forbidden_var(key):
+            log.warning("ignoring reserved variable %r in stored variables", key)
+            continue
+        out[key] = unsafe(value)
+    return out
 
 
 def inventory_name(host: Host) -> str:

@@ -24,13 +24,18 @@ VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HOST_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-\[\]@]*$")
 GROUP_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 RESERVED_GROUPS = frozenset({"all", "ungrouped"})
-# Variables that would change how Task Manager connects (the controller runs them) or that
-# carry secrets in clear text. Connection settings come from the host's protocol and the
-# task's credential; secrets belong in an encrypted credential.
-_FORBIDDEN_VAR = re.compile(
-    r"^ansible_(connection|.*_args|.*executable|.*pass|.*password|.*passphrase|.*private_key_file|"
-    r"ssh_private_key|.*_cert_key_pem|.*token)$"
-)
+MAX_VARS_DEPTH = 20
+# Variable names are refused by prefix (compared case-insensitively): ``ansible_`` names
+# change how, where and as whom Ansible runs code (connection, become, interpreter, shell,
+# remote tmp dir, host-key checking, kinit command...) and ``tm_`` names are the ones Task
+# Manager itself puts in the inventory (URLs, addresses, TLS settings). Connection settings
+# come from the host's protocol and the task's credential; secrets belong in a credential.
+RESERVED_VAR_PREFIXES = ("ansible_", "tm_")
+# ``ansible_`` names reviewed as unable to change how or where code runs, connects or
+# escalates. Deliberately empty: every name asked for so far either is a connection,
+# become, interpreter, shell or tmp-dir setting, or overrides a fact that roles use to pick
+# what to run (ansible_pkg_mgr, ansible_os_family...). Add a name only after that review.
+ALLOWED_ANSIBLE_VARS: frozenset[str] = frozenset()
 
 
 class Invalid(Exception):
@@ -199,25 +204,52 @@ def name_list(max_items: int = 1000, item: Check | None = None) -> Check:
     return check
 
 
+def reserved_var(name: str) -> bool:
+    """True for a name only Ansible's connection layer or Task Manager may set."""
+    lower = name.lower()
+    if lower in ALLOWED_ANSIBLE_VARS:
+        return False
+    return lower.startswith(RESERVED_VAR_PREFIXES)
+
+
 def var_name_problem(key: Any) -> str | None:
+    """Why ``key`` may not be a variable name (None when it may): the one rule for host,
+    group, task, schedule and run variables, and for rows read back at run time."""
     if not isinstance(key, str) or not VAR_NAME_RE.match(key) or keyword.iskeyword(key):
         return f"has an invalid variable name {key!r} (use letters, digits and _, not starting with a digit)"
-    if _FORBIDDEN_VAR.match(key):
-        return (f"may not set {key!r}: connection settings come from the host's protocol and the "
-                "credential, and secrets belong in a credential")
+    if reserved_var(key):
+        return (f"may not set {key!r}: names starting with ansible_ or tm_ are reserved (connection settings "
+                "come from the host's protocol and the credential, and secrets belong in a credential)")
     return None
 
 
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether lists/objects nest more than ``limit`` levels (iterative: no RecursionError)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, (list, tuple)) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def variables(value: Any) -> dict[str, Any]:
-    """A JSON object of Ansible variables: identifier keys, JSON values, bounded size."""
+    """A JSON object of Ansible variables: allowed top-level names, JSON values, bounded
+    size and depth. Keys of nested objects are data, not variable names."""
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise Invalid(f"must be an object, not {type_name(value)}")
-    for key in value:
+    for key, item in value.items():
         problem = var_name_problem(key)
         if problem:
             raise Invalid(problem)
+        if _too_deep(item, MAX_VARS_DEPTH):
+            raise Invalid(f"variable {key!r} is nested more than {MAX_VARS_DEPTH} levels deep")
     try:
         encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:

@@ -21,9 +21,9 @@ def test_create_defaults_and_groups_created_on_the_fly(api, session):
     assert body["created_at"].endswith("+00:00")
 
     body = host(api, "db1", address="10.0.0.5", port=2222, protocol="winrm", groups=["db", "prod", "db"],
-                vars={"tier": "gold", "ansible_user": "svc"})
+                vars={"tier": "gold", "svc_user": "svc"})
     assert body["groups"] == ["db", "prod"] and body["port"] == 2222 and body["protocol"] == "winrm"
-    assert body["vars"] == {"tier": "gold", "ansible_user": "svc"}
+    assert body["vars"] == {"tier": "gold", "svc_user": "svc"}
     assert sorted(session.execute(select(Group.name)).scalars()) == ["db", "prod"]
     assert "group.create" in audit_actions(session, "group")
 
