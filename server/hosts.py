@@ -2,6 +2,12 @@
 
 Groups are named by hosts and created on first mention, as in an Ansible inventory.
 Deleting a host keeps the operations that ran on it (they keep ``host_name``).
+
+Host variables follow the common rule for variable names (validation.variables) and the
+protocol options among them (``tls_verify``, ``ca_bundle``...) are checked by type and value
+here, so a bad setting is a 422 when saved rather than a failed run later. Hosts with
+protocol ``local`` run their tasks on the Task Manager server itself: only admins may
+create them, change a host to or from ``local``, or change or delete one.
 """
 from __future__ import annotations
 
@@ -11,9 +17,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import audit
-from .errors import Conflict
-from .models import PROTOCOLS, Group, Host, Task, task_hosts
+from . import audit, protocols
+from .errors import Conflict, Forbidden
+from .models import PROTOCOLS, Group, Host, Task, User, task_hosts
 from .validation import (
     GROUP_NAME_RE,
     HOST_NAME_RE,
@@ -44,16 +50,45 @@ def group_name(value: Any) -> str:
     return name
 
 
-def check_host(session: Session, data: Any, host: Host | None = None) -> dict[str, Any]:
+def host_variables(value: Any) -> dict[str, Any]:
+    """Host variables: the common checks, then each protocol option by type and value."""
+    clean = variables(value)
+    for name, item in clean.items():
+        problem = protocols.option_problem(name, item)
+        if problem:
+            raise Invalid(f"variable {name!r} {problem}")
+    return clean
+
+
+def _is_admin(session: Session, actor: str | None) -> bool:
+    """Whether the acting user (the callers pass his user name) is an active admin."""
+    if not actor:
+        return False
+    user = session.execute(select(User).where(User.username == actor)).scalar_one_or_none()
+    return user is not None and user.is_active and user.role == "admin"
+
+
+def require_local_rights(session: Session, actor: str | None, *protocol_names: str | None) -> None:
+    """403 unless an admin acts, when any of the protocols involved is ``local``."""
+    if "local" in protocol_names and not _is_admin(session, actor):
+        raise Forbidden("only admins may create, change or delete hosts with protocol 'local': "
+                        "their tasks run on the Task Manager server itself", field="protocol")
+
+
+def check_host(session: Session, data: Any, host: Host | None = None, *, actor: str | None = None) -> dict[str, Any]:
     """Validated values for a new host (``host`` None) or the changed fields of ``host``."""
+    if host is not None:
+        require_local_rights(session, actor, host.protocol)
     f = Fields(data, HOST_FIELDS, partial=host is not None)
     f.take("name", host_name, required=True)
     f.take("address", address)
     f.take("port", integer(1, 65535, nullable=True), default=None)
     f.take("protocol", choice(PROTOCOLS), default="ssh")
     f.take("groups", name_list(item=group_name), default=list)
-    f.take("vars", variables, default=dict)
+    f.take("vars", host_variables, default=dict)
     f.raise_if_invalid()
+    require_local_rights(session, actor, f.clean.get("protocol"))
+    _check_settings(f, host)
     if host is None and "address" not in f.clean:
         f.clean["address"] = f.clean["name"]  # like Ansible: the name is the address unless told
     name = f.clean.get("name")
@@ -61,6 +96,17 @@ def check_host(session: Session, data: Any, host: Host | None = None) -> dict[st
         if session.execute(select(Host.id).where(Host.name == name)).first():
             raise Conflict(f"a host named {name!r} already exists", field="name")
     return f.clean
+
+
+def _check_settings(f: Fields, host: Host | None) -> None:
+    """Protocol options that are valid alone but not together (winrm basic over http)."""
+    def current(key: str) -> Any:
+        return f.clean[key] if key in f.clean else getattr(host, key, None)
+
+    problem = protocols.settings_problem(current("protocol") or "ssh", current("port"), current("vars") or {})
+    if problem:
+        f.error("vars", f"'vars' {problem}")
+        f.raise_if_invalid()
 
 
 def ensure_groups(session: Session, names: list[str], *, actor: str | None) -> list[Group]:
@@ -82,7 +128,7 @@ def ensure_groups(session: Session, names: list[str], *, actor: str | None) -> l
 
 
 def create_host(session: Session, data: Any, *, actor: str | None) -> Host:
-    clean = check_host(session, data)
+    clean = check_host(session, data, actor=actor)
     host = Host(
         name=clean["name"],
         address=clean["address"],
@@ -100,7 +146,7 @@ def create_host(session: Session, data: Any, *, actor: str | None) -> Host:
 
 
 def update_host(session: Session, host: Host, data: Any, *, actor: str | None) -> Host:
-    clean = check_host(session, data, host)
+    clean = check_host(session, data, host, actor=actor)
     changed = []
     if "groups" in clean:
         if [g.name for g in host.groups] != sorted(clean["groups"]):
@@ -126,6 +172,7 @@ def tasks_using(session: Session, host: Host) -> list[str]:
 
 def delete_host(session: Session, host: Host, *, actor: str | None) -> None:
     """Remove the host from inventory (and from tasks naming it); its operations stay."""
+    require_local_rights(session, actor, host.protocol)
     tasks = tasks_using(session, host)
     audit.record(session, "host.delete", actor=actor, target=host, name=host.name, removed_from_tasks=tasks)
     session.delete(host)

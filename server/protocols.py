@@ -15,7 +15,10 @@ Every host has a ``protocol`` (models.PROTOCOLS). For each one this module knows
 Host variables read here (all optional): ``tls_verify`` (default true), ``ca_bundle``
 (PEM file on the Task Manager server), ``winrm_transport``/``winrm_scheme``,
 ``telnet_mode``/``telnet_login_prompt``/``telnet_password_prompt``/``telnet_prompt``,
-``https_auth``/``https_test_path``, ``ldap_base_dn``, ``x11_trusted``.
+``https_auth``/``https_test_path``, ``ldap_base_dn``, ``x11_trusted``. They are checked by
+type and value when a host is saved (``option_problem``, ``settings_problem``) and again
+when an inventory is built. ``ca_bundle`` must lie under ``ca_dirs()``: the system CA
+directories plus the colon-separated ``TASKMANAGER_CA_DIRS``.
 """
 from __future__ import annotations
 
@@ -81,8 +84,19 @@ CONNECTION_PASSWORD_PROTOCOLS = frozenset({"ssh", "x11", "winrm", "telnet"})  # 
 WINRM_TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic")
 TELNET_MODES = ("posix", "raw")
 HTTPS_AUTH = ("bearer", "basic", "none")
+WINRM_SCHEMES = ("http", "https")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+DEFAULT_CA_DIRS = ("/etc/ssl/certs", "/usr/local/share/ca-certificates", "/usr/share/ca-certificates")
+CA_DIRS_ENV = "TASKMANAGER_CA_DIRS"
+FLAG_OPTIONS = ("tls_verify", "x11_trusted")
+CHOICE_OPTIONS = {"winrm_transport": WINRM_TRANSPORTS, "winrm_scheme": WINRM_SCHEMES, "telnet_mode": TELNET_MODES,
+                  "https_auth": HTTPS_AUTH}
+REGEX_OPTIONS = ("telnet_login_prompt", "telnet_password_prompt", "telnet_prompt")
+TEXT_OPTIONS = {"ldap_base_dn": 1000, "https_test_path": 2000}
+OPTIONS = frozenset((*FLAG_OPTIONS, *CHOICE_OPTIONS, *REGEX_OPTIONS, *TEXT_OPTIONS, "ca_bundle"))
+MAX_PROMPT_LEN = 200
+MAX_PATH_LEN = 4096
 
 
 def protocol(name: str | None) -> Protocol:
@@ -156,59 +170,143 @@ def commands_problem(hosts) -> str | None:
 # --------------------------------------------------------------------------- host variables
 
 
-def _flag(host: Host, name: str, default: bool) -> bool:
-    value = (host.vars or {}).get(name, default)
+def _shown(value: Any) -> str:
+    text = "null" if value is None else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _flag_value(value: Any) -> bool | None:
+    """True/False for a flag option (booleans, 0/1, yes/no, on/off, true/false), else None."""
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValidationError(f"host {host.name!r}: variable {name!r} must be true or false, not {value!r}", field="vars")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    return None
 
 
-def _choice(host: Host, names: tuple[str, ...], allowed: tuple[str, ...], default: str) -> str:
-    hv = host.vars or {}
-    for name in names:
-        if name in hv and hv[name] not in (None, ""):
-            value = str(hv[name]).strip().lower()
-            if value not in allowed:
-                raise ValidationError(
-                    f"host {host.name!r}: {name} must be one of {', '.join(allowed)}, not {hv[name]!r}", field="vars")
-            return value
-    return default
+def ca_dirs() -> list[Path]:
+    """Directories a ``ca_bundle`` may lie in: the system CA directories and the
+    colon-separated absolute paths of ``TASKMANAGER_CA_DIRS``."""
+    extra = os.environ.get(CA_DIRS_ENV, "").split(":")
+    return [Path(os.path.normpath(d)) for d in (*DEFAULT_CA_DIRS, *extra) if d and os.path.isabs(d)]
+
+
+def _under(path: Path, dirs: list[Path]) -> bool:
+    return any(path == d or d in path.parents for d in dirs)
+
+
+def ca_bundle_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a CA bundle path (None when it can).
+
+    A path outside the allowed directories gets the same answer whether or not it exists
+    (no probing the server's files through host variables): the path is first judged as
+    written (no ``..``), and only inside an allowed directory are symlinks resolved and the
+    file looked at."""
+    dirs = ca_dirs()
+    outside = (f"must be a file under {', '.join(str(d) for d in dirs)} "
+               f"(the administrator can allow more directories with {CA_DIRS_ENV})")
+    if not os.path.isabs(value):
+        return "must be an absolute path"
+    if ".." in Path(value).parts or not _under(Path(os.path.normpath(value)), dirs):
+        return outside
+    resolved = Path(os.path.realpath(value))
+    if not _under(resolved, dirs + [Path(os.path.realpath(d)) for d in dirs]):
+        return outside
+    if not resolved.is_file():
+        return f"{value} does not exist on the Task Manager server (or is not a file)"
+    return None
+
+
+def option_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` is not valid for the protocol option ``name`` (None when it is, or when
+    ``name`` is not a protocol option). The message follows the option's name."""
+    if name not in OPTIONS:
+        return None
+    if name in FLAG_OPTIONS:
+        return None if _flag_value(value) is not None else f"must be true or false, not {_shown(value)}"
+    if value in (None, ""):
+        return None  # unset: the protocol's default
+    if name in CHOICE_OPTIONS:
+        allowed = CHOICE_OPTIONS[name]
+        if not isinstance(value, str) or value.strip().lower() not in allowed:
+            return f"must be one of {', '.join(allowed)}, not {_shown(value)}"
+        return None
+    if not isinstance(value, str):
+        return f"must be a string, not {_shown(value)}"
+    if any(ord(ch) < 32 or ch == "\x7f" for ch in value):
+        return "must not contain control characters"
+    if name in REGEX_OPTIONS:
+        if len(value) > MAX_PROMPT_LEN:
+            return f"must be at most {MAX_PROMPT_LEN} characters"
+        try:
+            re.compile(value)
+        except re.error as exc:
+            return f"is not a valid regular expression: {exc}"
+        return None
+    if name in TEXT_OPTIONS:
+        if len(value) > TEXT_OPTIONS[name]:
+            return f"must be at most {TEXT_OPTIONS[name]} characters"
+        if name == "https_test_path" and (not value.startswith("/") or any(ch.isspace() for ch in value)):
+            return f"must be a URL path starting with '/' and without spaces, not {_shown(value)}"
+        return None
+    if len(value) > MAX_PATH_LEN:
+        return f"must be at most {MAX_PATH_LEN} characters"
+    return ca_bundle_problem(value)
+
+
+def settings_problem(protocol_name: str, port: int | None, values: dict[str, Any]) -> str | None:
+    """Why a host's protocol options do not work together (checked when the host is saved)."""
+    if protocol_name != "winrm":
+        return None
+    transport = str(values.get("winrm_transport") or "ntlm").strip().lower()
+    scheme = str(values.get("winrm_scheme") or "").strip().lower() or ("http" if port == 5985 else "https")
+    if transport == "basic" and scheme == "http":
+        return ("basic authentication over http would send the password in clear; "
+                "use https (port 5986) or ntlm/kerberos")
+    return None
+
+
+def _option(host: Host, name: str) -> Any:
+    """A stored option, checked again (rows may predate the checks or bypass the API)."""
+    value = (host.vars or {}).get(name)
+    problem = option_problem(name, value) if name in (host.vars or {}) else None
+    if problem:
+        raise ValidationError(f"host {host.name!r}: {name} {problem}", field="vars")
+    return value
+
+
+def _flag(host: Host, name: str, default: bool) -> bool:
+    if name not in (host.vars or {}):
+        return default
+    return bool(_flag_value(_option(host, name)))
+
+
+def _choice(host: Host, name: str, default: str) -> str:
+    value = _option(host, name)
+    return default if value in (None, "") else str(value).strip().lower()
 
 
 def ca_bundle(host: Host) -> str | None:
-    """The host's CA bundle (an absolute path to a PEM file on the Task Manager server)."""
-    value = (host.vars or {}).get("ca_bundle")
-    if value in (None, ""):
-        return None
-    path = Path(str(value))
-    if not path.is_absolute():
-        raise ValidationError(f"host {host.name!r}: ca_bundle must be an absolute path, not {value!r}", field="vars")
-    if not path.is_file():
-        raise ValidationError(f"host {host.name!r}: ca_bundle {value} does not exist on the Task Manager server",
-                              field="vars")
-    return str(path)
+    """The host's CA bundle: a PEM file under one of ``ca_dirs()`` on the Task Manager server."""
+    value = _option(host, "ca_bundle")
+    return None if value in (None, "") else str(value)
 
 
 def _regex(host: Host, name: str) -> str | None:
-    value = (host.vars or {}).get(name)
-    if value in (None, ""):
-        return None
-    try:
-        re.compile(str(value))
-    except re.error as exc:
-        raise ValidationError(f"host {host.name!r}: {name} is not a valid regular expression: {exc}", field="vars") from None
-    return str(value)
+    value = _option(host, name)
+    return None if value in (None, "") else str(value)
 
 
 def port_of(host: Host) -> int | None:
     proto = protocol(host.protocol)
     if host.protocol == "winrm" and not host.port:
-        return 5985 if _choice(host, ("winrm_scheme", "ansible_winrm_scheme"), ("http", "https"), "https") == "http" else 5986
+        return 5985 if _choice(host, "winrm_scheme", "https") == "http" else 5986
     return host.port or proto.default_port
 
 
@@ -242,9 +340,8 @@ def host_vars(host: Host, credential: Credential | None) -> dict[str, Any]:
             out["tm_x11_trusted"] = trusted
         return out
     if name == "winrm":
-        scheme = _choice(host, ("winrm_scheme", "ansible_winrm_scheme"), ("http", "https"),
-                         "http" if port == 5985 else "https")
-        transport = _choice(host, ("winrm_transport", "ansible_winrm_transport"), WINRM_TRANSPORTS, "ntlm")
+        scheme = _choice(host, "winrm_scheme", "http" if port == 5985 else "https")
+        transport = _choice(host, "winrm_transport", "ntlm")
         if transport == "basic" and scheme == "http":
             raise ValidationError(
                 f"host {host.name!r}: basic authentication over http would send the password in clear; "
@@ -269,7 +366,7 @@ def host_vars(host: Host, credential: Credential | None) -> dict[str, Any]:
         return out
     if name == "telnet":
         out.update(ansible_connection="telnet", ansible_port=port,
-                   ansible_telnet_mode=_choice(host, ("telnet_mode",), TELNET_MODES, "posix"))
+                   ansible_telnet_mode=_choice(host, "telnet_mode", "posix"))
         for var, target in (("telnet_login_prompt", "ansible_telnet_login_prompt"),
                             ("telnet_password_prompt", "ansible_telnet_password_prompt"),
                             ("telnet_prompt", "ansible_telnet_prompt")):
@@ -293,14 +390,15 @@ def host_vars(host: Host, credential: Credential | None) -> dict[str, Any]:
         out["tm_auth"] = https_auth(host, credential)
     elif name == "ldaps":
         out["tm_ldap_url"] = f"ldaps://{_url_host(address)}:{port}"
-        if (host.vars or {}).get("ldap_base_dn"):
-            out["tm_ldap_base_dn"] = str(host.vars["ldap_base_dn"])
+        base_dn = _option(host, "ldap_base_dn")
+        if base_dn:
+            out["tm_ldap_base_dn"] = str(base_dn)
     return out
 
 
 def https_auth(host: Host, credential: Credential | None) -> str:
     default = "none" if credential is None else "bearer" if credential.kind == "token" else "basic"
-    return _choice(host, ("https_auth",), HTTPS_AUTH, default)
+    return _choice(host, "https_auth", default)
 
 
 def _url_host(address: str) -> str:
@@ -516,7 +614,7 @@ def _check_https(host, credential, secret, timeout) -> Result:
     import http.client
 
     verify = _flag(host, "tls_verify", True)
-    path = str((host.vars or {}).get("https_test_path") or "/")
+    path = str(_option(host, "https_test_path") or "/")
     if not path.startswith("/"):
         return Result(False, f"https_test_path must start with '/', not {path!r}", {})
     headers = {"User-Agent": "TaskManager-connection-test", "Accept": "*/*"}

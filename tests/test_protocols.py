@@ -44,6 +44,12 @@ def workdir():
     protolab.rmtree(path)
 
 
+@pytest.fixture(autouse=True)
+def ca_dirs(workdir, monkeypatch):
+    """The test CAs live in the lab's directory: allow it as a ca_bundle directory."""
+    monkeypatch.setenv("TASKMANAGER_CA_DIRS", str(workdir))
+
+
 @pytest.fixture(scope="module")
 def pki(workdir):
     return protolab.PKI(workdir / "pki")
@@ -258,7 +264,7 @@ def test_winrm_inventory_is_exact_and_secret_free(app, api, session):
     add_credential(api, "win-admin", "password", "Win-Secret-1", username="DOM\\admin".replace("\\", "_"))
     add_host(api, "win1", "192.0.2.31", "winrm")
     add_host(api, "win2", "192.0.2.32", "winrm", 5985, winrm_transport="kerberos", note="x")
-    add_host(api, "win3", "192.0.2.33", "winrm", tls_verify=False, ansible_winrm_transport="credssp")
+    add_host(api, "win3", "192.0.2.33", "winrm", tls_verify=False, winrm_transport="credssp")
     (hosts, cred) = rows(session, ["win1", "win2", "win3"], "win-admin")
     inv = inventory.build_inventory(hosts, cred)
     hv = inv["all"]["hosts"]
@@ -272,29 +278,42 @@ def test_winrm_inventory_is_exact_and_secret_free(app, api, session):
     assert hv["win2"]["ansible_winrm_scheme"] == "http" and hv["win2"]["ansible_port"] == 5985
     assert hv["win2"]["ansible_winrm_transport"] == ["kerberos"] and hv["win2"]["ansible_winrm_kinit_mode"] == "managed"
     assert hv["win2"]["ansible_winrm_server_cert_validation"] == "validate"
-    # The explicit per-host opt-out, and the user's own transport variable honoured.
+    # The explicit per-host opt-out, and the host's transport option honoured.
     assert hv["win3"]["ansible_winrm_server_cert_validation"] == "ignore"
     assert hv["win3"]["ansible_winrm_transport"] == ["credssp"]
     text = inventory.dump_inventory(inv)
     assert "Win-Secret-1" not in text and "password" not in text.lower()
 
 
-def test_winrm_settings_are_validated(app, api, session, tmp_path):
+def test_winrm_settings_are_validated(app, api, session, workdir):
+    """Bad settings are a 422 naming the variable when saved; rows planted behind the API's
+    back (or saved before the checks) still fail the run with the reason."""
     from server import protocols
     from server.errors import ValidationError
+    from server.models import Host
 
-    add_host(api, "w-basic", "192.0.2.40", "winrm", 5985, winrm_transport="basic")
-    add_host(api, "w-bad", "192.0.2.41", "winrm", winrm_transport="digest")
-    add_host(api, "w-ca", "192.0.2.42", "winrm", ca_bundle="/nonexistent/ca.pem")
-    ca = tmp_path / "ca.pem"
+    for port, hv, needle in [
+        (5985, {"winrm_transport": "basic"}, "basic authentication over http would send the password in clear"),
+        (None, {"winrm_transport": "digest"}, "'winrm_transport' must be one of ntlm, kerberos, credssp, basic"),
+        (None, {"ca_bundle": "/nonexistent/ca.pem"}, "'ca_bundle' must be a file under /etc/ssl/certs"),
+    ]:
+        body = {"name": "w-x", "address": "192.0.2.40", "protocol": "winrm", "vars": hv, **({"port": port} if port else {})}
+        status, resp = api.post("/api/v1/hosts", body)
+        assert status == 422 and resp["error"]["field"] == "vars" and needle in resp["error"]["message"], resp
+    ca = workdir / "winrm-ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     add_host(api, "w-ca-ok", "192.0.2.43", "winrm", ca_bundle=str(ca), tls_verify="yes")
+    planted = [Host(name="w-basic", address="192.0.2.40", port=5985, protocol="winrm", vars={"winrm_transport": "basic"}),
+               Host(name="w-bad", address="192.0.2.41", protocol="winrm", vars={"winrm_transport": "digest"}),
+               Host(name="w-ca", address="192.0.2.42", protocol="winrm", vars={"ca_bundle": "/nonexistent/ca.pem"})]
+    session.add_all(planted)
+    session.commit()
     (hosts, _) = rows(session, ["w-basic", "w-bad", "w-ca", "w-ca-ok"], None)
     with pytest.raises(ValidationError, match="basic authentication over http would send the password in clear"):
         protocols.host_vars(hosts[0], None)
     with pytest.raises(ValidationError, match="winrm_transport must be one of ntlm, kerberos, credssp, basic"):
         protocols.host_vars(hosts[1], None)
-    with pytest.raises(ValidationError, match="ca_bundle /nonexistent/ca.pem does not exist"):
+    with pytest.raises(ValidationError, match="ca_bundle must be a file under /etc/ssl/certs"):
         protocols.host_vars(hosts[2], None)
     assert protocols.host_vars(hosts[3], None)["ansible_winrm_ca_trust_path"] == str(ca)
 
