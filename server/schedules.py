@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from . import approvals, audit
 from .errors import ValidationError
 from .models import Blackout, Schedule, ScheduleFire, Setting, Task, User, utcnow
+from .validation import Invalid, variables
 
 UTC = timezone.utc
 FIRE_OUTCOMES = ("fired", "missed", "blackout", "paused", "suspended", "error")
@@ -257,10 +258,15 @@ def describe(cron: str, tz: str) -> str:
 # ------------------------------------------------------------------ input checking
 
 
+MIN_YEAR, MAX_YEAR = 1971, 9998
+
+
 def parse_instant(value: Any, field: str, tz: str, *, end_of_day: bool = False) -> datetime | None:
     """ISO 8601 date or date-time; naive values are wall-clock in ``tz``.
 
-    A plain date means the start of that day (or, for an end, its last second)."""
+    A plain date means the start of that day (or, for an end, its last second). Years
+    outside 1971-9998 are refused, so no time zone can push an instant past what
+    ``datetime`` holds (``9999-12-31`` in a zone behind UTC would overflow)."""
     if value is None or value == "":
         return None
     if not isinstance(value, str) or len(value) > 40:
@@ -269,16 +275,26 @@ def parse_instant(value: Any, field: str, tz: str, *, end_of_day: bool = False) 
     try:
         if len(text) == 10:
             day = date.fromisoformat(text)
-            wall = datetime.combine(day, time(23, 59, 59) if end_of_day else time(0, 0))
-            return localize(wall, tz)
-        dt = datetime.fromisoformat(text)
+            dt = datetime.combine(day, time(23, 59, 59) if end_of_day else time(0, 0))
+        else:
+            dt = datetime.fromisoformat(text)
     except ValueError as exc:
         raise ValidationError(f"'{field}' must be an ISO 8601 date or date-time, got {text!r}", field=field) from exc
-    if dt.year < 1971 or dt.year > 9998:
-        raise ValidationError(f"'{field}' is out of range", field=field)
-    if dt.tzinfo is None:
-        return localize(dt, tz)
-    return dt.astimezone(UTC)
+    out_of_range = ValidationError(f"'{field}' is out of range (years {MIN_YEAR} to {MAX_YEAR})", field=field)
+    if not MIN_YEAR <= dt.year <= MAX_YEAR:
+        raise out_of_range
+    try:
+        return localize(dt, tz) if dt.tzinfo is None else dt.astimezone(UTC)
+    except (OverflowError, ValueError) as exc:
+        raise out_of_range from exc
+
+
+def schedule_vars(value: Any) -> dict[str, Any]:
+    """Schedule variables are run variables: the same checks as task and run vars."""
+    try:
+        return variables(value)
+    except Invalid as exc:
+        raise ValidationError(f"'vars' {exc}", field="vars") from None
 
 
 def _bool(value: Any, field: str) -> bool:
@@ -295,8 +311,6 @@ READ_ONLY = ("id", "task", "task_id", "next_runs", "description", "next_fire_at"
 
 def clean_input(data: Any, *, current: Schedule | None = None, default_tz: str = "UTC") -> dict[str, Any]:
     """Checked values for a new schedule (``current`` None) or a change to ``current``."""
-    from .executions import validate_run_input
-
     if not isinstance(data, dict):
         raise ValidationError("request body must be a JSON object")
     unknown = sorted(k for k in data if k not in WRITABLE and k not in READ_ONLY)
@@ -317,7 +331,7 @@ def clean_input(data: Any, *, current: Schedule | None = None, default_tz: str =
                                   field="misfire_grace_s")
         out["misfire_grace_s"] = grace
     if "vars" in data:
-        out["vars"], _ = validate_run_input(data["vars"], None)
+        out["vars"] = schedule_vars(data["vars"])
     for key in ("start_at", "end_at"):
         if key in data:
             out[key] = parse_instant(data[key], key, tz, end_of_day=key == "end_at")
