@@ -24,16 +24,15 @@ starting up (~0.4 s CPU; bench/seed_usecase.py).
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shlex
 import shutil
 import stat
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,12 +41,14 @@ from typing import Any
 
 from ansible_runner.config.runner import RunnerConfig
 from ansible_runner.runner import Runner
+from ansible_runner.utils import open_fifo_write
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from . import db, hostkeys, inventory, playbooks, procs, protocols
+from . import db, hostkeys, inventory, playbooks, procs, protocols, sandbox
 from .config import Settings
 from .errors import ValidationError
+from .approvals import DRY_RUN_TRIGGER
 from .models import Credential, Execution, Host, Operation, Step, Task, utcnow
 from .vault import vault
 
@@ -64,10 +65,6 @@ MAX_OPERATION_OUTPUT = 1024 * 1024
 MAX_MESSAGE = 4000
 TRUNCATED = "\n[... output truncated ...]\n"
 STUBS_DIR = Path(__file__).resolve().parent / "ansible_stubs"
-# The worker's environment may hold the vault key, database and Redis URLs: Ansible gets
-# only these variables from it (plus ANSIBLE_* / ansible-runner's own).
-ENV_KEEP = {"PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ", "USER", "LOGNAME",
-            "SHELL", "TMPDIR", "TERM"}
 ENV_KEEP_PREFIXES = ("ANSIBLE_", "AWX_", "RUNNER_", "ORIGINAL_STDOUT_CALLBACK")
 # Ansible's prompts, anchored to a whole line so command output can never trigger them.
 SSH_PASS_PROMPT = r"^SSH password:\s*$"
@@ -79,6 +76,7 @@ STEP_EVENTS = {
     "runner_on_skipped": "skipped",
 }
 ITEM_EVENTS = {"runner_item_on_ok", "runner_item_on_failed", "runner_item_on_skipped"}
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 @dataclass
@@ -155,31 +153,6 @@ def _diff_text(res: dict[str, Any]) -> str | None:
 
 def venv_bin() -> Path:
     return Path(sys.executable).parent
-
-
-def control_path_dir(settings: Settings, credential: Credential | None) -> Path:
-    """Where ssh keeps persistent master connections for this credential version.
-
-    One directory per credential *version*, so a changed secret never rides on a
-    connection opened with the old one. Unix socket paths are limited (~107 bytes, ssh
-    adds a 17-character suffix while creating one): a deep instance dir falls back to a
-    short private directory under the system temp dir.
-    """
-    if credential is None:
-        tag = "none"
-    else:
-        created = credential.created_at.isoformat() if credential.created_at else ""
-        tag = hashlib.sha256(f"{credential.id}:{credential.version}:{created}".encode()).hexdigest()[:12]
-    base = settings.instance_dir / "cp"
-    if len(str(base / tag)) + 1 + 10 + 17 > 100:
-        digest = hashlib.sha256(str(settings.instance_dir).encode()).hexdigest()[:10]
-        base = Path(tempfile.gettempdir()) / f"tm-cp-{os.getuid()}" / digest
-    path = base / tag
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for p in (path, path.parent):
-        if stat.S_IMODE(p.stat().st_mode) != 0o700:
-            os.chmod(p, 0o700)
-    return path
 
 
 def _drain_fifo(path: str) -> None:
@@ -603,7 +576,8 @@ class Prepared:
     envvars: dict[str, str]
     passwords: dict[str, str]
     ssh_key: str | None
-    roles_path: list[str]
+    readonly: list[Path]  # what the sandbox sees read-only besides the system and Python
+    sockets: list[Path]  # the X11 display socket, for x11 hosts
     forks: int
     names: dict[str, str]
     commands: list[str] | None  # a commands task's lines (steps come from tm_commands)
@@ -624,8 +598,8 @@ def _secrets(credential: Credential | None) -> tuple[str | None, str | None, str
     return None, None, become
 
 
-def ssh_args(settings: Settings, credential: Credential | None) -> str:
-    known_hosts = settings.instance_dir / "known_hosts"
+def ssh_args(settings: Settings, credential: Credential | None, known_hosts: Path | None = None) -> str:
+    known_hosts = known_hosts or hostkeys.known_hosts_path(settings.instance_dir)
     args = [
         "-F none",  # no ~/.ssh/config: how we connect is decided here, per host and credential
         "-o IdentityFile=none",  # never the worker's own keys: only the credential's
@@ -649,6 +623,9 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         if problem:
             raise ValidationError(problem, field="commands")
     key, password, become_password = _secrets(credential)
+    preview = ex.check_mode and ex.trigger == DRY_RUN_TRIGGER
+    if preview:  # before approval: nothing a playbook could read, only the key inside ssh-agent
+        password = become_password = None
     inv = inventory.build_inventory(hosts, credential)
     (private_dir / "inventory").mkdir(mode=0o700)
     (private_dir / "inventory" / "hosts.yml").write_text(inventory.dump_inventory(inv))
@@ -688,27 +665,35 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     passwords: dict[str, str] = {}
     if password:
         cmdline.append("--ask-pass")
-        passwords[SSH_PASS_PROMPT] = password
+        passwords[SSH_PASS_PROMPT] = Once(password)
     if become_password and (task.become or task.kind == "playbook"):
         cmdline.append("--ask-become-pass")
-        passwords[BECOME_PASS_PROMPT] = become_password
+        passwords[BECOME_PASS_PROMPT] = Once(become_password)
     if task.kind == "playbook":
         # the protocol playbooks' vars_prompt (API secrets): answered like Ansible's own prompts,
         # with the secret only when an API-protocol host needs it (an ssh key stays with ssh-agent)
         api_hosts = any((h.protocol or "ssh") not in ("ssh", "local", "x11") for h in hosts)
-        passwords.update(protocols.prompt_answers(credential if api_hosts else None))
+        passwords.update(protocols.prompt_answers(credential if api_hosts and not preview else None))
     forks = max(1, min(len(hosts), settings.max_forks))
+    known_hosts = private_dir / "ssh" / "known_hosts"
+    hostkeys.seed(settings.instance_dir, hosts, known_hosts)
     cfg_file = private_dir / "ansible.cfg"
     cfg_file.write_text("# empty: every setting comes from the environment below\n")
     envvars = {
-        "PATH": f"{venv_bin()}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}",
+        "PATH": f"{venv_bin()}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(private_dir / "home"),
+        "TMPDIR": "/tmp",  # the sandbox's own tmpfs (ssh-agent's socket lives there)
+        "USER": "nobody",
+        "LOGNAME": "nobody",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
         "ANSIBLE_CONFIG": str(cfg_file),
         "ANSIBLE_LOCAL_TEMP": str(private_dir / "tmp"),
         "ANSIBLE_INVENTORY_ENABLED": "yaml",
         "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
         "ANSIBLE_HOST_KEY_CHECKING": "True",  # with accept-new: new hosts are learnt, changed keys refused
-        "ANSIBLE_SSH_ARGS": ssh_args(settings, credential),
-        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_path_dir(settings, credential)),
+        "ANSIBLE_SSH_ARGS": ssh_args(settings, credential, known_hosts),
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(private_dir / "cp"),
         # ssh_askpass, not sshpass: sshpass mistakes remote exit codes 1-6 for its own errors.
         "ANSIBLE_SSH_PASSWORD_MECHANISM": "ssh_askpass",
         "ANSIBLE_SSH_USETTY": "False",  # keep stderr apart from stdout
@@ -732,6 +717,10 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     envvars["ANSIBLE_ROLES_PATH"] = os.pathsep.join(dict.fromkeys(roles_path + more_roles))
     for k, v in extra.items():
         envvars.setdefault(k, str(v))
+    readonly = [Path(project_dir), settings.playbook_dir, STUBS_DIR]
+    readonly += [Path(p) for k in ("ANSIBLE_ROLES_PATH", "ANSIBLE_LIBRARY", "ANSIBLE_MODULE_UTILS",
+                                   "ANSIBLE_CONNECTION_PLUGINS", "ANSIBLE_ACTION_PLUGINS")
+                 for p in envvars.get(k, "").split(os.pathsep) if p]
     return Prepared(
         private_dir=private_dir,
         playbook=str(playbook),
@@ -740,7 +729,8 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         envvars=envvars,
         passwords=passwords,
         ssh_key=key,
-        roles_path=roles_path,
+        readonly=[p for p in dict.fromkeys(readonly) if p.exists()],
+        sockets=_x11_sockets(envvars.get("DISPLAY")) if any(h.protocol == "x11" for h in hosts) else [],
         forks=forks,
         names=inv["_meta"]["names"],
         commands=commands,
@@ -748,9 +738,57 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     )
 
 
+def _x11_sockets(display: str | None) -> list[Path]:
+    """The local X server's socket for ``DISPLAY=:N`` (a TCP display needs nothing)."""
+    if display and display.startswith(":"):
+        return [Path("/tmp/.X11-unix") / f"X{display[1:].split('.')[0]}"]
+    return []
+
+
 def _filter_env(env: dict[str, str], keep: dict[str, str]) -> dict[str, str]:
-    """What ansible-playbook may see: our own variables, ANSIBLE_*/runner ones, and the basics."""
-    return {k: v for k, v in env.items() if k in keep or k in ENV_KEEP or k.startswith(ENV_KEEP_PREFIXES)}
+    """What ansible-playbook may see: our own variables and what ansible-runner added.
+
+    Nothing of the worker's own environment (which may hold the vault key, database and
+    Redis URLs) passes: a variable the worker has with the same value is dropped.
+    """
+    return {k: v for k, v in env.items()
+            if k in keep or (k.startswith(ENV_KEEP_PREFIXES) and os.environ.get(k) != v)}
+
+
+class Once(str):
+    """A prompt answer ansible-runner can send once: later matches get an empty line.
+
+    Ansible asks for the login and become passwords once, at start-up; a playbook that
+    prints the prompt again (e.g. through its parent's terminal) must not be answered.
+    pexpect sends ``answer + linesep``, which is where the secret is handed out.
+    """
+
+    def __new__(cls, secret: str) -> "Once":
+        obj = super().__new__(cls, "")
+        obj._secret = secret
+        return obj
+
+    def __add__(self, other: str) -> str:
+        secret, self._secret = self._secret, ""
+        return secret + other
+
+
+class SandboxedRunner(Runner):
+    """ansible-runner's Runner, reading event files the sandbox writes without trusting them.
+
+    The callback plugin inside the sandbox drops ``<uuid>-partial.json`` files that the
+    worker reads by a name taken from the output stream, which code inside can forge: a
+    uuid that is not a uuid, or a file that is not a regular file, is never opened.
+    """
+
+    def event_callback(self, event_data: dict[str, Any]) -> None:
+        uuid = str(event_data.get("uuid") or "")
+        if "uuid" in event_data:
+            path = Path(self.config.artifact_dir) / "job_events" / f"{uuid}-partial.json"
+            if not UUID_RE.match(uuid) or (path.is_symlink() or (path.exists() and not path.is_file())):
+                event_data = {k: v for k, v in event_data.items() if k not in ("uuid", "event_data")}
+                event_data["event"] = "verbose"
+        return super().event_callback(event_data)
 
 
 # --------------------------------------------------------------------------- the run
@@ -765,7 +803,7 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
     task = ex.task
     timeout_s = int(timeout_s or task.timeout_s or 3600)
     began = time.monotonic()
-    private_dir = Path(tempfile.mkdtemp(prefix="tm-run-"))  # 0700
+    private_dir = sandbox.new_private_dir()
     runner: Runner | None = None
     recorder: Recorder | None = None
     fifo: str | None = None
@@ -797,7 +835,6 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
             cmdline=" ".join(shlex.quote(a) for a in prep.cmdline),
             envvars=prep.envvars,
             passwords=dict(prep.passwords),
-            ssh_key=prep.ssh_key,
             settings={},
             forks=prep.forks,
             ident=f"execution-{ex.id}",
@@ -810,8 +847,25 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
         rc.prepare()
         rc.env = _filter_env(rc.env, keep=prep.envvars)
         rc.env[procs.MARK_ENV] = mark = procs.marker(ex.id)  # finds this run's processes (procs.py)
-        fifo = getattr(rc, "ssh_key_path", None)
-        runner = Runner(
+        events = [Path(rc.artifact_dir) / "job_events", Path(rc.artifact_dir) / "fact_cache"]
+        for path in events:
+            sandbox.make_writable(path)
+        sandbox.open_up(private_dir)
+        layout = sandbox.Layout(private_dir, Path(rc.cwd), readonly=prep.readonly, writable=events,
+                                sockets=prep.sockets)
+        try:
+            sandbox.check(layout)
+        except sandbox.SandboxError as exc:
+            return recorder.finish(None, timeout_s, failure=str(exc))
+        command = list(rc.command)
+        if prep.ssh_key:  # ssh-agent inside the sandbox reads the key from a fifo only it can open
+            fifo = str(private_dir / "agent" / "key")
+            open_fifo_write(fifo, prep.ssh_key)
+            if os.geteuid() == 0:
+                os.chown(fifo, sandbox.SANDBOX_UID, sandbox.SANDBOX_GID)
+            command = rc.wrap_args_with_ssh_agent(command, fifo)
+        rc.command = sandbox.argv(layout, command)
+        runner = SandboxedRunner(
             config=rc,
             event_handler=recorder.event_handler,
             cancel_callback=recorder.cancel_callback,
@@ -831,6 +885,7 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
             procs.kill_marked(mark)  # nothing of this run outlives it (exceptions, RQ timeout)
         if fifo:
             _drain_fifo(fifo)
+        hostkeys.learn(settings.instance_dir, hosts, private_dir / "ssh" / "known_hosts")
         shutil.rmtree(private_dir, ignore_errors=True)
 
 

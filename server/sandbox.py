@@ -1,0 +1,202 @@
+"""The per-run sandbox: every ``ansible-playbook`` runs inside bubblewrap.
+
+A playbook (and a ``commands`` line on a ``local`` host, an API-protocol module, a plugin
+shipped in a project) is user code running on the Task Manager machine. It must never
+reach ``instance/`` (vault key, secret key, SQLite file, Redis socket, known hosts), the
+worker's environment or another run. As AWX did with bubblewrap before it moved to
+containers, each run gets:
+
+* its own mount namespace built from an allow-list: the system (``/usr`` and the few
+  ``/etc`` files programs need), the Python and Ansible installation, the shipped plugins,
+  the project checkout — all read-only — and the run's private directory, read-only
+  except the few sub-directories Ansible writes (``WRITABLE``); ``/tmp`` is a fresh tmpfs,
+  so ssh-agent and ControlPersist sockets are the run's alone;
+* a PID namespace (``/proc`` shows the run's own processes), IPC and UTS namespaces;
+* an unprivileged uid: a root worker drops to ``nobody`` inside (``setpriv``), a non-root
+  worker maps its uid to ``nobody`` in a user namespace; no new privileges either way
+  (sudo on the controller cannot work);
+* the network of the machine: targets must be reached.
+
+There is no fallback: a run whose sandbox cannot be made fails with bubblewrap's reason.
+Why the parent's own files stay outside the writable set: ansible-runner (running as the
+worker) writes ``status``/``rc`` into the artifact directory after the run; were that
+directory writable inside, a symlink planted there would make the worker overwrite any file.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SANDBOX_UID = 65534  # nobody
+SANDBOX_GID = 65534  # nogroup
+# Sub-directories of a run's private directory that Ansible (inside) writes.
+WRITABLE = ("tmp", "home", "cp", "ssh", "agent")
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# /etc, by allow-list: name resolution, TLS trust, time zones, the dynamic linker, Kerberos.
+ETC_FILES = ("passwd", "group", "nsswitch.conf", "hosts", "host.conf", "resolv.conf", "gai.conf", "services",
+             "protocols", "localtime", "timezone", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl",
+             "ca-certificates", "ca-certificates.conf", "pki", "alternatives", "krb5.conf", "krb5.conf.d",
+             "os-release", "debian_version", "mime.types", "python3", "python3.11", "hostname")
+CA_DIRS_ENV = "TASKMANAGER_CA_DIRS"  # extra directories of CA bundles hosts may name (protocols.ca_bundle)
+PROBE_TIMEOUT_S = 10
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not be made: the run fails with this reason, never unconfined."""
+
+
+@dataclass
+class Layout:
+    """What one run sees besides the system: its private directory and read-only extras."""
+
+    private_dir: Path
+    cwd: Path
+    readonly: list[Path] = field(default_factory=list)  # project checkout, shipped plugins, ...
+    writable: list[Path] = field(default_factory=list)  # beyond WRITABLE (e.g. artifact event dirs)
+    sockets: list[Path] = field(default_factory=list)  # e.g. the X11 display socket
+
+
+def _privileged() -> bool:
+    return os.geteuid() == 0
+
+
+def runs_dir() -> Path:
+    """A 0700 directory owned by the worker for the runs' private directories.
+
+    Inside it a private directory can be 0755 (the sandbox's uid must read it) without any
+    other local user reaching it. A squatted or widened directory is refused.
+    """
+    base = Path(tempfile.gettempdir()) / f"tm-runs-{os.geteuid()}"
+    try:
+        base.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = base.lstat()
+    if not base.is_dir() or base.is_symlink() or st.st_uid != os.geteuid():
+        raise SandboxError(f"{base} is not a directory owned by this user")
+    if st.st_mode & 0o077:
+        os.chmod(base, 0o700)
+    return base
+
+
+def new_private_dir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="tm-run-", dir=runs_dir()))
+    os.chmod(path, 0o755)
+    for name in WRITABLE:
+        make_writable(path / name)
+    return path
+
+
+def make_writable(path: Path) -> None:
+    """A directory the sandbox's uid owns (a root worker chowns it to ``nobody``)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if _privileged():
+        os.chown(path, SANDBOX_UID, SANDBOX_GID)
+
+
+def open_up(private_dir: Path) -> None:
+    """Let the sandbox's uid read what the worker wrote (the 0700 base keeps others out)."""
+    for root, dirs, files in os.walk(private_dir):
+        for d in dirs:
+            p = Path(root) / d
+            if not p.is_symlink() and p.stat().st_uid == os.geteuid():
+                os.chmod(p, 0o755)
+        for f in files:
+            p = Path(root) / f
+            if p.is_file() and not p.is_symlink() and p.stat().st_uid == os.geteuid():
+                os.chmod(p, 0o644)
+
+
+def _python_dirs() -> list[Path]:
+    dirs = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), Path(sys.base_exec_prefix),
+            Path(sys.executable).resolve().parent.parent}
+    return sorted(d for d in dirs if d.exists())
+
+
+def ca_dirs() -> list[Path]:
+    return [Path(p) for p in os.environ.get(CA_DIRS_ENV, "").split(os.pathsep) if p]
+
+
+def _system_args() -> list[str]:
+    args: list[str] = []
+    for d in SYSTEM_DIRS:
+        p = Path(d)
+        if p.is_symlink():  # merged /usr: /bin -> usr/bin
+            args += ["--symlink", os.readlink(p), d]
+        elif p.exists():
+            args += ["--ro-bind", d, d]
+    args += ["--perms", "0755", "--dir", "/etc"]
+    for name in ETC_FILES:
+        args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    return args
+
+
+def _bind(kind: str, path: Path | str, made: set[str]) -> list[str]:
+    """``kind path path``, after its missing parents as 0755 directories.
+
+    bubblewrap would make them 0700 and root-owned: the sandbox's uid could not traverse.
+    """
+    args: list[str] = []
+    for parent in reversed(Path(path).parents[:-1]):
+        if str(parent) not in made:
+            made.add(str(parent))
+            args += ["--perms", "0755", "--dir", str(parent)]
+    made.add(str(path))
+    return args + [kind, str(path), str(path)]
+
+
+def argv(layout: Layout, command: list[str]) -> list[str]:
+    """``command`` wrapped in bubblewrap (and, for a root worker, setpriv) for ``layout``."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise SandboxError("bubblewrap (bwrap) is not installed on this worker; runs are never started unconfined")
+    private = str(layout.private_dir)
+    args = [bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--hostname", "taskmanager-run"]
+    if not _privileged():
+        args += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID)]
+    args += _system_args()
+    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp",
+             "--perms", "1777", "--tmpfs", "/dev/shm"]
+    made = {"/", "/tmp", "/usr", "/etc", "/proc", "/dev", "/dev/shm"}
+    for d in _python_dirs() + [p for p in layout.readonly + ca_dirs() if p.exists()]:
+        args += _bind("--ro-bind", d, made)
+    args += _bind("--ro-bind", private, made)
+    for p in [f"{private}/{name}" for name in WRITABLE] + layout.writable:
+        args += ["--bind", str(p), str(p)]
+    for p in layout.sockets:
+        if p.exists():
+            args += _bind("--bind", p, made)
+    args += ["--chdir", str(layout.cwd)]
+    args += ["--"] if _privileged() else ["--disable-userns", "--"]
+    if _privileged():
+        setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+        args += [setpriv, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_GID}", "--clear-groups",
+                 "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+    return args + list(command)
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_ok() -> bool:
+    return True
+
+
+def check(layout: Layout) -> None:
+    """Make a throw-away sandbox like the run's; raise SandboxError with bubblewrap's words.
+
+    Only success is remembered: a worker whose namespaces are refused keeps failing its runs
+    with the reason until someone fixes the machine, then recovers without a restart.
+    """
+    if _probe_ok.cache_info().currsize:
+        return
+    proc = subprocess.run(argv(layout, ["/bin/true"]), capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
+                          env={"PATH": "/usr/bin:/bin"}, check=False)
+    if proc.returncode != 0:
+        raise SandboxError(f"could not create the run's sandbox: {(proc.stderr or proc.stdout).strip()[:500]}")
+    _probe_ok()
