@@ -237,8 +237,8 @@ def run_rules(session: Session, user: User, task: Task) -> RunRules:
 def task_approval_rules(session: Session, task: Task) -> RunRules:
     """The strictest combination of every approval-requiring policy on the task, whoever it names.
 
-    Used for schedules: their runs have no requesting user, so a schedule on a task that
-    any policy puts under approval needs approval itself."""
+    Approval belongs to the task: these rules apply to every request (``request_rules``)
+    and to schedules, whose runs have no requesting user."""
     policies = session.execute(
         select(Policy)
         .join(policy_tasks, policy_tasks.c.policy_id == Policy.id)
@@ -246,6 +246,149 @@ def task_approval_rules(session: Session, task: Task) -> RunRules:
         .order_by(Policy.id)
     ).scalars().all()
     return _combine(list(policies))
+
+
+def request_rules(session: Session, user: User, task: Task) -> RunRules:
+    """What a run of ``task`` requested by ``user`` needs before it may start.
+
+    Approval belongs to the task, not to the requester: every policy that puts the task under
+    approval applies to everyone, admins and authors included (otherwise anyone left out of
+    the policy, or added to a second one without approval, could run around it). Its approvers
+    come from those policies. A reason is needed when one of them, or a policy naming the
+    user, asks for one."""
+    rules = task_approval_rules(session, task)
+    if not rules.requires_reason:
+        rules.requires_reason = run_rules(session, user, task).requires_reason
+    return rules
+
+
+# What a schedule's owner must still hold on its task when it fires.
+SCHEDULE_OWNER_PERMS = ("execute", "schedule")
+
+
+def schedule_owner_problems(session: Session, schedules: list[Any]) -> dict[int, str]:
+    """Schedule id -> why its owner may no longer run it, for a batch of schedules.
+
+    A schedule acts with its creator's rights, checked again at every fire: the owner must
+    still exist, be active and hold ``execute`` and ``schedule`` on the task (through the role
+    or a policy). Two queries for the whole batch. Schedules without an owner (made by the
+    system, not through the API or the pages) are not checked."""
+    owned = [s for s in schedules if s.created_by_id is not None]
+    if not owned:
+        return {}
+    owner_ids = {s.created_by_id for s in owned}
+    users = {u.id: u for u in session.execute(select(User).where(User.id.in_(owner_ids))).scalars()}
+    granted: dict[tuple[int, int], set[str]] = {}
+    rows = session.execute(
+        select(policy_users.c.user_id, policy_tasks.c.task_id, Policy.permissions)
+        .join(policy_tasks, policy_tasks.c.policy_id == policy_users.c.policy_id)
+        .join(Policy, Policy.id == policy_users.c.policy_id)
+        .where(policy_users.c.user_id.in_(owner_ids), policy_tasks.c.task_id.in_({s.task_id for s in owned}))
+    )
+    for user_id, task_id, perms in rows:
+        granted.setdefault((user_id, task_id), set()).update(perms or [])
+    problems: dict[int, str] = {}
+    for s in owned:
+        user = users.get(s.created_by_id)
+        task_name = s.task.name if s.task is not None else str(s.task_id)
+        if user is None:
+            problems[s.id] = f"the schedule's owner (user {s.created_by_id}) no longer exists"
+            continue
+        if not user.is_active:
+            problems[s.id] = f"the schedule's owner '{user.username}' is disabled"
+            continue
+        perms = ROLE_TASK_PERMS.get(user.role, set()) | granted.get((user.id, s.task_id), set())
+        missing = [p for p in SCHEDULE_OWNER_PERMS if p not in perms]
+        if missing:
+            problems[s.id] = (f"the schedule's owner '{user.username}' ({user.role}) may no longer "
+                              f"{' or '.join(missing)} task '{task_name}'")
+    return problems
+
+
+# ---------------------------------------------------------------- what a task may point at
+
+LOCAL_PROTOCOL = "local"
+
+
+def may_target_local(user: User) -> bool:
+    """Only admins may make a task run on the Task Manager server itself (protocol ``local``)."""
+    return user.role == "admin"
+
+
+@dataclass
+class Usable:
+    """The hosts, groups and credentials a user may point a task at; None means all of them."""
+
+    host_ids: set[int] | None = None
+    group_ids: set[int] | None = None
+    credential_ids: set[int] | None = None
+
+    def host(self, host_id: int) -> bool:
+        return self.host_ids is None or host_id in self.host_ids
+
+    def group(self, group_id: int) -> bool:
+        return self.group_ids is None or group_id in self.group_ids
+
+    def credential(self, credential_id: int) -> bool:
+        return self.credential_ids is None or credential_id in self.credential_ids
+
+
+def executable_task_ids(session: Session, user: User) -> set[int] | None:
+    """Ids of the tasks ``user`` may execute; None means all of them (by role)."""
+    if "execute" in ROLE_TASK_PERMS.get(user.role, set()):
+        return None
+    rows = session.execute(
+        select(policy_tasks.c.task_id, Policy.permissions)
+        .join(Policy, Policy.id == policy_tasks.c.policy_id)
+        .join(policy_users, policy_users.c.policy_id == Policy.id)
+        .where(policy_users.c.user_id == user.id)
+    )
+    return {task_id for task_id, perms in rows if "execute" in (perms or [])}
+
+
+def usable_targets(session: Session, user: User) -> Usable:
+    """What ``user`` may point a task at (creating or editing it).
+
+    The roles that manage hosts, credentials and tasks (admin, author) may use all of them
+    (``local`` hosts aside, see ``may_target_local``). Anyone else - an operator given ``edit``
+    on a task by a policy - only the hosts, groups and credentials of tasks he may already
+    execute: editing a task never lets him run something on a machine, or as an account,
+    he could not run on himself."""
+    if has(user, "hosts.edit") and has(user, "credentials.edit"):
+        return Usable()
+    ids = executable_task_ids(session, user)
+    if ids is None:
+        return Usable()
+    if not ids:
+        return Usable(set(), set(), set())
+    direct = select(task_hosts.c.host_id).where(task_hosts.c.task_id.in_(ids))
+    via_groups = (
+        select(host_groups.c.host_id)
+        .join(task_groups, task_groups.c.group_id == host_groups.c.group_id)
+        .where(task_groups.c.task_id.in_(ids))
+    )
+    groups = select(task_groups.c.group_id).where(task_groups.c.task_id.in_(ids))
+    creds = select(Task.credential_id).where(Task.id.in_(ids), Task.credential_id.is_not(None))
+    return Usable(
+        set(session.execute(union(direct, via_groups)).scalars()),
+        set(session.execute(groups).scalars()),
+        set(session.execute(creds).scalars()),
+    )
+
+
+def visible_credential_ids(session: Session, user: User) -> set[int] | None:
+    """Credentials whose name ``user`` may know: all for roles that list credentials, else
+    those of the tasks he may view."""
+    if has(user, "credentials.view"):
+        return None
+    ids = visible_task_ids(session, user)
+    if ids is None:
+        return None
+    if not ids:
+        return set()
+    return set(session.execute(
+        select(Task.credential_id).where(Task.id.in_(ids), Task.credential_id.is_not(None))
+    ).scalars())
 
 
 def tasks_under_approval(session: Session, task_ids: set[int]) -> set[int]:

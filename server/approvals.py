@@ -1,11 +1,18 @@
 """Approval flows: four eyes, levels 1-3, expiry, and "what was approved is what runs".
 
-A run that a policy puts under approval is created ``waiting_approval`` by
-``executions.request_execution``, which calls ``on_requested`` here: the approvers of
-every level and a per-component digest of what will run are snapshotted into
-``Execution.approval_plan``. Levels are decided in order, one approval per level
-suffices, any rejection ends the request, and nobody ever decides their own request
-(admins included). The last approval queues the run.
+Approval belongs to the task: every run a user requests of a task that a policy puts
+under approval is created ``waiting_approval`` by ``executions.request_execution``,
+whoever asks (admins and authors included), and calls ``on_requested`` here: the
+approvers of every level (from the policies that put the task under approval) and a
+per-component digest of what will run are snapshotted into ``Execution.approval_plan``.
+Levels are decided in order, one approval per level suffices, any rejection ends the
+request, and nobody ever decides their own request (admins included); a request that
+only its requester could approve is refused up front (``require_someone_else``). The
+last approval queues the run.
+
+A dry run (check mode, ``trigger == DRY_RUN_TRIGGER``) exists only as a copy of a
+waiting request made by ``start_dry_run``; the runner gives it no password or API secret,
+and it is never retried or relaunched into a live run.
 
 The approval binds the execution's fingerprint (task definition, playbook content,
 variables, targets, credential). It is compared with the task as it is now when an
@@ -25,9 +32,10 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import combinations
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from . import access, audit, executions, jobs, notify
@@ -133,6 +141,52 @@ def _notify(session: Session, event: str, **kw: Any) -> None:
 # ---------------------------------------------------------------- requesting
 
 
+def _candidates(session: Session, levels: dict[int, list[int]], excluded: set[int]) -> dict[int, set[int]]:
+    """Level -> active people other than ``excluded`` who could decide it (``_eligible``'s rule)."""
+    named = {uid for ids in levels.values() for uid in ids}
+    rows = session.execute(
+        select(User.id, User.role).where(
+            User.is_active.is_(True),
+            or_(User.role.in_(("admin", "approver")), User.id.in_(named or {-1})),
+        )
+    ).all()
+    people = [(uid, role) for uid, role in rows if uid not in excluded]
+    return {
+        level: {uid for uid, role in people
+                if role == "admin" or (uid in listed if listed else role == "approver")}
+        for level, listed in levels.items()
+    }
+
+
+def undecidable_levels(session: Session, levels: dict[int, list[int]], excluded: set[int]) -> list[int]:
+    """The levels no one outside ``excluded`` could decide, one different person per level as
+    ``may_decide`` demands ([] when the request can be decided). Hall's condition over at
+    most three levels: every k levels need k distinct candidates between them."""
+    levels = levels or {1: []}
+    candidates = _candidates(session, levels, excluded)
+    for k in range(1, len(levels) + 1):
+        for combo in combinations(sorted(levels), k):
+            if len(set().union(*(candidates[lv] for lv in combo))) < k:
+                return list(combo)
+    return []
+
+
+def no_approver_message(task: Task, stuck: list[int], what: str = "this run") -> str:
+    names = ", ".join(map(str, stuck))
+    return (f"nobody but you could approve {what} of task '{task.name}': level{'s' if len(stuck) > 1 else ''} "
+            f"{names} {'have' if len(stuck) > 1 else 'has'} no other active approver (each level needs a "
+            "different person, never the requester); ask an admin to add an approver to the task's "
+            "approval policy")
+
+
+def require_someone_else(session: Session, task: Task, rules: access.RunRules, requester: User) -> None:
+    """Refuse (422) a request that only its requester could approve: it would wait until it
+    expires, since nobody decides his own request."""
+    stuck = undecidable_levels(session, rules.approvers, {requester.id})
+    if stuck:
+        raise ValidationError(no_approver_message(task, stuck), code="no_approver", field="task")
+
+
 def on_requested(session: Session, ex: Execution, rules: access.RunRules, *, dry_run: Any = False) -> None:
     """Called by ``request_execution`` for a run created ``waiting_approval``."""
     if not isinstance(dry_run, bool):
@@ -166,6 +220,8 @@ def start_dry_run(session: Session, ex: Execution, user: User | None) -> Executi
         raise ValidationError("a dry run is available for playbook tasks only", field="dry_run")
     if ex.status != "waiting_approval":
         raise Conflict(f"execution {ex.id} is {ex.status}, not waiting for approval")
+    if ex.approval_plan is None or ex.check_mode or ex.trigger == DRY_RUN_TRIGGER:
+        raise Conflict(f"execution {ex.id} is not an approval request")
     current = dry_run_of(session, ex)
     if current is not None and current.status in ("queued", "running"):
         return current
@@ -428,9 +484,12 @@ def schedule_requires_approval(session: Session, task: Task, user: User | None =
     return access.task_approval_rules(session, task).requires_approval
 
 
-def request_schedule_approval(session: Session, schedule: Schedule, user: User | None) -> bool:
+def request_schedule_approval(session: Session, schedule: Schedule, user: User | None, *, strict: bool = True) -> bool:
     """Call after creating or changing a schedule (once flushed). True if it now waits for approval;
-    until approved, ``check_schedule_fire`` keeps it from firing."""
+    until approved, ``check_schedule_fire`` keeps it from firing.
+
+    A user's request that nobody else could approve is refused (422, ``strict``); a renewal
+    by the system (the task changed) waits anyway and its audit row says it is stuck."""
     task = schedule.task or session.get(Task, schedule.task_id)
     rules = access.task_approval_rules(session, task)
     if not rules.requires_approval:
@@ -442,6 +501,11 @@ def request_schedule_approval(session: Session, schedule: Schedule, user: User |
     snap = current_snapshot(session, task, schedule.vars, None)
     if snap.error:
         raise ValidationError(snap.error, field="task")
+    stuck = undecidable_levels(session, rules.approvers,
+                               {uid for uid in (user.id if user else None, schedule.created_by_id) if uid})
+    if stuck and strict and user is not None:
+        raise ValidationError(no_approver_message(task, stuck, "a schedule"),
+                              code="no_approver", field="task")
     schedule.approval_status = "pending"
     schedule.approved_fingerprint = None
     schedule.approval_plan = _plan(
@@ -450,7 +514,7 @@ def request_schedule_approval(session: Session, schedule: Schedule, user: User |
     )
     session.flush()
     audit.record(session, "schedule.approval_request", actor=user.username if user else "system", target=schedule,
-                 task=task.name)
+                 task=task.name, **({"no_approver": stuck} if stuck else {}))
     _notify(session, "approval.requested", schedule=schedule,
             title=f"[Task Manager] schedule #{schedule.id} of {task.name} needs approval",
             message=f"cron {schedule.cron} ({schedule.timezone})")
@@ -541,7 +605,8 @@ def decide_schedule(session: Session, schedule: Schedule, user: User, decision: 
             "the request was renewed for the current definition"
         )
         if not snap.error:
-            request_schedule_approval(session, schedule, session.get(User, plan.get("requested_by") or 0))
+            request_schedule_approval(session, schedule, session.get(User, plan.get("requested_by") or 0),
+                                      strict=False)
         audit.record(session, "schedule.approval_invalidated", actor=user.username, target=schedule, reason=reason)
         return Outcome(schedule=schedule, status=schedule.approval_status or "", refused=reason)
     session.add(approval)

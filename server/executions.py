@@ -2,7 +2,8 @@
 
 Every trigger (API, web, scheduler, relaunch) goes through ``request_execution`` (or its
 batch form ``request_executions``, same code) so that access rules, approvals and auditing
-apply the same way to all of them.
+apply the same way to all of them. The one exception is the dry run of an approval
+request, made only by ``approvals.start_dry_run``; this path refuses that trigger.
 """
 from __future__ import annotations
 
@@ -110,13 +111,27 @@ class _Prepared:
     host_count: int
 
 
+def _rules_for(session: Session, user: User | None, task: Task) -> access.RunRules:
+    """A user's request follows the task's approval policies whoever he is. Requests without a
+    user come from the system: a schedule fire (approved as a schedule, ``approvals.
+    check_schedule_fire``) or the automatic retry of a lost run that was already authorised."""
+    return access.request_rules(session, user, task) if user is not None else access.RunRules()
+
+
 def _prepare(session: Session, req: RunRequest, revisions: dict[int, tuple[str | None, str]]) -> _Prepared:
     """Validate one request and build its Execution (not added to the session yet)."""
     run_vars, reason = validate_run_input(req.run_vars, req.reason)
     task, user, trigger = req.task, req.user, req.trigger
-    rules = access.run_rules(session, user, task) if user is not None and trigger == "manual" else access.RunRules()
+    from . import approvals  # late import: approvals uses this module
+
+    if trigger == approvals.DRY_RUN_TRIGGER:
+        raise ValidationError("a dry run is started only for an approval request (approvals.start_dry_run)",
+                              field="trigger")
+    rules = _rules_for(session, user, task)
     if rules.requires_reason and not reason:
         raise ValidationError("a reason is required to run this task", field="reason")
+    if rules.requires_approval:
+        approvals.require_someone_else(session, task, rules, user)
     hosts = target_hosts(task, req.limit_hosts)
     if not hosts:
         raise ValidationError("the task has no target hosts", field="hosts")

@@ -1,7 +1,8 @@
 """Relaunch: a new execution of a finished one, optionally limited to the hosts that failed.
 
 It goes through ``executions.request_execution`` like every other trigger, so access
-rules, reasons and approvals apply to the relaunch exactly as to a fresh run.
+rules, reasons and approvals apply to the relaunch exactly as to a fresh run. A dry run
+(check mode, for approvers) is never relaunched: that would turn it into a live run.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import access, audit
-from .errors import Conflict, ValidationError
+from .approvals import DRY_RUN_TRIGGER
+from .errors import Conflict, NotFound, ValidationError
 from .executions import request_execution
 from .models import Execution, Operation, User
 
@@ -32,10 +34,14 @@ def failed_hosts(session: Session, ex: Execution) -> list[str]:
 
 def relaunch(session: Session, parent: Execution, user: User, *, failed_only: Any = True, reason: Any = None) -> Execution:
     """Request a new execution of ``parent``'s task with its variables (caller commits)."""
+    if not access.can_view_execution(session, user, parent):
+        raise NotFound(f"execution {parent.id} does not exist")  # like every other endpoint: no existence oracle
     if not isinstance(failed_only, bool):
         raise ValidationError("'failed_only' must be true or false", field="failed_only")
-    access.require_execution(session, user, parent)
     access.require_task(session, user, parent.task, "execute")
+    if parent.check_mode or parent.trigger == DRY_RUN_TRIGGER:
+        raise Conflict(f"execution {parent.id} is a dry run (check mode) for an approval request; it cannot be "
+                       "relaunched as a live run: request a new run of the task")
     if parent.status not in RELAUNCHABLE:
         raise Conflict(f"execution {parent.id} is {parent.status}; only finished executions can be relaunched")
     if failed_only:

@@ -17,6 +17,9 @@ Policy for each due schedule, given every instant due since it was last handled:
   (and a latest one past its grace) are recorded as ``missed`` — a backlog never runs;
 * a suspended schedule, a paused scheduler or a blackout window (at the due instant or
   now) records ``suspended`` / ``paused`` / ``blackout`` instead of running;
+* a schedule acts with its owner's rights, checked at each fire: an owner who no longer
+  exists, is disabled or lost ``execute``/``schedule`` on the task records ``suspended``
+  with the reason (the schedule fires again once the rights are back);
 * a run the task refuses (e.g. no target hosts) is recorded as ``error``.
 Every such record is also written to the audit log.
 """
@@ -160,6 +163,10 @@ def _plan(schedule: Schedule, now: datetime, paused: bool, blackouts: list) -> _
     return plan
 
 
+def _fires_now(plan: _Plan) -> bool:
+    return any(r["outcome"] == "fired" for r in plan.rows)
+
+
 def _claim(session: Session, rows: list[dict[str, Any]]) -> dict[tuple[int, datetime], ScheduleFire]:
     """Insert fire rows, skipping any another scheduler already inserted; returns ours."""
     if not rows:
@@ -211,6 +218,7 @@ def _process(session: Session, schedules: list[Schedule], now: datetime,
     links: list[dict[str, int]] = []  # fire id -> execution id, written in one statement
     advances = []
     gated = access.tasks_under_approval(session, {p.schedule.task_id for p in plans})
+    owners = access.schedule_owner_problems(session, [p.schedule for p in plans if _fires_now(p)])
     mine_by_plan: list[list[ScheduleFire]] = []
     runs: list[tuple[_Plan, ScheduleFire]] = []  # fires to turn into executions, in one batch
     for plan in plans:
@@ -223,7 +231,11 @@ def _process(session: Session, schedules: list[Schedule], now: datetime,
         for fire in mine:
             if fire.outcome != "fired":
                 continue
-            refused = approvals.check_schedule_fire(session, s) if s.task_id in gated else None
+            refused = owners.get(s.id)
+            if refused:
+                refused = f"suspended: {refused}; the schedule runs with its owner's rights"
+            elif s.task_id in gated:
+                refused = approvals.check_schedule_fire(session, s)
             if refused:  # not approved, or the approved definition changed since
                 fire.outcome = "suspended"
                 fire.detail = refused

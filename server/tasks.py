@@ -1,7 +1,9 @@
 """Tasks: what to run (command lines or a playbook), where (hosts, groups) and as whom.
 
 The write path shared by the API and the web forms. Names in the input (hosts, groups,
-credential) are resolved here; unknown ones are reported by name.
+credential) are resolved here; unknown ones are reported by name, and ones the user may
+not use himself are refused (``check_rights``): ``edit`` on a task never widens where, or
+as whom, its next run executes beyond the editor's own rights.
 """
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from . import audit, playbooks
-from .errors import Conflict, ValidationError
+from . import access, audit, playbooks
+from .errors import Conflict, Forbidden, ValidationError
 from .models import EXECUTION_FINAL, TASK_KINDS, Credential, Execution, Group, Host, Task, User
 from .validation import Fields, Invalid, boolean, choice, integer, name_list, text, type_name, variables
 
@@ -115,6 +117,68 @@ def check_task(session: Session, data: Any, task: Task | None = None, *, playboo
     return clean
 
 
+def _names(items: list[Any]) -> str:
+    return ", ".join(repr(i.name) for i in items)
+
+
+def _unusable(session: Session, user: User, clean: dict[str, Any], task: Task | None) -> None:
+    """Refuse targets and a credential the user may not use himself (403 naming them).
+
+    Only what the request adds is checked: what the task already pointed at was granted
+    by whoever gave the user ``edit``. Hosts and credentials the user may not even see are
+    reported as unknown, like names that do not exist (no existence oracle)."""
+    usable = access.usable_targets(session, user)
+    before_hosts = {h.id for h in task.hosts} if task else set()
+    before_groups = {g.id for g in task.groups} if task else set()
+    hosts = [h for h in clean.get("hosts", []) if h.id not in before_hosts and not usable.host(h.id)]
+    if hosts:
+        visible = access.visible_host_ids(session, user)
+        hidden = [h for h in hosts if visible is not None and h.id not in visible]
+        if hidden:
+            raise ValidationError(f"unknown host{'s' if len(hidden) > 1 else ''}: "
+                                  f"{', '.join(h.name for h in hidden)}", field="hosts")
+        raise Forbidden(f"you may not use host{'s' if len(hosts) > 1 else ''} {_names(hosts)}: "
+                        "only the hosts of tasks you may execute", field="hosts")
+    groups = [g for g in clean.get("groups", []) if g.id not in before_groups and not usable.group(g.id)]
+    if groups:
+        raise Forbidden(f"you may not use group{'s' if len(groups) > 1 else ''} {_names(groups)}: "
+                        "only the groups of tasks you may execute", field="groups")
+    cred = clean.get("credential")
+    if cred is not None and (task is None or task.credential_id != cred.id) and not usable.credential(cred.id):
+        visible = access.visible_credential_ids(session, user)
+        if visible is not None and cred.id not in visible:
+            raise ValidationError(f"unknown credential: {cred.name}", field="credential")
+        raise Forbidden(f"you may not use credential {cred.name!r}: only the credentials of tasks you may execute",
+                        field="credential")
+
+
+def _local_targets(clean: dict[str, Any], task: Task | None) -> tuple[str, list[Host]]:
+    """(field, hosts with the ``local`` protocol) among the targets the task will have."""
+    hosts = clean.get("hosts", task.hosts if task else [])
+    local = [h for h in hosts if h.protocol == access.LOCAL_PROTOCOL]
+    if local:
+        return "hosts", local
+    groups = clean.get("groups", task.groups if task else [])
+    return "groups", sorted({h.id: h for g in groups for h in g.hosts if h.protocol == access.LOCAL_PROTOCOL}.values(),
+                            key=lambda h: h.name)
+
+
+def check_rights(session: Session, user: User | None, clean: dict[str, Any], task: Task | None = None) -> None:
+    """A user points a task only at what he may use himself, and only an admin at the Task
+    Manager server itself: a non-admin may not create or change a task whose targets
+    (direct, or through its groups) include a ``local`` host - changing its commands would
+    run them on the controller. ``user`` None is the system (no check)."""
+    if user is None:
+        return
+    _unusable(session, user, clean, task)
+    if not access.may_target_local(user):
+        field, local = _local_targets(clean, task)
+        if local:
+            raise Forbidden(f"host{'s' if len(local) > 1 else ''} {_names(local)} use{'' if len(local) > 1 else 's'} "
+                            "the local protocol (runs on the Task Manager server): only admins may create or edit "
+                            "a task that targets it" + (" through a group" if field == "groups" else ""), field=field)
+
+
 def _apply(task: Task, clean: dict[str, Any]) -> list[str]:
     changed = []
     for key, value in clean.items():
@@ -133,6 +197,7 @@ def _apply(task: Task, clean: dict[str, Any]) -> list[str]:
 
 def create_task(session: Session, data: Any, *, user: User | None, playbook_dir: Path) -> Task:
     clean = check_task(session, data, playbook_dir=playbook_dir)
+    check_rights(session, user, clean)
     task = Task(name=clean["name"], kind=clean["kind"], created_by_id=user.id if user else None)
     _apply(task, clean)
     session.add(task)
@@ -146,6 +211,7 @@ def create_task(session: Session, data: Any, *, user: User | None, playbook_dir:
 
 def update_task(session: Session, task: Task, data: Any, *, user: User | None, playbook_dir: Path) -> Task:
     clean = check_task(session, data, task, playbook_dir=playbook_dir)
+    check_rights(session, user, clean, task)
     changed = _apply(task, clean)
     session.flush()
     session.refresh(task, ["hosts", "groups"])  # relationship order by name

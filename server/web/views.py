@@ -10,13 +10,13 @@ from typing import Any
 
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
 from .. import access, db, playbooks
 from ..credentials import BECOME_METHODS, create_credential, delete_credential, public, update_credential
-from ..errors import ApiError
+from ..errors import ApiError, Forbidden
 from ..executions import request_execution, target_hosts
 from ..hosts import create_host, delete_host, update_host
 from ..models import CREDENTIAL_KINDS, PROTOCOLS, Credential, Execution, Group, Host, Task
@@ -47,6 +47,12 @@ def _search(name: str = "q") -> str | None:
         return None
 
 
+class _Errors(dict):
+    """Field -> message for the form, remembering a refused right (shown with a 403)."""
+
+    forbidden = False
+
+
 def _save(action, *args, **kwargs) -> tuple[Any, dict[str, str]]:
     """Run a service call and commit; on a validation problem roll back and return the errors."""
     try:
@@ -55,13 +61,17 @@ def _save(action, *args, **kwargs) -> tuple[Any, dict[str, str]]:
         return result, {}
     except (ApiError, FormError) as err:
         db.session.rollback()
-        return None, errors_of(err)
+        errors = _Errors(errors_of(err))
+        errors.forbidden = isinstance(err, Forbidden)
+        return None, errors
     except IntegrityError:
         db.session.rollback()
         return None, {"name": "conflicts with an existing record (changed meanwhile?)"}
 
 
 def _status(errors: dict[str, str]) -> int:
+    if getattr(errors, "forbidden", False):
+        return 403
     return 200 if not errors else 409 if any("already exists" in m for m in errors.values()) else 422
 
 
@@ -328,13 +338,36 @@ def _task_form(task: Task | None, errors: dict[str, str] | None = None, status: 
                   "retry_on_lost": task.retry_on_lost}
     else:
         values = {"kind": "commands", "timeout_s": 3600, "retry_attempts": 1, "retry_delay_s": 10}
+    hosts, groups, creds = _choices(task)
     return render_template(
         "tasks/form.html", task=task, form=values, errors=errors or {},
         playbooks=playbooks.list_playbooks(current_app.config["TM"].playbook_dir),
-        all_hosts=s.execute(select(Host.name).order_by(Host.name)).scalars().all(),
-        all_groups=s.execute(select(Group.name).order_by(Group.name)).scalars().all(),
-        all_credentials=s.execute(select(Credential.name, Credential.kind).order_by(Credential.name)).all(),
+        all_hosts=hosts, all_groups=groups, all_credentials=creds,
     ), status
+
+
+def _choices(task: Task | None) -> tuple[list[str], list[str], list[Any]]:
+    """The hosts, groups and credentials this user may point the task at (``access.
+    usable_targets``; ``local`` hosts for admins only), plus what the task already uses."""
+    s = db.session()
+    user = current_user._get_current_object()
+    usable = access.usable_targets(s, user)
+    hosts_q = select(Host.name).order_by(Host.name)
+    groups_q = select(Group.name).order_by(Group.name)
+    creds_q = select(Credential.name, Credential.kind).order_by(Credential.name)
+    allowed = []
+    if usable.host_ids is not None:
+        allowed.append(Host.id.in_(usable.host_ids))
+    if not access.may_target_local(user):
+        allowed.append(Host.protocol != access.LOCAL_PROTOCOL)
+    if allowed:
+        hosts_q = hosts_q.where(or_(and_(*allowed), Host.id.in_({h.id for h in (task.hosts if task else [])})))
+    if usable.group_ids is not None:
+        groups_q = groups_q.where(Group.id.in_(usable.group_ids | {g.id for g in (task.groups if task else [])}))
+    if usable.credential_ids is not None:
+        current = {task.credential_id} if task and task.credential_id else set()
+        creds_q = creds_q.where(Credential.id.in_(usable.credential_ids | current))
+    return s.execute(hosts_q).scalars().all(), s.execute(groups_q).scalars().all(), s.execute(creds_q).all()
 
 
 @web_bp.route("/tasks/new", methods=["GET", "POST"])
@@ -364,7 +397,7 @@ def _task_page(task: Task, perms: set[str], errors: dict[str, str] | None = None
         select(Execution).where(Execution.task_id == task.id)
         .order_by(Execution.created_at.desc(), Execution.id.desc()).limit(10)
     ).scalars().all()
-    rules = access.run_rules(s, current_user, task)
+    rules = access.request_rules(s, current_user, task)
     run_form = request.form.to_dict() if request.method == "POST" else {}
     return render_template("tasks/detail.html", task=task, perms=perms, recent=recent, rules=rules,
                            targets=target_hosts(task), vars_text=dump_vars(task.vars), errors=errors or {},
