@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from . import audit
+from . import audit, login_throttle, web_sessions
 from .auth import create_user, hash_password
 from .errors import Conflict, Forbidden, ValidationError
 from .models import ROLES, ApiToken, PolicyApprover, User, policy_users, utcnow
@@ -84,9 +84,7 @@ def update_user(session: Session, user: User, data: Any, *, actor: User) -> User
         password = data["password"]
         if not isinstance(password, str) or len(password) < 8:
             raise ValidationError("'password' must be at least 8 characters", field="password")
-        user.password_hash = hash_password(password)
-        user.must_change_password = user.id != actor.id  # an admin-set password is temporary
-        changes["password"] = "changed"
+        changes.update(_set_password(session, user, password, by=actor))
     if "must_change_password" in data:
         user.must_change_password = _bool(data, "must_change_password")
         changes["must_change_password"] = user.must_change_password
@@ -101,13 +99,29 @@ def update_user(session: Session, user: User, data: Any, *, actor: User) -> User
             user.is_active = active
             if not active:
                 _revoke_all(session, user)
+                web_sessions.revoke_all(session, user)
     if "unlock" in data and _bool(data, "unlock"):
-        user.locked_until = None
-        user.failed_logins = 0
-        changes["unlock"] = True
+        changes["unlock"] = login_throttle.clear_account(user.username)  # addresses cleared
     session.flush()
     audit.record(session, "user.update", actor=actor.username, target=user, username=user.username, **changes)
     return user
+
+
+def _set_password(session: Session, user: User, password: str, *, by: User) -> dict[str, Any]:
+    """Set a password and end what the old one opened.
+
+    Set by an admin for someone else (a reset): temporary (must be changed at next sign-in),
+    and every session and API token of the user is revoked, since whoever knew the old
+    password may hold them. Set by the user himself: his other sessions end, this one stays.
+    """
+    user.password_hash = hash_password(password)
+    if user.id == by.id:
+        user.must_change_password = False
+        return {"password": "changed",
+                "sessions_revoked": web_sessions.revoke_all(session, user, keep=web_sessions.current_key())}
+    user.must_change_password = True
+    return {"password": "reset", "sessions_revoked": web_sessions.revoke_all(session, user),
+            "tokens_revoked": _revoke_all(session, user)}
 
 
 def _revoke_all(session: Session, user: User) -> int:
@@ -127,6 +141,7 @@ def deactivate_user(session: Session, user: User, *, actor: User) -> None:
         raise Conflict("this is the last active admin")
     user.is_active = False
     revoked = _revoke_all(session, user)
+    web_sessions.revoke_all(session, user)
     session.execute(policy_users.delete().where(policy_users.c.user_id == user.id))
     session.execute(PolicyApprover.__table__.delete().where(PolicyApprover.user_id == user.id))
     session.flush()
@@ -147,7 +162,9 @@ def change_own_password(session: Session, user: User, current: Any, new: Any) ->
         raise ValidationError("the new password must differ from the current one", field="new_password")
     user.password_hash = hash_password(new)
     user.must_change_password = False
-    audit.record(session, "user.password", actor=user.username, target=user)
+    # Whoever else held a session (a copied cookie, a forgotten browser) is signed out.
+    ended = web_sessions.revoke_all(session, user, keep=web_sessions.current_key())
+    audit.record(session, "user.password", actor=user.username, target=user, sessions_revoked=ended)
 
 
 # ---------------------------------------------------------------- tokens

@@ -10,15 +10,12 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import audit
-from .errors import ApiError, Conflict, Unauthorized, ValidationError
+from . import audit, login_throttle
+from .errors import Conflict, Forbidden, Unauthorized, ValidationError
+from .login_throttle import LoginThrottled
 from .models import ROLES, ApiToken, User, utcnow
 
 _hasher = PasswordHasher()
-MAX_FAILED_LOGINS = 5
-LOCKOUT = timedelta(minutes=5)
-MAX_FAILURES_PER_ADDRESS = 30
-ADDRESS_WINDOW = timedelta(minutes=15)
 # Verified against when the user does not exist, so timing does not reveal valid names.
 _DUMMY_HASH = _hasher.hash("not-a-real-password")
 
@@ -51,84 +48,50 @@ def create_user(session: Session, username: str, role: str, password: str, *, ac
     return user
 
 
-def _client_address() -> str | None:
-    from flask import has_request_context, request
-
-    return request.remote_addr if has_request_context() else None
-
-
-def _address_key(address: str) -> str:
-    return "taskmanager:login-failures:" + address
-
-
-def _address_blocked(address: str | None) -> bool:
-    """Too many failures from one address (password spraying across many names)."""
-    if not address:
-        return False
-    try:
-        from .redis_conn import redis
-
-        return int(redis().get(_address_key(address)) or 0) >= MAX_FAILURES_PER_ADDRESS
-    except Exception:  # noqa: BLE001 - Redis down: the per-user lockout still applies
-        return False
-
-
-def _address_failed(address: str | None) -> None:
-    if not address:
-        return
-    try:
-        from .redis_conn import redis
-
-        pipe = redis().pipeline()
-        pipe.incr(_address_key(address))
-        pipe.expire(_address_key(address), int(ADDRESS_WINDOW.total_seconds()), nx=True)
-        pipe.execute()
-    except Exception:  # noqa: BLE001
-        pass
+def _refuse_throttled(session: Session, username: str, address: str | None, exc: LoginThrottled) -> None:
+    """Audit a throttled attempt (the first of each waiting period) and re-raise it."""
+    if exc.first:
+        audit.record(session, "auth.login", actor=username, outcome="denied", reason=exc.reason,
+                     address=address, retry_after_s=exc.retry_after)
+        session.commit()
+    raise exc
 
 
 def authenticate(session: Session, username: str, password: str) -> User:
-    """Check a password login, with throttling after repeated failures; audits both outcomes.
+    """Check a password login; audits both outcomes.
 
-    Two throttles: an account locks for ``LOCKOUT`` after ``MAX_FAILED_LOGINS`` failures in a
-    row, and a client address that fails ``MAX_FAILURES_PER_ADDRESS`` times within
-    ``ADDRESS_WINDOW`` (any names) is refused until the window ends.
+    Throttled (see ``login_throttle``): after a few failures for an account from one
+    address, that address waits longer and longer before it may try that account again,
+    and is answered 429 without its password being checked; other addresses are not
+    slowed, so nobody can lock the real user out. An address failing with many names is
+    refused for a while.
     """
-    address = _client_address()
-    if _address_blocked(address):
-        audit.record(session, "auth.login", actor=username, outcome="denied", reason="address throttled",
-                     address=address)
-        session.commit()
-        raise ApiError("too many failed logins from your address; try again later", code="throttled", status=429)
+    address = login_throttle.client_address()
+    try:
+        login_throttle.check_address(address)
+        login_throttle.claim_attempt(username, address)
+    except LoginThrottled as exc:
+        _refuse_throttled(session, username, address, exc)
     user = session.execute(select(User).where(User.username == username)).scalar_one_or_none()
-    now = utcnow()
     if user is None:
         try:
             _hasher.verify(_DUMMY_HASH, password or "")
         except VerificationError:
             pass
-        audit.record(session, "auth.login", actor=username, outcome="denied", reason="unknown user")
+        audit.record(session, "auth.login", actor=username, outcome="denied", reason="unknown user", address=address)
         session.commit()
-        _address_failed(address)
+        login_throttle.failed(address)
         raise Unauthorized("invalid username or password")
-    if user.locked_until and user.locked_until > now:
-        audit.record(session, "auth.login", actor=username, target=user, outcome="denied", reason="locked")
+    password_ok = check_password(user, password or "")  # checked either way: same timing
+    if not password_ok or not user.is_active:
+        audit.record(session, "auth.login", actor=username, target=user, outcome="denied",
+                     reason="deactivated" if password_ok else "bad password", address=address)
         session.commit()
-        _address_failed(address)
-        raise Unauthorized("too many failed logins; try again later", code="locked")
-    if not user.is_active or not check_password(user, password or ""):
-        user.failed_logins = (user.failed_logins or 0) + 1
-        if user.failed_logins >= MAX_FAILED_LOGINS:
-            user.locked_until = now + LOCKOUT
-            user.failed_logins = 0
-        audit.record(session, "auth.login", actor=username, target=user, outcome="denied", reason="bad password")
-        session.commit()
-        _address_failed(address)
+        login_throttle.failed(address)
         raise Unauthorized("invalid username or password")
-    user.failed_logins = 0
-    user.locked_until = None
-    user.last_login_at = now
-    audit.record(session, "auth.login", actor=username, target=user)
+    login_throttle.succeeded(username, address)
+    user.last_login_at = utcnow()
+    audit.record(session, "auth.login", actor=username, target=user, address=address)
     return user
 
 
@@ -136,7 +99,25 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+class PasswordChangeRequired(Forbidden):
+    code = "password_change_required"
+
+
 def issue_token(session: Session, user: User, name: str = "", *, actor: str | None = None) -> str:
+    """Mint an API token.
+
+    Self-service minting (``actor`` is the user himself: the token exchange, the tokens API,
+    the account page) is refused while the user must change his password (one set by an
+    admin, or the first admin's one-time password): a token would outlive the temporary
+    password. The command line (``actor="cli"``, run by whoever operates the server) still may.
+    """
+    if user.must_change_password and actor == user.username:
+        audit.record(session, "token.create", actor=actor, target=user, outcome="denied",
+                     reason="password change required")
+        session.commit()
+        raise PasswordChangeRequired(
+            "your password was set by an administrator (or is the one-time password): sign in to the "
+            "web UI and choose your own password before creating API tokens")
     token = "tm_" + secrets.token_urlsafe(32)
     row = ApiToken(user_id=user.id, name=name, token_hash=_token_hash(token), prefix=token[:10])
     session.add(row)

@@ -48,11 +48,32 @@ class Settings:
     public_url: str
     queue_name: str = "executions"
     max_forks: int = 50
+    trusted_proxies: tuple = ()  # ip_network objects whose X-Forwarded-For is believed
     extra: dict = field(default_factory=dict)
 
     @property
     def effective_redis_url(self) -> str:
         return self.redis_url or f"unix://{self.embedded_redis_socket}"
+
+
+def parse_trusted_proxies(value: str | None) -> tuple:
+    """``TASKMANAGER_TRUSTED_PROXIES``: comma-separated IPs or CIDRs of reverse proxies.
+
+    Only a request whose peer is one of them may name the client in ``X-Forwarded-For``;
+    anyone else could otherwise pick the address the login throttle counts against.
+    """
+    import ipaddress
+
+    networks = []
+    for item in (value or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"TASKMANAGER_TRUSTED_PROXIES: {item!r} is not an IP address or CIDR") from exc
+    return tuple(networks)
 
 
 def load_settings() -> Settings:
@@ -81,4 +102,5 @@ def load_settings() -> Settings:
         public_url=os.environ.get("TASKMANAGER_PUBLIC_URL", f"http://{bind}"),
         queue_name=os.environ.get("TASKMANAGER_QUEUE", "executions"),
         max_forks=int(os.environ.get("TASKMANAGER_MAX_FORKS", "50")),
+        trusted_proxies=parse_trusted_proxies(os.environ.get("TASKMANAGER_TRUSTED_PROXIES")),
     )

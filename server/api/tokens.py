@@ -4,19 +4,30 @@ from __future__ import annotations
 from flask import jsonify
 
 from .. import db
+from ..accounts import token_name
 from ..auth import authenticate, issue_token
 from ..errors import ValidationError
+from ..login_throttle import LoginThrottled
 from . import api_bp, json_body
 
 
 @api_bp.post("/auth/token")
 def create_token():
+    """Trade a password for a token. Refused (403) while the password must be changed;
+    429 with ``Retry-After`` while sign-ins for this account from this address are delayed."""
     data = json_body()
     username, password = data.get("username"), data.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not username:
         raise ValidationError("'username' and 'password' are required strings")
+    name = token_name(data.get("name"))
     s = db.session()
-    user = authenticate(s, username, password)
-    token = issue_token(s, user, name=str(data.get("name") or "api"))
+    try:
+        user = authenticate(s, username, password)
+    except LoginThrottled as exc:
+        resp = jsonify(exc.to_dict())
+        resp.status_code = exc.status
+        resp.headers["Retry-After"] = str(exc.retry_after)
+        return resp
+    token = issue_token(s, user, name=name, actor=user.username)
     s.commit()
     return jsonify({"token": token}), 201

@@ -56,7 +56,9 @@ def list_tokens():
 @api_bp.post("/tokens")
 @describe(request="TokenInput", response="NewToken", status=201)
 def create_api_token():
-    """Create a token for yourself; the response is the only time its value is shown."""
+    """Create a token for yourself; the response is the only time its value is shown.
+
+    Refused (403 ``password_change_required``) while your password must be changed."""
     actor = me()
     data = json_body(required=False)
     unknown = sorted(set(data) - {"name"})

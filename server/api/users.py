@@ -1,12 +1,13 @@
 """Users (admins only) and the caller's own account: ``/api/v1/users``, ``/api/v1/me``."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 from flask import jsonify, request
 from sqlalchemy import select
 
-from .. import access, db
+from .. import access, db, login_throttle
 from ..accounts import add_user, deactivate_user, update_user
 from ..models import ROLES, User
 from ..pagination import text_arg
@@ -23,10 +24,17 @@ def user_dict(user: User) -> dict[str, Any]:
         "email": user.email,
         "is_active": user.is_active,
         "must_change_password": user.must_change_password,
-        "locked_until": iso(user.locked_until),
         "last_login_at": iso(user.last_login_at),
         "created_at": iso(user.created_at),
     }
+
+
+def user_detail(user: User) -> dict[str, Any]:
+    """One user, with the addresses whose sign-ins for this account are being slowed down."""
+    delays = [{"address": d.address, "failures": d.failures,
+               "retry_at": iso(datetime.fromtimestamp(d.retry_at, timezone.utc)) if d.retry_at else None}
+              for d in login_throttle.delays_for(user.username)]
+    return {**user_dict(user), "login_delays": delays}
 
 
 @api_bp.get("/me")
@@ -71,24 +79,27 @@ def create_user_view():
 
 
 @api_bp.get("/users/<int:user_id>")
-@describe(response="User")
+@describe(response="UserDetail")
 def get_user(user_id: int):
     """One user (admins, or the user themself)."""
     actor = me()
     if actor.id != user_id:
         access.require(actor, "users.manage")
-    return jsonify(user_dict(get_or_404(User, user_id, "user")))
+    return jsonify(user_detail(get_or_404(User, user_id, "user")))
 
 
 @api_bp.patch("/users/<int:user_id>")
-@describe(request="UserPatch", response="User")
+@describe(request="UserPatch", response="UserDetail")
 def update_user_view(user_id: int):
-    """Change ``role``, ``email``, ``password``, ``is_active``; ``{"unlock": true}`` lifts a login lockout."""
+    """Change ``role``, ``email``, ``password``, ``is_active``; ``{"unlock": true}`` clears sign-in delays.
+
+    Setting another user's password is a reset: it must be changed at his next sign-in, and
+    his web sessions and API tokens are revoked."""
     actor = me()
     access.require(actor, "users.manage")
     user = update_user(db.session(), get_or_404(User, user_id, "user"), json_body(), actor=actor)
     db.session.commit()
-    return jsonify(user_dict(user))
+    return jsonify(user_detail(user))
 
 
 @api_bp.delete("/users/<int:user_id>")
@@ -105,10 +116,14 @@ def delete_user_view(user_id: int):
 _USER = {
     "id": {"type": "integer"}, "username": {"type": "string"}, "role": {"type": "string", "enum": list(ROLES)},
     "email": {"type": ["string", "null"]}, "is_active": {"type": "boolean"},
-    "must_change_password": {"type": "boolean"}, "locked_until": DATETIME, "last_login_at": DATETIME,
+    "must_change_password": {"type": "boolean"}, "last_login_at": DATETIME,
     "created_at": DATETIME,
 }
 register_schema("User", {"type": "object", "properties": _USER})
+register_schema("UserDetail", {"type": "object", "properties": {**_USER, "login_delays": {
+    "type": "array", "description": "addresses whose sign-ins for this account are slowed down",
+    "items": {"type": "object", "properties": {"address": {"type": "string"}, "failures": {"type": "integer"},
+                                               "retry_at": DATETIME}}}}})
 register_schema("Me", {"type": "object", "properties": {**_USER, "grants": {"type": "array",
                                                                              "items": {"type": "string"}}}})
 register_schema("UserInput", {"type": "object", "additionalProperties": False,

@@ -4,12 +4,13 @@ Views stay thin: they parse the form, call a service module, and render.
 """
 from __future__ import annotations
 
-from flask import Blueprint, Flask, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Flask, current_app, flash, g, redirect, render_template, request, session, url_for
 from flask_login import LoginManager, current_user, login_required, login_user, logout_user
 from flask_wtf.csrf import CSRFProtect
 
-from .. import db
+from .. import db, login_throttle, web_sessions
 from ..errors import ApiError
+from ..login_throttle import LoginThrottled
 from ..models import User
 
 web_bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
@@ -20,14 +21,32 @@ csrf = CSRFProtect()
 
 @login_manager.user_loader
 def _load_user(user_id: str) -> User | None:
-    user = db.session.get(User, int(user_id)) if user_id.isdigit() else None
-    return user if user is not None and user.is_active else None
+    """A cookie counts only while its server-side session lives (see ``web_sessions``)."""
+    return web_sessions.user_for(db.session(), user_id, web_sessions.current_key())
+
+
+def safe_next(value: str | None) -> str:
+    """Where to go after signing in: a path on this site, else the home page.
+
+    Accepted: "/" alone, or "/" followed by a character other than "/" and backslash, with
+    no control character anywhere (browsers drop tabs and newlines, so "/<TAB>/evil" would
+    become "//evil"). Nothing is stripped first: what is checked is what is sent.
+    """
+    fallback = url_for("web.index")
+    if not isinstance(value, str) or not value.startswith("/"):
+        return fallback
+    if len(value) > 1 and value[1] in "/\\":
+        return fallback
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        return fallback
+    return value
 
 
 def init_app(app: Flask) -> None:
     from ..api import api_bp, register_health
 
     login_manager.init_app(app)
+    app.jinja_env.globals["login_delays"] = login_throttle.delays_for
     csrf.init_app(app)
     csrf.exempt(api_bp)  # the API checks X-CSRFToken itself for cookie-authenticated writes
     app.register_blueprint(web_bp)
@@ -44,21 +63,35 @@ def index():
 def login():
     from ..auth import authenticate
 
-    error = None
+    error, status, headers = None, 200, {}
     if request.method == "POST":
         try:
             user = authenticate(db.session(), request.form.get("username", ""), request.form.get("password", ""))
-            db.session.commit()
-            login_user(user)
-            nxt = request.args.get("next") or ""
-            # Only same-site relative redirects.
-            if not nxt.startswith("/") or nxt.startswith("//"):
-                nxt = url_for("web.index")
-            return redirect(nxt)
+            _sign_in(user)
+            return redirect(safe_next(request.args.get("next")))
+        except LoginThrottled as err:
+            db.session.rollback()
+            error, status, headers = err.message, err.status, {"Retry-After": str(err.retry_after)}
         except ApiError as err:
             db.session.rollback()
-            error = err.message
-    return render_template("login.html", error=error), (401 if error else 200)
+            error, status = err.message, 401
+    return render_template("login.html", error=error), status, headers
+
+
+def _fresh_cookie() -> None:
+    """Empty the session cookie, CSRF token included (rotated at each sign-in and sign-out);
+    flask-wtf caches the token in ``g`` for the request, so drop that copy too."""
+    session.clear()
+    g.pop(current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token"), None)
+
+
+def _sign_in(user: User) -> None:
+    """Start a fresh server-side session: nothing from the anonymous cookie carries over."""
+    _fresh_cookie()
+    key = web_sessions.start(db.session(), user, login_throttle.client_address())
+    db.session.commit()
+    login_user(user)
+    session[web_sessions.COOKIE_KEY] = key
 
 
 @web_bp.post("/logout")
@@ -66,9 +99,11 @@ def login():
 def logout():
     from .. import audit
 
+    web_sessions.end(db.session(), web_sessions.current_key())
     audit.record(db.session(), "auth.logout", actor=current_user.username, target=current_user)
     db.session.commit()
     logout_user()
+    _fresh_cookie()
     flash("Signed out.")
     return redirect(url_for("web.login"))
 
