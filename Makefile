@@ -7,7 +7,7 @@ FLASK := $(BIN)/flask --app wsgi
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages: what the product runs on, plus the real servers the tests start.
-RUN_PKGS := redis-server openssh-client sshpass git python3-venv
+RUN_PKGS := redis-server openssh-client sshpass git python3-venv bubblewrap util-linux
 TEST_PKGS := openssh-server sudo postgresql chromium inetutils-telnetd inetutils-telnet slapd ldap-utils \
              xrdp x11vnc xvfb xauth x11-apps x11-utils x11-xserver-utils openssl procps iproute2
 
