@@ -268,3 +268,96 @@ def test_record_many_chains_a_batch_and_a_rolled_back_savepoint_keeps_the_chain(
     session.commit()
     check = audit.verify_trail(session)
     assert check.ok and check.rows == len(rows) + 2, check.why
+
+
+# --- the tail: a truncation stays visible after later writes ----------------------------------
+
+
+@pytest.fixture
+def live(app):
+    """The app over real HTTP (werkzeug, threaded) on a free loopback port."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(10)
+
+
+def _failed_logins(base: str, n: int) -> None:
+    import requests
+
+    for _ in range(n):
+        resp = requests.post(f"{base}/api/v1/auth/token", json={"username": "admin", "password": "not-it"}, timeout=30)
+        assert resp.status_code in (401, 429), resp.text
+
+
+def _gap_rows(session) -> list[AuditLog]:
+    session.expire_all()
+    return session.execute(select(AuditLog).where(AuditLog.action == audit.GAP_ACTION)
+                           .order_by(AuditLog.id)).scalars().all()
+
+
+def test_truncated_tail_stays_detected_after_later_writes(trail, api, session, env, live):
+    """Delete the newest rows in SQL, then anyone's failed logins (over HTTP) and other writes:
+    the new rows do not chain onto the shortened log, and ``audit verify`` names the gap."""
+    import requests
+
+    kept = trail[-4]
+    _sql(session, "DELETE FROM audit_log WHERE id > :i", i=kept.id)
+    _failed_logins(live, 5)
+    resp = requests.post(f"{live}/api/v1/users", json={"username": "late", "role": "operator",
+                                                        "password": "late-password-1"},
+                         headers={"Authorization": f"Bearer {api.token}"}, timeout=30)
+    assert resp.status_code == 201, resp.text
+    gaps = _gap_rows(session)
+    assert len(gaps) == 1, "one gap row per truncation, not one per write"
+    gap = gaps[0]
+    assert gap.detail["last_row"] == kept.id and gap.detail["anchored_row"] == trail[-1].id
+    assert gap.prev_hash == trail[-1].hash  # chained from the anchored head, not from the shortened log
+    later = session.execute(select(AuditLog).where(AuditLog.id > gap.id).order_by(AuditLog.id)).scalars().all()
+    assert [r.action for r in later].count("auth.login") >= 4 and later[-1].action == "user.create"
+
+    proc = _verify_cli(env)
+    assert proc.returncode == 1, proc.stdout
+    assert f"rows after id {kept.id} are missing" in proc.stderr and f"BROKEN at row {gap.id}:" in proc.stderr
+    status, check = api.get("/api/v1/audit/verify")
+    assert status == 200 and check["ok"] is False and f"rows after id {kept.id} are missing" in check["message"]
+
+
+def test_a_second_truncation_after_a_gap_is_a_second_gap(trail, session, env, live):
+    kept = trail[-3]
+    _sql(session, "DELETE FROM audit_log WHERE id > :i", i=kept.id)
+    _failed_logins(live, 2)
+    first_gap = _gap_rows(session)[0]
+    newest = session.execute(select(func.max(AuditLog.id))).scalar()
+    _sql(session, "DELETE FROM audit_log WHERE id = :i", i=newest)  # a login after the gap, removed too
+    _failed_logins(live, 4)
+    gaps = _gap_rows(session)
+    assert [g.id for g in gaps][0] == first_gap.id and len(gaps) == 2
+    assert gaps[1].detail["last_row"] == newest - 1 and gaps[1].detail["anchored_row"] == newest
+    proc = _verify_cli(env)
+    assert proc.returncode == 1
+    assert f"rows after id {kept.id} are missing" in proc.stderr
+    assert f"rows after id {newest - 1} are missing" in proc.stderr
+
+
+def test_an_edit_after_a_gap_is_still_found(trail, session, live):
+    _sql(session, "DELETE FROM audit_log WHERE id > :i", i=trail[-2].id)
+    _failed_logins(live, 3)
+    victim = session.execute(select(func.max(AuditLog.id))).scalar()
+    _sql(session, "UPDATE audit_log SET actor = 'nobody' WHERE id = :i", i=victim)
+    check = audit.verify_trail(session)
+    assert not check.ok and "are missing" in check.why and f"row {victim}:" in check.why and "altered" in check.why
+
+
+def test_an_untouched_trail_with_failed_logins_over_http_verifies(trail, session, env, live):
+    _failed_logins(live, 6)
+    assert _gap_rows(session) == []
+    logins = session.execute(select(func.count()).where(AuditLog.action == "auth.login", AuditLog.id > trail[-1].id))
+    assert logins.scalar() >= 4
+    proc = _verify_cli(env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{len(_rows(session))} rows verified" in proc.stdout
