@@ -239,8 +239,9 @@ def import_inventory(session: Session, path: str, actor: str | None) -> dict[str
     """Create or update hosts and groups from an inventory file (the caller commits).
 
     ``ansible_host``/``ansible_port``/``ansible_connection`` become the host's address, port
-    and protocol; other variables are kept unless they would change how Task Manager
-    connects or carry a secret (those are listed under ``skipped_vars``).
+    and protocol; other variables are kept unless their name is reserved (``ansible_``,
+    ``tm_``), they are vault-encrypted, or they are protocol options the host form would
+    refuse (those are listed under ``skipped_vars``).
     """
     data = _read_inventory(path)
     meta = (data.get("_meta") or {}).get("hostvars") or {}
@@ -274,6 +275,9 @@ def import_inventory(session: Session, path: str, actor: str | None) -> dict[str
                 continue
             if not isinstance(k, str) or forbidden_var(k) or _has_vault(v):
                 skipped.add(str(k))  # connection settings, secrets, vault-encrypted values
+                continue
+            if protocols.option_problem(k, _plain(v)):
+                skipped.add(k)  # a protocol option the host form would refuse (ca_bundle outside the CA dirs...)
                 continue
             out[k] = _plain(v)
         return json.loads(json.dumps(out, default=str))

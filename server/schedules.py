@@ -160,6 +160,21 @@ def localize(naive: datetime, tz: str) -> datetime:
     return wall_to_instants(naive, zone(tz))[0]
 
 
+def _next_match(it: croniter, z: ZoneInfo, wild: bool) -> tuple[datetime | None, list[datetime], datetime | None]:
+    """The next wall-clock match, its instants and the bound later matches cannot precede;
+    (None, [], None) when there is none before the end of what ``datetime`` holds (year
+    9999: croniter and zone conversion raise ValueError/OverflowError past it)."""
+    try:
+        naive = it.get_next(datetime)
+        instants = wall_to_instants(naive, z, hour_wildcard=wild)
+        # every later match maps at or after the earlier reading of this wall time
+        bound = min(naive.replace(tzinfo=z, fold=0).astimezone(UTC),
+                    naive.replace(tzinfo=z, fold=1).astimezone(UTC))
+    except (CroniterBadDateError, ValueError, OverflowError):
+        return None, [], None
+    return naive, instants, bound
+
+
 def fire_times(
     cron: str,
     tz: str,
@@ -187,18 +202,9 @@ def fire_times(
     heap: list[datetime] = []
     last: datetime | None = None
     while True:
-        try:
-            naive = it.get_next(datetime)
-        except CroniterBadDateError:
-            naive = None
-        bound: datetime | None = None
-        if naive is not None:
-            instants = wall_to_instants(naive, z, hour_wildcard=wild)
-            for inst in instants:
-                heapq.heappush(heap, inst)
-            # every later match maps at or after the earlier reading of this wall time
-            bound = min(naive.replace(tzinfo=z, fold=0).astimezone(UTC),
-                        naive.replace(tzinfo=z, fold=1).astimezone(UTC))
+        naive, instants, bound = _next_match(it, z, wild)
+        for inst in instants:
+            heapq.heappush(heap, inst)
         while heap and (bound is None or heap[0] <= bound):
             inst = heapq.heappop(heap)
             if end_at is not None and inst > end_at:

@@ -52,7 +52,11 @@ def list_hosts():
 @api_bp.post("/hosts")
 @describe(request="HostInput", response="Host", status=201)
 def create_host_view():
-    """Add a host; groups named in ``groups`` are created if missing."""
+    """Add a host; groups named in ``groups`` are created if missing.
+
+    Variable names starting with ``ansible_`` or ``tm_`` are refused (422), protocol options
+    (``tls_verify``, ``ca_bundle``...) are checked by type and value, and protocol ``local``
+    is for admins only (403)."""
     user = me()
     require(user, "hosts.edit")
     host = create_host(db.session(), json_body(), actor=user.username)
@@ -73,7 +77,8 @@ def get_host(host_id: int):
 @api_bp.patch("/hosts/<int:host_id>")
 @describe(request="HostInput", response="Host")
 def update_host_view(host_id: int):
-    """Change some fields of a host; ``groups`` replaces the list."""
+    """Change some fields of a host; ``groups`` replaces the list (same checks as creating;
+    only admins may change a ``local`` host or make a host ``local``)."""
     user = me()
     require(user, "hosts.edit")
     host = get_or_404(Host, host_id, "host")
@@ -85,7 +90,7 @@ def update_host_view(host_id: int):
 @api_bp.delete("/hosts/<int:host_id>")
 @describe(status=204)
 def delete_host_view(host_id: int):
-    """Remove a host; past operations on it keep its name."""
+    """Remove a host; past operations on it keep its name (``local`` hosts: admins only)."""
     user = me()
     require(user, "hosts.edit")
     delete_host(db.session(), get_or_404(Host, host_id, "host"), actor=user.username)

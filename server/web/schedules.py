@@ -51,6 +51,8 @@ def _form_data(schedule: Schedule | None) -> dict[str, Any]:
         data["vars"] = json.loads(raw_vars) if raw_vars else {}
     except ValueError as exc:
         raise ValidationError(f"'vars' must be a JSON object: {exc}", field="vars") from exc
+    except RecursionError:
+        raise ValidationError("'vars' is nested too deeply", field="vars") from None
     for key in ("start_at", "end_at"):
         value = f.get(key, "").strip()
         if schedule is None or value != _date_value(schedule, key):
