@@ -84,7 +84,12 @@ def browser_page():
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1280, "height": 900}, timezone_id="Europe/Paris",
                                       accept_downloads=True)
+        # Every Content-Security-Policy violation, as the page's event and as the console line.
+        context.add_init_script("window.__csp = []; document.addEventListener('securitypolicyviolation', "
+                                "function (e) { window.__csp.push(e.violatedDirective + ' ' + e.blockedURI); });")
         page = context.new_page()
+        page.csp_console = []
+        page.on("console", lambda msg: "Content Security Policy" in msg.text and page.csp_console.append(msg.text))
         page.set_default_timeout(20_000)
         try:
             yield page
@@ -95,6 +100,12 @@ def browser_page():
 
 def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def assert_no_csp_violation(page) -> None:
+    """Nothing the page needed was blocked by the Content-Security-Policy."""
+    assert page.evaluate("window.__csp") == [], page.url
+    assert page.csp_console == []
 
 
 def test_login_create_schedule_run_watch_report_download(api, lab, live_server, worker, browser_page):
@@ -134,6 +145,15 @@ def test_login_create_schedule_run_watch_report_download(api, lab, live_server, 
     page.goto(f"{live_server}/schedules/new?task={task_id}")
     page.fill("#sch-cron", "0 6 * * *")
     page.fill("#sch-timezone", "Europe/Paris")
+    # The preview (schedule_preview.js, under the CSP) describes it and lists the next runs.
+    page.wait_for_selector("#sch-next-runs li")
+    assert "06:00" in page.inner_text("#sch-next-runs")
+    assert page.inner_text("#sch-description").strip()
+    page.fill("#sch-cron", "61 * * * *")
+    page.wait_for_selector("#sch-cron.invalid")  # the server's message, next to the field
+    page.fill("#sch-cron", "0 6 * * *")
+    page.wait_for_selector("#sch-next-runs li")
+    assert_no_csp_violation(page)
     page.click("form button[type=submit].primary")
     page.wait_for_url(re.compile(r".*/schedules/\d+$"))
     assert "06:00" in page.content() or "6:00" in page.content()
@@ -159,6 +179,7 @@ def test_login_create_schedule_run_watch_report_download(api, lab, live_server, 
     assert f"{len(lab.servers)} of {len(lab.servers)} hosts done" in page.inner_text("#summary")
     # times are shown in the viewer's zone by app.js
     assert "Europe/Paris" in page.inner_text("footer")
+    assert_no_csp_violation(page)
     shot(page, "05-execution-finished")
 
     # The dashboard and the task report count it.
@@ -181,4 +202,11 @@ def test_login_create_schedule_run_watch_report_download(api, lab, live_server, 
     rows = list(csv.DictReader(io.StringIO(path.read_text())))
     assert [(r["id"], r["task"], r["status"]) for r in rows] == [(str(execution_id), "browser check", "succeeded")]
     assert rows[0]["hosts_failed"] == "0" and rows[0]["host_count"] == str(len(lab.servers))
+    assert_no_csp_violation(page)
+
+    # rq-dashboard (its own, relaxed CSP: inline scripts) still shows the queues and workers.
+    page.goto(live_server + "/admin/rq/")
+    page.wait_for_selector("#queues tbody tr[data-role=queue]")  # drawn by its scripts from the JSON
+    assert page.locator("#queues tbody tr[data-role=loading-placeholder]").count() == 0
+    assert_no_csp_violation(page)
     assert time.monotonic() - started < 90

@@ -460,3 +460,35 @@ def test_next_never_leaves_the_site(app, admin_user, target):
 def test_next_keeps_paths_on_the_site(app, admin_user, target, location):
     _, resp = sign_in(app, "admin", next_=target)
     assert resp.status_code == 302 and resp.headers["Location"] == location
+
+
+# ------------------------------------------------------------------ migration
+
+
+def test_upgrade_from_0001_keeps_users_and_their_tokens(app):
+    """0002 drops the lock columns in place: users, and the rows pointing at them, survive."""
+    from sqlalchemy import inspect, text
+
+    from server import db
+    from server.db import Base
+    from server.migrate import upgrade
+
+    engine = db.engine()
+    db.session.remove()
+    Base.metadata.drop_all(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+    upgrade("0001")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (id, username, password_hash, role, is_active, must_change_password, "
+                          "failed_logins, created_at) VALUES (1, 'old', 'x', 'admin', true, false, 4, :now)"),
+                     {"now": utcnow().replace(tzinfo=None)})
+        conn.execute(text("INSERT INTO api_tokens (user_id, name, token_hash, prefix, created_at) "
+                          "VALUES (1, 'kept', :h, 'tm_x', :now)"), {"h": "a" * 64, "now": utcnow().replace(tzinfo=None)})
+    upgrade("head")
+    columns = {c["name"] for c in inspect(engine).get_columns("users")}
+    assert "failed_logins" not in columns and "locked_until" not in columns
+    assert "web_sessions" in inspect(engine).get_table_names()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT username FROM users")).scalar_one() == "old"
+        assert conn.execute(text("SELECT name FROM api_tokens WHERE user_id = 1")).scalar_one() == "kept"
