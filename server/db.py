@@ -2,11 +2,17 @@
 
 SQLite gets WAL, a busy timeout and foreign keys so that the web app, the worker and the
 scheduler can write concurrently; PostgreSQL URLs are used as given.
+
+A request that finds every pooled connection in use waits ``TASKMANAGER_DB_POOL_TIMEOUT``
+seconds (default 5), not SQLAlchemy's 30: a web thread should answer "busy, retry" (503,
+see ``api.register_errors``) quickly rather than sit on the client's connection. Streamed
+responses read through ``streamed``, which never keeps a connection while the client reads.
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
@@ -18,6 +24,7 @@ class Base(DeclarativeBase):
 
 
 _engine: Engine | None = None
+DEFAULT_POOL_TIMEOUT_S = 5.0
 session: scoped_session[Session] = scoped_session(sessionmaker(expire_on_commit=False))
 
 
@@ -38,7 +45,8 @@ def init_engine(url: str) -> Engine:
         session.remove()
         _engine.dispose()
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        pool = {"pool_timeout": pool_timeout()} if url not in ("sqlite://", "sqlite:///:memory:") else {}
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **pool)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
@@ -50,10 +58,20 @@ def init_engine(url: str) -> Engine:
             cur.close()
 
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=pool_timeout())
     session.configure(bind=engine)
     _engine = engine
     return engine
+
+
+def pool_timeout() -> float:
+    """Seconds to wait for a pooled connection (``TASKMANAGER_DB_POOL_TIMEOUT``)."""
+    raw = os.environ.get("TASKMANAGER_DB_POOL_TIMEOUT", "")
+    try:
+        value = float(raw) if raw else DEFAULT_POOL_TIMEOUT_S
+    except ValueError:
+        raise ValueError(f"TASKMANAGER_DB_POOL_TIMEOUT must be a number of seconds, not {raw!r}") from None
+    return value if value > 0 else DEFAULT_POOL_TIMEOUT_S
 
 
 def engine() -> Engine:
@@ -72,3 +90,24 @@ def transaction() -> Iterator[Session]:
     except Exception:
         s.rollback()
         raise
+
+
+def streamed(produce: Callable[[Session], Iterator[str]]) -> Iterator[str]:
+    """The chunks of a streamed response, read on a session of its own.
+
+    A stream outlives its request: the request's scoped session is removed when the view
+    returns, and one captured by the generator would check a connection out again and
+    keep it until the garbage collector found it (60 abandoned downloads emptied the
+    pools). Here the session holds a connection only while a batch is read: it is handed
+    back before each chunk goes to the client (a slow or vanished client pins nothing),
+    and the session is closed when the stream ends, fails, or is abandoned (the server
+    closes the response, which closes this generator). Batches are read in separate
+    transactions; the producers page by id, so rows are neither repeated nor skipped.
+    """
+    s = Session(bind=engine(), expire_on_commit=False)
+    try:
+        for chunk in produce(s):
+            s.close()
+            yield chunk
+    finally:
+        s.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import date, datetime, time, timedelta, timezone
 
-from flask import Response, jsonify, request, stream_with_context
+from flask import Response, jsonify, request
 
 from .. import access, audit, db
 from ..errors import ValidationError
@@ -66,23 +66,21 @@ def export_audit():
     """Every matching row, oldest first, as JSON lines (with hashes, so a copy can be checked)."""
     query = _query().order_by(None).order_by(AuditLog.id)
     session = db.session()
-    access_user = me().username
 
-    def rows():
+    def rows(own):
+        """One chunk per batch of rows, read on the stream's own session (``db.streamed``)."""
         last = 0
         while True:
-            batch = session.execute(query.where(AuditLog.id > last).limit(1000)).scalars().all()
+            batch = own.execute(query.where(AuditLog.id > last).limit(1000)).scalars().all()
             if not batch:
                 return
-            for row in batch:
-                yield json.dumps(audit.as_dict(row), separators=(",", ":")) + "\n"
             last = batch[-1].id
-            session.expunge_all()
+            yield "".join(json.dumps(audit.as_dict(row), separators=(",", ":")) + "\n" for row in batch)
 
     filename = f"audit-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.jsonl"
-    audit.record(session, "audit.export", actor=access_user, filters=dict(request.args))
+    audit.record(session, "audit.export", actor=me().username, filters=dict(request.args))
     session.commit()
-    return Response(stream_with_context(rows()), mimetype="application/x-ndjson",
+    return Response(db.streamed(rows), mimetype="application/x-ndjson",
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 

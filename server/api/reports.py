@@ -1,11 +1,12 @@
 """CSV exports: ``/api/v1/reports/executions.csv`` and ``/api/v1/reports/operations.csv``.
 
 Optional ``from``/``to`` (ISO dates, inclusive days, or datetimes), ``task`` (id or name),
-plus ``status``, ``trigger`` and ``host``. Streamed: memory stays flat for any size.
+plus ``status``, ``trigger`` and ``host``. Streamed: memory stays flat for any size, and the
+rows are read through ``db.streamed`` (a connection only while a batch is read).
 """
 from __future__ import annotations
 
-from flask import Response, request, stream_with_context
+from flask import Response, request
 
 from .. import access, db, reports
 from ..models import utcnow
@@ -22,9 +23,10 @@ _QUERY = {
 }
 
 
-def _csv(name: str, rows) -> Response:
+def _csv(name: str, produce) -> Response:
+    """``produce(session)`` yields the CSV text; it runs after the request, on its own session."""
     stamp = utcnow().strftime("%Y%m%d-%H%M%S")
-    resp = Response(stream_with_context(rows), mimetype="text/csv")
+    resp = Response(db.streamed(produce), mimetype="text/csv")
     resp.headers["Content-Disposition"] = f'attachment; filename="{name}-{stamp}.csv"'
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["X-Content-Type-Options"] = "nosniff"
@@ -43,7 +45,7 @@ def report_executions_csv():
     """Executions as CSV, oldest first: id, task, status, trigger, requested_by, times, duration_s,
     host counts, revision, reason, message."""
     f = _filters()
-    return _csv("executions", reports.iter_executions_csv(db.session(), f))
+    return _csv("executions", lambda session: reports.iter_executions_csv(session, f))
 
 
 @api_bp.get("/reports/operations.csv")
@@ -52,4 +54,4 @@ def report_operations_csv():
     """Operations as CSV, by execution then host: execution_id, task, host, status, rc, times,
     duration_s, execution_status, trigger, message (output is not included)."""
     f = _filters()
-    return _csv("operations", reports.iter_operations_csv(db.session(), f))
+    return _csv("operations", lambda session: reports.iter_operations_csv(session, f))
