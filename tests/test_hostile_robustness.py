@@ -127,3 +127,33 @@ def test_a_complete_export_still_has_every_row(api, session, live):
     lines = requests.get(f"{live}/api/v1/audit/export.jsonl", headers=headers, timeout=60).text.splitlines()
     assert len(lines) >= 6000 and all(line.startswith("{") for line in lines)
     assert _wait_pool_idle(baseline) <= baseline
+
+
+# --- an exhausted pool is "busy, retry", never a 500 ----------------------------------------------
+
+
+def test_pool_exhaustion_is_503_with_retry_after_for_api_and_pages(api, app, session):
+    from tests.test_reports import login
+
+    web = app.test_client()
+    login(web, "admin")
+    engine = db.engine()
+    capacity = engine.pool.size() + max(engine.pool._max_overflow, 0)
+    session.close()
+    held = [engine.connect() for _ in range(capacity - engine.pool.checkedout())]
+    try:
+        started = time.monotonic()
+        resp = api.client.get("/api/v1/me", headers={"Authorization": f"Bearer {api.token}"})
+        assert time.monotonic() - started < db.DEFAULT_POOL_TIMEOUT_S + 5, "fails fast, not after 30 s"
+        assert resp.status_code == 503 and resp.headers["Retry-After"].isdigit()
+        assert resp.get_json()["error"]["code"] == "unavailable"
+        token = api.client.post("/api/v1/auth/token", json={"username": "admin", "password": "x" * 12})
+        assert token.status_code == 503 and "error" in token.get_json()
+        page = web.get("/dashboard")
+        assert page.status_code == 503 and page.headers["Retry-After"].isdigit()
+        assert "busy" in page.get_data(as_text=True) and page.mimetype == "text/html"
+    finally:
+        for conn in held:
+            conn.close()
+    assert api.get("/api/v1/me")[0] == 200
+    assert web.get("/dashboard").status_code == 200

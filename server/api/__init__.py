@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from flask_login import current_user
 from flask_wtf.csrf import validate_csrf
 from wtforms.validators import ValidationError as CSRFValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from .. import db
@@ -91,6 +92,32 @@ def _http_error(err: HTTPException):
     db.session.rollback()
     code = (err.name or "error").lower().replace(" ", "_")
     return jsonify({"error": {"code": code, "message": err.description}}), err.code
+
+
+RETRY_AFTER_S = 5
+_BUSY_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Busy - Task Manager</title></head>
+<body><main><h1>The server is busy</h1><p>Every database connection is in use. Try again in a few seconds.</p>
+</main></body></html>"""
+
+
+@api_bp.app_errorhandler(PoolTimeout)
+def _pool_exhausted(_err: PoolTimeout):
+    """No pooled database connection came free in time (``db.pool_timeout``): an overload
+    the client should retry, so 503 with ``Retry-After``, never a 500. App-wide: JSON under
+    /api/, a plain page elsewhere (no template: rendering one could need the database)."""
+    try:
+        db.session.rollback()
+    except Exception:  # noqa: BLE001 - the session may hold nothing to give back
+        pass
+    if request.path.startswith(api_bp.url_prefix + "/") or request.path == api_bp.url_prefix:
+        resp = jsonify({"error": {"code": "unavailable",
+                                  "message": "the server is busy (no database connection free); retry shortly"}})
+    else:
+        resp = Response(_BUSY_PAGE, mimetype="text/html")
+    resp.status_code = 503
+    resp.headers["Retry-After"] = str(RETRY_AFTER_S)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
 def register_health(app) -> None:
