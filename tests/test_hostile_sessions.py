@@ -492,3 +492,31 @@ def test_upgrade_from_0001_keeps_users_and_their_tokens(app):
     with engine.connect() as conn:
         assert conn.execute(text("SELECT username FROM users")).scalar_one() == "old"
         assert conn.execute(text("SELECT name FROM api_tokens WHERE user_id = 1")).scalar_one() == "kept"
+
+
+def test_signing_in_again_ends_the_browsers_previous_session(app, admin_user, session):
+    make_user(session, "olga", "operator")
+    browser = signed_in(app, "olga")
+    before = copy_of(app, browser)
+    old_token = form_token(browser)
+    page = browser.get("/login").get_data(as_text=True)
+    resp = browser.post("/login", data={"username": "olga", "password": ADMIN_PASSWORD, "csrf_token": csrf_token(page)})
+    assert resp.status_code == 302
+    assert_signed_out(before)  # the superseded session is over
+    assert_signed_in(browser)
+    # Same user over his live session: the forms he has open keep working.
+    assert browser.post("/api/v1/tokens", json={"name": "a"}, headers={"X-CSRFToken": old_token}).status_code == 201
+    # Someone else signing in on this browser gets a new CSRF token.
+    page = browser.get("/login").get_data(as_text=True)
+    browser.post("/login", data={"username": "admin", "password": ADMIN_PASSWORD, "csrf_token": csrf_token(page)})
+    assert browser.post("/api/v1/tokens", json={"name": "b"}, headers={"X-CSRFToken": old_token}).status_code == 400
+
+
+def test_an_anonymous_cookie_s_csrf_token_does_not_survive_sign_in(app, admin_user):
+    client = app.test_client()
+    planted = csrf_token(client.get("/login").get_data(as_text=True))
+    client.post("/login", data={"username": "admin", "password": ADMIN_PASSWORD, "csrf_token": planted})
+    # The token the anonymous cookie carried no longer passes.
+    assert client.post("/api/v1/tokens", json={"name": "x"}, headers={"X-CSRFToken": planted}).status_code == 400
+    assert client.post("/api/v1/tokens", json={"name": "x"},
+                       headers={"X-CSRFToken": form_token(client)}).status_code == 201

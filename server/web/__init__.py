@@ -78,16 +78,29 @@ def login():
     return render_template("login.html", error=error), status, headers
 
 
-def _fresh_cookie() -> None:
-    """Empty the session cookie, CSRF token included (rotated at each sign-in and sign-out);
-    flask-wtf caches the token in ``g`` for the request, so drop that copy too."""
+def _fresh_cookie(*, keep_csrf: bool = False) -> None:
+    """Empty the session cookie, normally CSRF token included (flask-wtf caches the token in
+    ``g`` for the request, so that copy goes too)."""
+    name = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+    csrf_token = session.get(name)
     session.clear()
-    g.pop(current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token"), None)
+    if keep_csrf and csrf_token:
+        session[name] = csrf_token
+    else:
+        g.pop(name, None)
 
 
 def _sign_in(user: User) -> None:
-    """Start a fresh server-side session: nothing from the anonymous cookie carries over."""
-    _fresh_cookie()
+    """Start a fresh server-side session: nothing from the previous cookie carries over.
+
+    The session this browser had is ended. Its CSRF token is kept only when the same user
+    signs in again over a live session of his own; otherwise (an anonymous cookie, perhaps
+    planted with a token its planter knows, or another user's) the token is new too.
+    """
+    previous = web_sessions.current_key()
+    same_user = current_user.is_authenticated and current_user.id == user.id
+    web_sessions.end(db.session(), previous)
+    _fresh_cookie(keep_csrf=same_user)
     key = web_sessions.start(db.session(), user, login_throttle.client_address())
     db.session.commit()
     login_user(user)
