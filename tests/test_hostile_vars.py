@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import logging
 import os
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -162,6 +161,31 @@ def test_planted_reserved_names_are_ignored_in_the_inventory(session):
     assert "attacker" not in text and "/tmp/evil" not in text and "sudo" not in text
     # Task and run variables go through the same filter before they become extra vars.
     assert inventory.user_vars({**t.vars, "tm_base_url": "http://attacker.invalid"}) == {"fine": "yes"}
+
+
+def test_planted_run_and_task_vars_never_reach_ansible(app, session):
+    """What the runner writes for ansible-playbook (inventory and extra-vars file) keeps
+    the protocol's tm_base_url and no reserved name from the task's or the run's rows."""
+    import shutil
+
+    from server import runner, sandbox
+
+    api_host, _, t = plant(session)
+    t.kind, t.playbook, t.commands = "commands", None, ["true"]
+    t.hosts = [h for h in t.hosts if h.protocol == "ssh"]  # commands do not run on API hosts
+    ex = Execution(task_id=t.id, status="queued",
+                   vars={"tm_base_url": "http://attacker.invalid", "ansible_become_exe": "id; sudo", "run_ok": 3})
+    session.add(ex)
+    session.commit()
+    private = sandbox.new_private_dir()  # the runner's own layout
+    try:
+        runner.prepare(private, ex, t, list(t.hosts), app.config["TM"])
+        written = "\n".join(f.read_text() for f in private.rglob("*.yml"))
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    assert "run_ok: 3" in written and "fine: 'yes'" in written and "ok: 2" in written
+    for needle in ("attacker", "tm_address: 203.0.113.9", "ansible_become_exe", "ansible_shell_type", "sudo"):
+        assert needle not in written, needle
 
 
 def migrate_to_0003():
