@@ -114,7 +114,7 @@ def test_nobody_decides_his_own_request_and_an_admin_decides_for_another(gated, 
     assert [(a.actor, a.detail["final"]) for a in audit_actions(session, "approval.approve")] == [("admin2", True)]
 
 
-def test_a_request_only_its_requester_could_approve_is_refused_up_front(api, api_as, session):
+def test_a_request_only_its_requester_could_approve_is_refused_up_front(api, api_as, app, session):
     """A single admin under a policy whose only approver is himself: the request would wait
     until it expires. It is refused with a 422 saying why, and nothing is written."""
     host(api, "solo1")
@@ -126,6 +126,10 @@ def test_a_request_only_its_requester_could_approve_is_refused_up_front(api, api
     status, err = api.post(f"/api/v1/tasks/{t['id']}/executions", {})
     assert status == 422 and err["error"]["code"] == "no_approver" and err["error"]["field"] == "task"
     assert "nobody but you could approve" in err["error"]["message"] and "level 1" in err["error"]["message"]
+    assert session.execute(select(Execution)).first() is None
+    # The Run button says the same, on the task's page.
+    resp = post_form(browser(app, "admin"), f"/tasks/{t['id']}", f"/tasks/{t['id']}/run", {"vars": "", "reason": ""})
+    assert resp.status_code == 422 and "nobody but you could approve" in resp.get_data(as_text=True)
     assert session.execute(select(Execution)).first() is None
     # Someone else's request waits: the admin can decide it.
     status, body = olga.post(f"/api/v1/tasks/{t['id']}/executions", {})
