@@ -10,13 +10,14 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator, Mapping
 
 from sqlalchemy import case, exists, false, func, or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from . import access
+from .dates import parse_moment
 from .errors import ValidationError
 from .models import (
     EXECUTION_FINAL,
@@ -58,19 +59,9 @@ class Filters:
 
 def parse_when(value: str, name: str, *, end: bool = False) -> datetime:
     """An ISO date (whole day, UTC) or an ISO datetime (naive = UTC). ``end`` makes a date
-    inclusive by moving to the next midnight (the bound itself is exclusive)."""
-    value = value.strip()
-    try:
-        if len(value) == 10:
-            day = date.fromisoformat(value)
-            moment = datetime.combine(day, time.min, tzinfo=timezone.utc)
-            return moment + timedelta(days=1) if end else moment
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "T"))
-    except ValueError:
-        raise ValidationError(f"'{name}' must be an ISO date (YYYY-MM-DD) or datetime", field=name) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+    inclusive by moving to the next midnight (the bound itself is exclusive). Out of range
+    (``to=9999-12-31``) is a 422 like a malformed value: see ``server.dates``."""
+    return parse_moment(value, name, end=end)
 
 
 def parse_filters(session: Session, user: User, args: Mapping[str, str],

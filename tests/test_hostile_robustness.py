@@ -157,3 +157,50 @@ def test_pool_exhaustion_is_503_with_retry_after_for_api_and_pages(api, app, ses
             conn.close()
     assert api.get("/api/v1/me")[0] == 200
     assert web.get("/dashboard").status_code == 200
+
+
+# --- dates out of range are a 422 naming the field, never a 500 ---------------------------------
+
+EXTREMES = [
+    ("to", "9999-12-31"), ("from", "0001-01-01"), ("from", "9999-12-31"), ("to", "0001-01-01"),
+    ("from", "0001-01-01T00:00:00+01:00"), ("to", "9999-12-31T23:59:59-01:00"), ("to", "9999-12-31T23:59:59Z"),
+    ("from", "99999-01-01"), ("to", "1899-12-31"), ("from", "3000-01-02"), ("from", "2024-13-40"),
+]
+API_DATED = ("/api/v1/reports/executions.csv", "/api/v1/reports/operations.csv", "/api/v1/audit",
+             "/api/v1/audit/export.jsonl")
+
+
+@pytest.mark.parametrize("name,value", EXTREMES)
+def test_api_dates_out_of_range_are_422(api, session, name, value):
+    from urllib.parse import quote
+
+    for path in API_DATED:
+        status, body = api.get(f"{path}?{name}={quote(value)}")
+        assert status == 422, (path, value, status, body)
+        assert body["error"]["field"] == name and name in body["error"]["message"], body
+
+
+def test_web_dates_out_of_range_are_4xx_pages(api, app, session):
+    from urllib.parse import quote
+
+    from tests.reportdata import make_execution
+    from tests.test_reports import login
+
+    task = make_task(session, "dated")
+    ex = make_execution(session, task, "running", hosts={"web-01": "running"})
+    session.commit()
+    web = app.test_client()
+    login(web, "admin")
+    for name, value in EXTREMES:
+        for path in ("/executions", "/reports/hosts/web-01", "/audit"):
+            page = web.get(f"{path}?{name}={quote(value)}")
+            assert page.status_code == 422, (path, value, page.status_code)
+            assert f"&#39;{name}&#39; must" in page.get_data(as_text=True) or f"'{name}' must" in page.get_data(as_text=True)
+        live = web.get(f"/executions/{ex.id}/live?since={quote(value)}")
+        assert live.status_code == 422 and live.get_json()["error"]["field"] == "since", (value, live.status_code)
+    # In range, each still answers.
+    for path in ("/executions?from=2020-01-01&to=2999-12-31", "/reports/hosts/web-01?from=1900-01-01", "/audit?to=2999-12-31",
+                 f"/executions/{ex.id}/live?since=2020-01-01T00:00:00%2B02:00"):
+        assert web.get(path).status_code == 200, path
+    for path in API_DATED:
+        assert api.get(f"{path}?from=1900-01-01&to=2999-12-31")[0] == 200, path

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import datetime, timezone
 
 from flask import Response, jsonify, request
 
 from .. import access, audit, db
-from ..errors import ValidationError
+from ..dates import parse_moment
 from ..models import AuditLog
 from ..pagination import text_arg
 from . import api_bp, me
@@ -26,16 +26,7 @@ _FILTERS = {
 
 def _when(name: str, end: bool) -> datetime | None:
     raw = text_arg(request.args, name, max_len=40)
-    if not raw:
-        return None
-    try:
-        if len(raw) == 10:
-            day = date.fromisoformat(raw)
-            return datetime.combine(day + timedelta(days=1) if end else day, time(), tzinfo=timezone.utc)
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ValidationError(f"'{name}' must be an ISO 8601 date or date-time", field=name) from exc
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return parse_moment(raw, name, end=end) if raw else None
 
 
 def _query():

@@ -5,7 +5,7 @@ Thin views: the form becomes the same dict the API takes and goes to the same se
 """
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
 from flask import abort, flash, redirect, render_template, request, url_for
@@ -16,7 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from .. import access, audit, db
 from ..accounts import add_user, change_own_password, deactivate_user, revoke_token, token_name, tokens_of, update_user
 from ..auth import issue_token
-from ..errors import ApiError
+from ..dates import parse_moment
+from ..errors import ApiError, ValidationError
 from ..models import PERMISSIONS, ROLES, ApiToken, Policy, Task, User, utcnow
 from ..pagination import page_args, paginate
 from ..policies import delete_policy, policy_dict, save_policy
@@ -202,14 +203,9 @@ def policy_delete(policy_id: int):
 
 
 def _day(name: str, end: bool) -> datetime | None:
+    """A date filter, or None when empty; malformed or out of range raises ValidationError."""
     raw = (request.args.get(name) or "").strip()
-    if not raw:
-        return None
-    try:
-        day = date.fromisoformat(raw)
-    except ValueError:
-        return None
-    return datetime.combine(day + timedelta(days=1) if end else day, time(), tzinfo=timezone.utc)
+    return parse_moment(raw, name, end=end) if raw else None
 
 
 @web_bp.get("/audit")
@@ -217,8 +213,15 @@ def _day(name: str, end: bool) -> datetime | None:
 def audit_log():
     need("audit.view")
     filters = {k: (request.args.get(k) or "").strip()[:120] for k in ("actor", "action", "outcome", "from", "to")}
+    status = 200
+    try:
+        since, until = _day("from", False), _day("to", True)
+    except ValidationError as err:
+        flash(err.message, "error")  # shown on this page: the bad date is left out of the query
+        since = until = None
+        status = 422
     query = audit.query(db.session(), actor=filters["actor"] or None, action=filters["action"] or None,
-                        outcome=filters["outcome"] or None, since=_day("from", False), until=_day("to", True))
+                        outcome=filters["outcome"] or None, since=since, until=until)
     try:
         page_no, _ = page_args(request.args)
     except ApiError:
@@ -226,7 +229,7 @@ def audit_log():
     page = paginate(db.session(), query, page_no, PER_PAGE)
     check = audit.verify_trail(db.session()) if request.args.get("verify") else None
     args = {k: v for k, v in filters.items() if v}
-    return render_template("admin/audit.html", page=page, filters=filters, args=args, check=check)
+    return render_template("admin/audit.html", page=page, filters=filters, args=args, check=check), status
 
 
 # --------------------------------------------------------------------------- own account

@@ -126,8 +126,8 @@ def execution_live(execution_id: int):
     since_raw = request.args.get("since", "").replace(" ", "+")  # an unencoded '+' arrives as a space
     try:
         since = reports.parse_when(since_raw, "since") - timedelta(seconds=3) if since_raw else None
-    except ValidationError:
-        since = None
+    except ValidationError as err:
+        return jsonify(err.to_dict()), err.status
     # A light query first (no output); then the full rows of only the hosts that may have changed.
     light = db.session.execute(
         select(Operation.id, Operation.status, Operation.started_at, Operation.finished_at)
