@@ -121,7 +121,11 @@ def record(
     outcome: str = "ok",
     **detail: Any,
 ) -> AuditLog:
-    """Append one audit row in the caller's transaction (committed with the change)."""
+    """Append one audit row in the caller's transaction (committed with the change).
+
+    Always recorded, even when the newest rows were found removed: then an ``audit.gap``
+    row precedes it, chained from the anchored head, so the truncation is never hidden by
+    later writes (see ``record_many``)."""
     return record_many(session, [(action, {"actor": actor, "target": target, "target_type": target_type,
                                            "target_id": target_id, "outcome": outcome, **detail})])[0]
 

@@ -83,7 +83,8 @@ def db_upgrade(revision: str) -> None:
 
 @audit_cli.command("verify")
 def audit_verify() -> None:
-    """Exit 1 naming the first bad row if any row was altered or removed (also the last ones)."""
+    """Exit 1 naming the first bad row if any row was altered or removed (also the last ones,
+    and any recorded gap: "rows after id N are missing")."""
     check = audit.verify_trail(db.session())
     if not check.ok:
         where = f"at row {check.bad_id}" if check.bad_id is not None else ""
