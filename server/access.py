@@ -25,6 +25,7 @@ from .models import (
     Host,
     Policy,
     PolicyApprover,
+    Schedule,
     Task,
     User,
     host_groups,
@@ -266,7 +267,7 @@ def request_rules(session: Session, user: User, task: Task) -> RunRules:
 SCHEDULE_OWNER_PERMS = ("execute", "schedule")
 
 
-def schedule_owner_problems(session: Session, schedules: list[Any]) -> dict[int, str]:
+def schedule_owner_problems(session: Session, schedules: list[Schedule]) -> dict[int, str]:
     """Schedule id -> why its owner may no longer run it, for a batch of schedules.
 
     A schedule acts with its creator's rights, checked again at every fire: the owner must
@@ -277,7 +278,8 @@ def schedule_owner_problems(session: Session, schedules: list[Any]) -> dict[int,
     if not owned:
         return {}
     owner_ids = {s.created_by_id for s in owned}
-    users = {u.id: u for u in session.execute(select(User).where(User.id.in_(owner_ids))).scalars()}
+    users = {u.id: u for u in session.execute(  # fresh rows: the scheduler's session lives long
+        select(User).where(User.id.in_(owner_ids)).execution_options(populate_existing=True)).scalars()}
     granted: dict[tuple[int, int], set[str]] = {}
     rows = session.execute(
         select(policy_users.c.user_id, policy_tasks.c.task_id, Policy.permissions)
