@@ -717,7 +717,7 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     envvars["ANSIBLE_ROLES_PATH"] = os.pathsep.join(dict.fromkeys(roles_path + more_roles))
     for k, v in extra.items():
         envvars.setdefault(k, str(v))
-    readonly = [Path(project_dir), settings.playbook_dir, STUBS_DIR]
+    readonly = [Path(project_dir), settings.playbook_dir, STUBS_DIR, *protocols.ca_dirs()]
     readonly += [Path(p) for k in ("ANSIBLE_ROLES_PATH", "ANSIBLE_LIBRARY", "ANSIBLE_MODULE_UTILS",
                                    "ANSIBLE_CONNECTION_PLUGINS", "ANSIBLE_ACTION_PLUGINS")
                  for p in envvars.get(k, "").split(os.pathsep) if p]

@@ -43,7 +43,6 @@ ETC_FILES = ("passwd", "group", "nsswitch.conf", "hosts", "host.conf", "resolv.c
              "protocols", "localtime", "timezone", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl",
              "ca-certificates", "ca-certificates.conf", "pki", "alternatives", "krb5.conf", "krb5.conf.d",
              "os-release", "debian_version", "mime.types", "python3", "python3.11", "hostname")
-CA_DIRS_ENV = "TASKMANAGER_CA_DIRS"  # extra directories of CA bundles hosts may name (protocols.ca_bundle)
 PROBE_TIMEOUT_S = 10
 
 
@@ -119,10 +118,6 @@ def _python_dirs() -> list[Path]:
     return sorted(d for d in dirs if d.exists())
 
 
-def ca_dirs() -> list[Path]:
-    return [Path(p) for p in os.environ.get(CA_DIRS_ENV, "").split(os.pathsep) if p]
-
-
 def _system_args() -> list[str]:
     args: list[str] = []
     for d in SYSTEM_DIRS:
@@ -165,7 +160,7 @@ def argv(layout: Layout, command: list[str]) -> list[str]:
     args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp",
              "--perms", "1777", "--tmpfs", "/dev/shm"]
     made = {"/", "/tmp", "/usr", "/etc", "/proc", "/dev", "/dev/shm"}
-    for d in _python_dirs() + [p for p in layout.readonly + ca_dirs() if p.exists()]:
+    for d in _python_dirs() + [p for p in layout.readonly if p.exists()]:
         args += _bind("--ro-bind", d, made)
     args += _bind("--ro-bind", private, made)
     for p in [f"{private}/{name}" for name in WRITABLE] + layout.writable:

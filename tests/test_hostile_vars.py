@@ -482,3 +482,11 @@ def test_web_schedule_and_blackout_forms_answer_422_for_dates_out_of_range(app, 
     assert status == 422 and "'tm_base_url'" in html.unescape(page)
     session.expire_all()
     assert session.get(Schedule, s["id"]).vars == {}
+
+
+def test_web_forms_refuse_yaml_nested_beyond_the_parser():
+    """YAML nested deeper than Python's recursion limit is a form error, not a 500."""
+    from server.web.forms import FormError, parse_vars
+
+    with pytest.raises(FormError, match="nested too deeply"):
+        parse_vars("[" * 30000 + "]" * 30000)

@@ -53,6 +53,8 @@ def parse_vars(raw: str, field: str = "vars") -> Any:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or "cannot be parsed"
         raise FormError(field, f"not valid YAML or JSON{where}: {problem}") from None
+    except RecursionError:
+        raise FormError(field, "variables are nested too deeply") from None
     return {} if value is None else value
 
 
