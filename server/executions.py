@@ -17,7 +17,7 @@ from flask import current_app
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from . import access, audit, jobs, playbooks
+from . import access, audit, jobs, playbooks, validation
 from .errors import ApiError, Conflict, ValidationError
 from .models import EXECUTION_FINAL, OPERATION_FINAL, Execution, Host, Operation, Task, User, utcnow
 
@@ -67,13 +67,10 @@ def fingerprint(task: Task, content_hash: str, run_vars: dict[str, Any], hosts: 
 
 
 def validate_run_input(run_vars: Any, reason: Any) -> tuple[dict[str, Any], str | None]:
-    if run_vars is None:
-        run_vars = {}
-    if not isinstance(run_vars, dict):
-        raise ValidationError("'vars' must be an object", field="vars")
-    for key in run_vars:
-        if not isinstance(key, str) or not key.isidentifier() or key.startswith("ansible_"):
-            raise ValidationError(f"variable name {key!r} is not allowed", field="vars")
+    try:  # the one rule for every variable (reserved names, JSON values, size, depth)
+        run_vars = validation.variables(run_vars)
+    except validation.Invalid as exc:
+        raise ValidationError(f"'vars' {exc}", field="vars") from None
     if reason is not None and not isinstance(reason, str):
         raise ValidationError("'reason' must be a string", field="reason")
     if reason is not None and len(reason) > MAX_REASON:

@@ -99,8 +99,6 @@ def test_web_host_form_refuses_a_reserved_name(app, admin_user, session):
     assert session.execute(select(Host).where(Host.name == "h-web")).first() is None
 
 
-@pytest.mark.xfail(strict=True, reason="executions.validate_run_input checks only the ansible_ prefix; it should "
-                                       "call validation.variables (reported: executions.py is not ours)")
 def test_web_run_form_refuses_a_tm_name(app, admin_user, api, a_task, session):
     browser = Browser(app, "admin")
     status, page, _ = browser.submit(f"/tasks/{a_task['id']}", f"/tasks/{a_task['id']}/run",
