@@ -30,7 +30,7 @@ from croniter import CroniterBadDateError, CroniterError, croniter
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
-from . import approvals, audit
+from . import access, approvals, audit
 from .errors import ValidationError
 from .models import Blackout, Schedule, ScheduleFire, Setting, Task, User, utcnow
 from .validation import Invalid, variables
@@ -378,6 +378,8 @@ def refresh_next(schedule: Schedule, now: datetime | None = None) -> None:
 
 
 def create_schedule(session: Session, task: Task, user: User | None, data: Any) -> Schedule:
+    if user is not None:  # its fires run with his rights (scheduler re-checks): he must be able to run it
+        access.require_task(session, user, task, "execute")
     values = clean_input(data, default_tz=(user.timezone if user and user.timezone in _zone_names() else "UTC"))
     values = {"misfire_grace_s": DEFAULT_GRACE_S, "enabled": True, "vars": {}, **values}
     schedule = Schedule(task_id=task.id, task=task, created_by_id=user.id if user else None, **values)

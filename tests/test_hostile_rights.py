@@ -455,3 +455,15 @@ def test_relaunch_of_an_execution_one_may_not_see_is_a_404(api, api_as, session)
     assert status == 403 and "execute" in err["error"]["message"]
     session.expire_all()
     assert session.execute(select(Execution).where(Execution.parent_id.is_not(None))).first() is None
+
+
+def test_scheduling_needs_execute_too(api, api_as, session):
+    """A schedule's fires run with its owner's rights: ``schedule`` alone cannot create one."""
+    host(api, "cron2")
+    t = task(api, "weekly", hosts=["cron2"])
+    sam = api_as("sam", "operator")
+    assert api.post("/api/v1/policies", {"name": "sam schedules", "users": ["sam"], "tasks": ["weekly"],
+                                         "permissions": ["view", "schedule"]})[0] == 201
+    status, body = sam.post(f"/api/v1/tasks/{t['id']}/schedules", {"cron": "0 6 * * *", "timezone": "UTC"})
+    assert status == 403 and "execute" in body["error"]["message"], body
+    assert session.execute(select(Schedule)).first() is None
