@@ -145,16 +145,15 @@ def client_address() -> str | None:
 
 # ------------------------------------------------------------------ checks
 
-_script_cache: dict[int, object] = {}
+_script_cache: list = [None, None]  # [client, script]: the script is bound to its client
 
 
 def _claim_script():
-    """The claim script, registered once per Redis client."""
+    """The claim script, registered once per Redis client (re-registered if it changes)."""
     client = _redis()
-    if id(client) not in _script_cache:
-        _script_cache.clear()
-        _script_cache[id(client)] = client.register_script(_CLAIM)
-    return _script_cache[id(client)]
+    if _script_cache[0] is not client:
+        _script_cache[:] = [client, client.register_script(_CLAIM)]
+    return _script_cache[1]
 
 
 
