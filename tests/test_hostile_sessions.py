@@ -545,3 +545,17 @@ def test_an_anonymous_cookie_s_csrf_token_does_not_survive_sign_in(app, admin_us
     assert client.post("/api/v1/tokens", json={"name": "x"}, headers={"X-CSRFToken": planted}).status_code == 400
     assert client.post("/api/v1/tokens", json={"name": "x"},
                        headers={"X-CSRFToken": form_token(client)}).status_code == 201
+
+
+def test_activity_moves_last_seen_coarsely(app, admin_user, session):
+    browser = signed_in(app, "admin")
+    earlier = utcnow() - timedelta(minutes=5)
+    session.execute(update(WebSession).values(last_seen_at=earlier))
+    session.commit()
+    assert_signed_in(browser)
+    session.expire_all()
+    seen = session.execute(select(WebSession)).scalar_one().last_seen_at
+    assert seen > earlier + timedelta(minutes=4)
+    assert_signed_in(browser)  # within a minute: no write
+    session.expire_all()
+    assert session.execute(select(WebSession)).scalar_one().last_seen_at == seen
