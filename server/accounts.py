@@ -116,10 +116,10 @@ def _set_password(session: Session, user: User, password: str, *, by: User) -> d
     """
     user.password_hash = hash_password(password)
     if user.id == by.id:
-        user.must_change_password = False
+        user.must_change_password = user.password_from_admin = False
         return {"password": "changed",
                 "sessions_revoked": web_sessions.revoke_all(session, user, keep=web_sessions.current_key())}
-    user.must_change_password = True
+    user.must_change_password = user.password_from_admin = True
     return {"password": "reset", "sessions_revoked": web_sessions.revoke_all(session, user),
             "tokens_revoked": _revoke_all(session, user)}
 
@@ -161,7 +161,7 @@ def change_own_password(session: Session, user: User, current: Any, new: Any) ->
     if new == current:
         raise ValidationError("the new password must differ from the current one", field="new_password")
     user.password_hash = hash_password(new)
-    user.must_change_password = False
+    user.must_change_password = user.password_from_admin = False
     # Whoever else held a session (a copied cookie, a forgotten browser) is signed out.
     ended = web_sessions.revoke_all(session, user, keep=web_sessions.current_key())
     audit.record(session, "user.password", actor=user.username, target=user, sessions_revoked=ended)

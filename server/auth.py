@@ -107,11 +107,11 @@ def issue_token(session: Session, user: User, name: str = "", *, actor: str | No
     """Mint an API token.
 
     Self-service minting (``actor`` is the user himself: the token exchange, the tokens API,
-    the account page) is refused while the user must change his password (one set by an
-    admin, or the first admin's one-time password): a token would outlive the temporary
-    password. The command line (``actor="cli"``, run by whoever operates the server) still may.
+    the account page) is refused while his password is one an admin set for him: the admin
+    knows it, and a token would outlive it. The first admin's one-time password is shown only
+    to whoever runs the server, like the command line (``actor="cli"``): both may mint.
     """
-    if user.must_change_password and actor == user.username:
+    if user.password_from_admin and actor == user.username:
         audit.record(session, "token.create", actor=actor, target=user, outcome="denied",
                      reason="password change required")
         session.commit()

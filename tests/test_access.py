@@ -125,47 +125,14 @@ def test_tokens_listed_without_values_and_revocable(api, api_as, session):
 # ---------------------------------------------------------------- login throttling
 
 
-def test_account_locks_after_repeated_failures(app, session, admin_user):
-    client = app.test_client()
-
-    def token(password):
-        return client.post("/api/v1/auth/token", json={"username": "admin", "password": password})
-
-    for _ in range(auth.MAX_FAILED_LOGINS):
-        assert token("wrong").status_code == 401
-    resp = token(ADMIN_PASSWORD)  # the right password no longer helps
-    assert resp.status_code == 401 and resp.json["error"]["code"] == "locked"
-    session.expire_all()
-    admin = session.get(User, admin_user.id)
-    assert admin.locked_until > utcnow() + auth.LOCKOUT - timedelta(seconds=30)
-    reasons = [r.detail.get("reason") for r in session.execute(
-        select(AuditLog).where(AuditLog.action == "auth.login").order_by(AuditLog.id)).scalars()]
-    assert reasons == ["bad password"] * auth.MAX_FAILED_LOGINS + ["locked"]
-    # The web form is locked too.
-    resp = login_form(app.test_client(), "admin", ADMIN_PASSWORD)
-    assert resp.status_code == 401 and b"too many failed logins" in resp.data
-    # When the lock has run out, the right password works and resets the counter.
-    admin.locked_until = utcnow() - timedelta(seconds=1)
-    session.commit()
-    assert token(ADMIN_PASSWORD).status_code == 201
-    session.expire_all()
-    assert session.get(User, admin_user.id).failed_logins == 0
-
-
-def test_admin_can_unlock(api, app, session):
-    make_user(session, "lou", "operator")
-    client = app.test_client()
-    for _ in range(auth.MAX_FAILED_LOGINS):
-        client.post("/api/v1/auth/token", json={"username": "lou", "password": "nope"})
-    lou = session.execute(select(User).where(User.username == "lou")).scalar_one()
-    assert api.get(f"/api/v1/users/{lou.id}")[1]["locked_until"] is not None
-    assert api.patch(f"/api/v1/users/{lou.id}", {"unlock": True})[0] == 200
-    resp = client.post("/api/v1/auth/token", json={"username": "lou", "password": ADMIN_PASSWORD})
-    assert resp.status_code == 201
+# The hard lock is gone (issue: it let anyone lock the admin out); its progressive
+# replacement is tested in test_hostile_sessions.py.
 
 
 def test_one_address_spraying_many_names_is_throttled(app, session, admin_user, monkeypatch):
-    monkeypatch.setattr(auth, "MAX_FAILURES_PER_ADDRESS", 6)
+    from server import login_throttle
+
+    monkeypatch.setattr(login_throttle, "MAX_FAILURES_PER_ADDRESS", 6)
     client = app.test_client()
     for i in range(6):
         assert client.post("/api/v1/auth/token", json={"username": f"guess{i}", "password": "x"}).status_code == 401

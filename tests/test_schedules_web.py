@@ -73,13 +73,13 @@ def test_create_schedule_with_live_preview_pause_and_blackout(live_url, browser,
     page.select_option("#sch-task", str(task.id))
     page.fill("#sch-cron", "0 6 * * *")
     page.fill("#sch-timezone", "America/Sao_Paulo")
-    page.wait_for_function("document.getElementById('sch-description').textContent.includes('Sao_Paulo')")
+    page.wait_for_function("() => document.getElementById('sch-description').textContent.includes('Sao_Paulo')")
     assert page.text_content("#sch-description") == "At 06:00 every day, America/Sao_Paulo"
     runs = page.locator("#sch-next-runs li").all_text_contents()
     assert len(runs) == 5 and all(r.endswith("T06:00:00-03:00") for r in runs)
     # a broken expression is flagged next to its field while typing
     page.fill("#sch-cron", "0 6 * *")
-    page.wait_for_function("document.querySelector('.field-error[data-for=\"sch-cron\"]').textContent.length > 0")
+    page.wait_for_function("() => document.querySelector('.field-error[data-for=\"sch-cron\"]').textContent.length > 0")
     assert "5 fields" in page.text_content(".field-error[data-for='sch-cron']")
     page.fill("#sch-cron", "30 2 * * *")
     page.fill("#sch-timezone", "Europe/Berlin")

@@ -1,4 +1,5 @@
-"""server-side web sessions; the hard sign-in lock is gone (progressive delays live in Redis)
+"""server-side web sessions; the hard sign-in lock is gone (progressive delays live in Redis);
+users.password_from_admin marks passwords an admin set for someone else
 
 Revision ID: 0002
 Revises: 0001
@@ -36,9 +37,11 @@ def upgrade() -> None:
     # referencing users.
     op.drop_column('users', 'locked_until')
     op.drop_column('users', 'failed_logins')
+    op.add_column('users', sa.Column('password_from_admin', sa.Boolean(), server_default=sa.false(), nullable=False))
 
 
 def downgrade() -> None:
+    op.drop_column('users', 'password_from_admin')
     op.add_column('users', sa.Column('failed_logins', sa.Integer(), nullable=False, server_default='0'))
     op.add_column('users', sa.Column('locked_until', server.models.TZDateTime(timezone=True), nullable=True))
     with op.batch_alter_table('web_sessions', schema=None) as batch_op:
