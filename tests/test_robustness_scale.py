@@ -3,9 +3,10 @@ execution exactly once (SQLite or PostgreSQL, per ``TM_TEST_DB``)."""
 from __future__ import annotations
 
 import collections
+import socket
+import threading
 import time
 import uuid
-from pathlib import Path
 
 from sqlalchemy import select
 
@@ -16,9 +17,42 @@ N_WORKERS = 3
 N_EXECUTIONS = 30
 
 
-def test_three_workers_thirty_executions_each_runs_once(api, session, workers, tmp_path):  # noqa: F811
-    ledger = tmp_path / "ledger"
-    ledger.touch()
+class Ledger(threading.Thread):
+    """One line per connection on a loopback port: what the runs did outside their sandboxes
+    (a file would stay in each run's private /tmp)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.lines: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                while chunk := conn.recv(4096):
+                    data += chunk
+                self.lines.append(data.decode())
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=5)
+        self.sock.close()
+
+
+def test_three_workers_thirty_executions_each_runs_once(api, session, workers):  # noqa: F811
+    ledger = Ledger()
+    ledger.start()
+    send = ("python3 -c 'import socket,sys; "
+            f"socket.create_connection((\"127.0.0.1\", {ledger.port})).sendall(sys.argv[1].encode())'")
     status, body = api.post("/api/v1/hosts", {"name": "controller", "address": "127.0.0.1", "protocol": "local"})
     assert status == 201, body
     # Ten tasks, three runs each; allow_simultaneous so the workers really run them in parallel.
@@ -26,7 +60,7 @@ def test_three_workers_thirty_executions_each_runs_once(api, session, workers, t
     for i in range(10):
         status, body = api.post("/api/v1/tasks", {
             "name": f"scale-{i}", "kind": "commands", "hosts": ["controller"], "allow_simultaneous": i % 2 == 0,
-            "commands": [f"echo task-{i}-$PPID-$$ >> {ledger}"],
+            "commands": [f"{send} task-{i}-$PPID-$$"],
         })
         assert status == 201, body
         tasks.append(body["id"])
@@ -62,7 +96,8 @@ def test_three_workers_thirty_executions_each_runs_once(api, session, workers, t
     starts = collections.Counter(session.execute(
         select(AuditLog.target_id).where(AuditLog.action == "execution.start")).scalars())
     assert sorted(starts) == sorted(str(i) for i in ids) and set(starts.values()) == {1}
-    lines = Path(ledger).read_text().splitlines()
+    ledger.stop()
+    lines = ledger.lines
     per_task = collections.Counter(line.split("-")[1] for line in lines)
     assert len(lines) == N_EXECUTIONS and set(per_task.values()) == {3}, per_task
     # The work really was shared, and every worker stayed alive.
