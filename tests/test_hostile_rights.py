@@ -467,3 +467,13 @@ def test_scheduling_needs_execute_too(api, api_as, session):
     status, body = sam.post(f"/api/v1/tasks/{t['id']}/schedules", {"cron": "0 6 * * *", "timezone": "UTC"})
     assert status == 403 and "execute" in body["error"]["message"], body
     assert session.execute(select(Schedule)).first() is None
+
+
+def test_an_execution_one_may_not_see_is_a_404_page_like_the_api(gated, api_as, app):
+    status, run = gated["olga"].post(f"/api/v1/tasks/{gated['task']['id']}/executions", {"reason": "CHG-1"})
+    assert status == 202, run
+    api_as("otto", "operator")  # no policy names him
+    otto = browser(app, "otto")
+    assert otto.get(f"/executions/{run['id']}").status_code == 404
+    assert otto.get("/executions/999999").status_code == 404
+    assert browser(app, "olga").get(f"/executions/{run['id']}").status_code == 200

@@ -75,10 +75,8 @@ def _load(execution_id: int, with_operations: bool = True) -> Execution:
     if with_operations:
         stmt = stmt.options(selectinload(Execution.operations).selectinload(Operation.steps))
     ex = db.session.execute(stmt).scalar_one_or_none() if execution_id <= MAX_ID else None
-    if ex is None:
-        abort(404)
-    if not access.can_view_execution(db.session(), current_user, ex):
-        abort(403)
+    if ex is None or not access.can_view_execution(db.session(), current_user, ex):
+        abort(404)  # like the API: whether an execution one may not see exists is not told
     return ex
 
 
