@@ -1,15 +1,14 @@
 """Users, tokens, login throttling, cookies, CSRF, policies and what each user can see."""
 from __future__ import annotations
 
-from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
-from conftest import ADMIN_PASSWORD, Api, make_user
+from conftest import ADMIN_PASSWORD, Api
 from resource_factories import csrf_token, host, task
 from server import access, auth
-from server.models import ApiToken, AuditLog, Policy, User, utcnow
+from server.models import ApiToken, AuditLog, Policy, User
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ from flask import g
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from conftest import make_user
 from resource_factories import credential, csrf_token, host, make_playbook_dir, task
 from server import approvals, scheduler
 from server.errors import ValidationError

@@ -324,7 +324,6 @@ def _task_data(form) -> dict[str, Any]:
 
 
 def _task_form(task: Task | None, errors: dict[str, str] | None = None, status: int = 200):
-    s = db.session()
     if request.method == "POST":
         values: dict[str, Any] = request.form.to_dict()
         values["hosts"], values["groups"] = request.form.getlist("hosts"), request.form.getlist("groups")
