@@ -32,7 +32,7 @@ fi
 
 status=0
 echo "== SQLite =="
-TM_TEST_DB=sqlite .venv/bin/pytest -q -p no:cacheprovider "$@" || status=$?
+TM_TEST_DB=sqlite .venv/bin/pytest -q -p no:cacheprovider -n 2 "$@" || status=$?
 echo "== PostgreSQL =="
-TM_TEST_DB=postgresql .venv/bin/pytest -q -p no:cacheprovider -m "not sqlite_only and not browser and not slow" "$@" || status=$?
+TM_TEST_DB=postgresql .venv/bin/pytest -q -p no:cacheprovider -n 2 -m "not sqlite_only and not browser and not slow" "$@" || status=$?
 exit $status

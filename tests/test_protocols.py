@@ -15,6 +15,7 @@ import re
 import shutil
 import socket
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -218,7 +219,8 @@ def run_playbook(app, tmp_path: Path, playbook: str, hosts, credential, extravar
         "ANSIBLE_SSH_PASSWORD_MECHANISM": "ssh_askpass",
         "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
         "ANSIBLE_LOCAL_TEMP": str(private / "tmp"),
-        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(private / "cp"),
+        # short: a socket path under pytest's per-worker tmp dir can pass the 107-byte limit
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": tempfile.mkdtemp(prefix="tm-cp-"),
     }
     if display:
         envvars["DISPLAY"] = display

@@ -252,7 +252,7 @@ def test_operator_sees_only_permitted_executions(app, session, history):
     login(client, "otto")
     html = client.get("/executions").get_data(as_text=True)
     assert "Nothing has run yet" in html
-    assert client.get(f"/executions/{history['executions'][0].id}").status_code == 403
+    assert client.get(f"/executions/{history['executions'][0].id}").status_code == 404  # not told it exists
     assert client.get(f"/reports/tasks/{history['backup'].id}").status_code == 403
     html = client.get("/dashboard").get_data(as_text=True)
     assert "backup" not in html
