@@ -17,16 +17,17 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from sshlab import SSHLab  # noqa: E402
 
-from server import create_app, db  # noqa: E402
-from server.auth import ensure_first_admin, first_admin_banner  # noqa: E402
-from server.credentials import create_credential, update_credential  # noqa: E402
-from server.executions import request_execution  # noqa: E402
-from server.hosts import create_host, update_host  # noqa: E402
+from server import create_app
+from server.core import db  # noqa: E402
+from server.people.auth import ensure_first_admin, first_admin_banner  # noqa: E402
+from server.catalog.credentials import create_credential, update_credential  # noqa: E402
+from server.executions.request import request_execution  # noqa: E402
+from server.catalog.hosts import create_host, update_host  # noqa: E402
 from server.launcher import serve  # noqa: E402
-from server.redis_conn import ensure_embedded_redis  # noqa: E402
-from server.models import Credential, Host, Schedule, Task, User  # noqa: E402
-from server.schedules import create_schedule  # noqa: E402
-from server.tasks import create_task  # noqa: E402
+from server.core.redis_conn import ensure_embedded_redis  # noqa: E402
+from server.core.models import Credential, Host, Schedule, Task, User  # noqa: E402
+from server.scheduling.schedules import create_schedule  # noqa: E402
+from server.catalog.tasks import create_task  # noqa: E402
 
 SERVICES = ("nginx", "php-fpm", "redis")
 TASK = "restart shop services"

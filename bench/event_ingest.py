@@ -36,7 +36,7 @@ from bench.report_scale import setup_env  # noqa: E402  (private SQLite / Postgr
 
 
 def make_execution(session, task, hosts):
-    from server.models import Execution, Operation, utcnow
+    from server.core.models import Execution, Operation, utcnow
 
     now = utcnow()
     ex = Execution(task_id=task.id, task=task, status="running", trigger="manual", created_at=now, queued_at=now,
@@ -63,9 +63,11 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tm-bench-ingest-"))
     _url, drop = setup_env(args.db, tmp)
     try:
-        from server import create_app, db, runner
-        from server.db import Base
-        from server.models import Host, Step, Task
+        from server import create_app
+        from server.core import db
+        from server.runs import runner
+        from server.core.db import Base
+        from server.core.models import Host, Step, Task
 
         app = create_app()
         Base.metadata.create_all(db.engine())

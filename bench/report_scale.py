@@ -58,7 +58,7 @@ def setup_env(kind: str, tmp: Path) -> tuple[str, callable]:
     os.environ["TASKMANAGER_DATABASE_URL"] = url
 
     def drop() -> None:
-        from server import db
+        from server.core import db
 
         db.init_engine("sqlite://")
         with admin.connect() as c:
@@ -191,9 +191,10 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="tm-bench-"))
     url, cleanup = setup_env(args.db, tmp)
     try:
-        from server import create_app, db
-        from server.auth import create_user
-        from server.db import Base
+        from server import create_app
+        from server.core import db
+        from server.people.auth import create_user
+        from server.core.db import Base
 
         app = create_app({"TESTING": True})
         engine = db.engine()

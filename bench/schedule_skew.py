@@ -67,7 +67,7 @@ def setup_env(kind: str, tmp: Path):
     os.environ["TASKMANAGER_DATABASE_URL"] = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
 
     def drop() -> None:
-        from server import db
+        from server.core import db
 
         db.init_engine("sqlite://")
         with admin.connect() as c:
@@ -80,8 +80,8 @@ def seed(n: int, due: datetime, tasks: int) -> None:
     """N daily schedules over several zones, all due at the UTC instant ``due``."""
     from zoneinfo import ZoneInfo
 
-    from server import db
-    from server.models import Host, Schedule, Task
+    from server.core import db
+    from server.core.models import Host, Schedule, Task
 
     s = db.session()
     all_tasks = []
@@ -109,9 +109,10 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="tm-bench-skew-"))
     drop = setup_env(args.db, tmp)
-    from server import create_app, db
-    from server.db import Base
-    from server.models import Execution
+    from server import create_app
+    from server.core import db
+    from server.core.db import Base
+    from server.core.models import Execution
 
     app = create_app()
     with app.app_context():
@@ -149,8 +150,8 @@ def main() -> int:
         rows = db.session.query(Execution.id, Execution.scheduled_for, Execution.queued_at).all()
         from rq.job import Job
 
-        from server.jobs import queue
-        from server.redis_conn import redis
+        from server.executions.jobs import queue
+        from server.core.redis_conn import redis
 
         q = queue()
         jobs = Job.fetch_many([f"execution-{r.id}" for r in rows], connection=redis())

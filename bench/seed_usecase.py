@@ -97,19 +97,20 @@ class TaskManager:
         os.environ.pop("TASKMANAGER_REDIS_URL", None)
         os.environ.update(TASKMANAGER_INSTANCE_DIR=str(self.instance), TASKMANAGER_QUEUE="bench")
         os.environ.pop("TASKMANAGER_DATABASE_URL", None)
-        from server import create_app, db
-        from server.config import load_settings
-        from server.redis_conn import ensure_embedded_redis
+        from server import create_app
+        from server.core import db
+        from server.core.config import load_settings
+        from server.core.redis_conn import ensure_embedded_redis
 
         settings = load_settings()
         self.redis_proc = ensure_embedded_redis(settings.instance_dir, settings.embedded_redis_socket)
         self.app = create_app()
-        from server.db import Base
+        from server.core.db import Base
 
         Base.metadata.create_all(db.engine())
         self.ctx = self.app.app_context()
         self.ctx.push()
-        from server.auth import create_user, issue_token
+        from server.people.auth import create_user, issue_token
 
         s = db.session()
         admin = create_user(s, "bench", "admin", "bench-password-1", actor="bench")
@@ -139,8 +140,8 @@ class TaskManager:
     def run(self) -> float:
         from sqlalchemy import func, select
 
-        from server import db
-        from server.models import OPERATION_FINAL, Execution, Operation
+        from server.core import db
+        from server.core.models import OPERATION_FINAL, Execution, Operation
 
         start = time.perf_counter()
         ex_id = self.call("POST", f"/api/v1/tasks/{self.task_id}/executions", {})["id"]
@@ -220,7 +221,7 @@ def worker_latency(runs: int = 15) -> dict:
     with RQ's SimpleWorker (what run_worker uses) and with the forking Worker."""
     from rq import Queue
 
-    from server.redis_conn import redis
+    from server.core.redis_conn import redis
 
     out = {}
     for kind in ("simple", "fork"):
@@ -232,7 +233,7 @@ def worker_latency(runs: int = 15) -> dict:
             lat = []
             for i in range(runs):
                 start = time.perf_counter()
-                job = q.enqueue_call("server.worker.run_execution_job", args=(10_000_000 + i,))
+                job = q.enqueue_call("server.runs.worker.run_execution_job", args=(10_000_000 + i,))
                 while job.get_status(refresh=True) not in ("finished", "failed"):
                     time.sleep(0.001)
                 lat.append(time.perf_counter() - start)

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.report_scale import setup_env  # noqa: E402
-from server import procs  # noqa: E402
+from server.runs import procs  # noqa: E402
 
 
 def tree(pid: int) -> list[int]:
@@ -87,11 +87,12 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tm-bench-1000-"))
     _url, drop = setup_env(args.db, tmp)
     try:
-        from server import create_app, db
-        from server.auth import create_user
-        from server.db import Base
-        from server.executions import request_execution
-        from server.models import Execution, Host, Operation, Step, Task
+        from server import create_app
+        from server.core import db
+        from server.people.auth import create_user
+        from server.core.db import Base
+        from server.executions.request import request_execution
+        from server.core.models import Execution, Host, Operation, Step, Task
 
         app = create_app({"TESTING": True})
         Base.metadata.create_all(db.engine())

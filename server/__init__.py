@@ -10,10 +10,10 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from . import audit, db
-from .config import Settings, load_settings
-from .redis_conn import init_redis
-from .vault import init_vault
+from server.core import audit, db
+from server.core.config import Settings, load_settings
+from server.core.redis_conn import init_redis
+from server.core.vault import init_vault
 
 
 # No inline script anywhere: pages load /static/*.js and pass data in data-* attributes.
@@ -70,8 +70,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     def _remove_session(_exc: BaseException | None) -> None:
         db.session.remove()
 
-    from . import cli, web
-    from .api import api_bp
+    from server import cli, web
+    from server.api import api_bp
 
     web.init_app(app)
     app.register_blueprint(api_bp)

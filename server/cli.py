@@ -8,9 +8,9 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy import select
 
-from . import audit, db
-from .errors import ApiError
-from .models import User
+from server.core import audit, db
+from server.core.errors import ApiError
+from server.core.models import User
 
 users_cli = AppGroup("users", help="Manage users and API tokens.")
 db_cli = AppGroup("db", help="Database migrations.")
@@ -37,7 +37,7 @@ def _fail(message: str) -> None:
 @click.option("--role", required=True, help="admin, author, operator, approver or auditor")
 @click.option("--password-stdin", is_flag=True, help="read the password from standard input")
 def users_create(name: str, role: str, password_stdin: bool) -> None:
-    from .auth import create_user
+    from server.people.auth import create_user
 
     password = sys.stdin.readline().rstrip("\n") if password_stdin else click.prompt("Password", hide_input=True, confirmation_prompt=True)
     try:
@@ -53,7 +53,7 @@ def users_create(name: str, role: str, password_stdin: bool) -> None:
 @click.argument("name")
 @click.option("--label", default="cli", help="a name for the token")
 def users_token(name: str, label: str) -> None:
-    from .auth import issue_token
+    from server.people.auth import issue_token
 
     user = db.session.execute(select(User).where(User.username == name)).scalar_one_or_none()
     if user is None:
@@ -66,7 +66,7 @@ def users_token(name: str, label: str) -> None:
 @users_cli.command("ensure-admin")
 def users_ensure_admin() -> None:
     """Create the first admin if there is none; print its one-time password."""
-    from .auth import ensure_first_admin, first_admin_banner
+    from server.people.auth import ensure_first_admin, first_admin_banner
 
     password = ensure_first_admin(db.session())
     click.echo(first_admin_banner(password) if password else "an admin already exists")
@@ -75,7 +75,7 @@ def users_ensure_admin() -> None:
 @db_cli.command("upgrade")
 @click.argument("revision", default="head")
 def db_upgrade(revision: str) -> None:
-    from .migrate import upgrade
+    from server.core.migrate import upgrade
 
     upgrade(revision)
     click.echo(f"database at {revision}")
@@ -107,7 +107,7 @@ def audit_export(output) -> None:
 @click.argument("path", type=click.Path(exists=True, dir_okay=True))
 def hosts_import(path: str) -> None:
     """Import an Ansible inventory (any format ansible-inventory reads)."""
-    from .inventory import import_inventory
+    from server.runs.inventory import import_inventory
 
     try:
         result = import_inventory(db.session(), path, actor="cli")
@@ -124,8 +124,8 @@ def hosts_forget_key(name: str) -> None:
     """Forget a host's recorded SSH host key (after the server was rebuilt)."""
     from sqlalchemy import select
 
-    from .hostkeys import forget
-    from .models import Host
+    from server.runs.hostkeys import forget
+    from server.core.models import Host
 
     host = db.session.execute(select(Host).where(Host.name == name)).scalar_one_or_none()
     if host is None:
@@ -147,7 +147,7 @@ def hosts_forget_key(name: str) -> None:
 @click.option("--name", default=None)
 def worker_cmd(burst: bool, name: str | None) -> None:
     """Run one RQ worker for executions."""
-    from .worker import run_worker
+    from server.runs.worker import run_worker
 
     run_worker(current_app.config["TM"], burst=burst, name=name)
 
@@ -155,7 +155,7 @@ def worker_cmd(burst: bool, name: str | None) -> None:
 @click.command("scheduler")
 def scheduler_cmd() -> None:
     """Run the scheduler loop (state in the database; any number may run)."""
-    from .scheduler import run_scheduler
+    from server.scheduling.scheduler import run_scheduler
 
     run_scheduler()
 
@@ -163,7 +163,7 @@ def scheduler_cmd() -> None:
 @click.command("serve")
 def serve_cmd() -> None:
     """Web UI + API, one worker and the scheduler in the foreground (what `make run` starts)."""
-    from .launcher import serve
+    from server.launcher import serve
 
     serve(current_app.config["TM"])
 
@@ -176,7 +176,7 @@ def notifier_cmd(interval: float) -> None:
     import signal
     import threading
 
-    from .notify import run_loop
+    from server.reporting.notify import run_loop
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

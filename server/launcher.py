@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import db
-from .auth import ensure_first_admin, first_admin_banner
-from .config import REPO_ROOT, Settings
-from .redis_conn import ensure_embedded_redis
+from server.core import db
+from server.people.auth import ensure_first_admin, first_admin_banner
+from server.core.config import REPO_ROOT, Settings
+from server.core.redis_conn import ensure_embedded_redis
 
 
 def _bin(name: str) -> str:

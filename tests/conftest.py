@@ -38,7 +38,7 @@ def pg_database() -> Iterator[str | None]:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
     yield f"{base}/{name}"
-    from server import db
+    from server.core import db
 
     db.init_engine("sqlite://")  # release connections before dropping
     with admin.connect() as conn:
@@ -73,7 +73,7 @@ def _empty_schema(engine) -> None:
     (with identities restarted) when the tables are all there, a rebuild otherwise."""
     from sqlalchemy import inspect
 
-    from server.db import Base
+    from server.core.db import Base
 
     if engine.dialect.name == "postgresql":
         tables = [t.name for t in Base.metadata.sorted_tables]
@@ -91,7 +91,7 @@ def _one_argon2_hash_per_password():
     """Test users share a handful of passwords: hash each once per session (still a real
     argon2id hash, verified for real) instead of ~0.1 s of CPU for every user created.
     Production hashing is untouched; test_access checks its parameters and salts."""
-    from server import auth
+    from server.people import auth
 
     real = auth.hash_password
     memo: dict[str, str] = {}
@@ -108,8 +108,9 @@ def _one_argon2_hash_per_password():
 
 @pytest.fixture
 def app(env: dict[str, str]):
-    from server import create_app, db
-    from server.redis_conn import redis
+    from server import create_app
+    from server.core import db
+    from server.core.redis_conn import redis
 
     app = create_app({"TESTING": True})
     engine = db.engine()
@@ -122,7 +123,7 @@ def app(env: dict[str, str]):
 
 @pytest.fixture
 def session(app):
-    from server import db
+    from server.core import db
 
     return db.session()
 
@@ -154,7 +155,7 @@ class Api:
 
 
 def make_user(session, name: str, role: str, password: str = ADMIN_PASSWORD):
-    from server.auth import create_user
+    from server.people.auth import create_user
 
     user = create_user(session, name, role, password, actor="test")
     session.commit()
@@ -162,7 +163,7 @@ def make_user(session, name: str, role: str, password: str = ADMIN_PASSWORD):
 
 
 def token_for(session, user) -> str:
-    from server.auth import issue_token
+    from server.people.auth import issue_token
 
     token = issue_token(session, user, name="test")
     session.commit()
@@ -235,7 +236,7 @@ def private_redis_url(tmp_path_factory) -> Iterator[str]:
     machine, and the ``app`` fixture flushes its database: a concurrent test run can wipe a
     queued job mid-test. Tests that run real workers use this private server instead
     (override ``env`` to point ``TASKMANAGER_REDIS_URL`` at it)."""
-    from server.redis_conn import ensure_embedded_redis
+    from server.core.redis_conn import ensure_embedded_redis
 
     base = tmp_path_factory.mktemp("redis")
     sock = base / "redis.sock"

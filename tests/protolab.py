@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from server import procs
+from server.runs import procs
 
 PROTO_USER = "tmproto"
 PROTO_PASSWORD = "Proto-Pass-314"

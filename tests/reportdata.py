@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from server.models import Execution, Operation, Step, Task, utcnow
+from server.core.models import Execution, Operation, Step, Task, utcnow
 
 
 def make_task(session, name: str = "restart-nginx", **kw) -> Task:

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from server import procs
+from server.runs import procs
 
 SSHD = "/usr/sbin/sshd"
 DEFAULT_USER = "tmlab"

@@ -7,8 +7,8 @@ from sqlalchemy import select
 
 from conftest import ADMIN_PASSWORD, Api
 from resource_factories import csrf_token, host, task
-from server import access, auth
-from server.models import ApiToken, AuditLog, Policy, User
+from server.people import access, auth
+from server.core.models import ApiToken, AuditLog, Policy, User
 
 
 @pytest.fixture(scope="session")
@@ -129,7 +129,7 @@ def test_tokens_listed_without_values_and_revocable(api, api_as, session):
 
 
 def test_one_address_spraying_many_names_is_throttled(app, session, admin_user, monkeypatch):
-    from server import login_throttle
+    from server.people import login_throttle
 
     monkeypatch.setattr(login_throttle, "MAX_FAILURES_PER_ADDRESS", 6)
     client = app.test_client()
@@ -291,8 +291,8 @@ def test_visibility_helpers_directly(api, api_as, session):
 
 def test_passwords_are_argon2id_with_a_fresh_salt_each(session):
     """The hasher the app uses (the suite memoises ``hash_password`` per password, not the hasher)."""
-    from server import auth
-    from server.models import User
+    from server.people import auth
+    from server.core.models import User
 
     first, second = (auth._hasher.hash("pw-123456789") for _ in range(2))
     assert first != second  # a new random salt every time

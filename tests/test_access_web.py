@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from conftest import ADMIN_PASSWORD, make_user
 from resource_factories import csrf_token, host, task
-from server.models import ApiToken, Execution, Policy, User
+from server.core.models import ApiToken, Execution, Policy, User
 
 
 class IsolatedClient(FlaskClient):

@@ -15,8 +15,8 @@ from resource_factories import (
     rsa_pem_key,
     task,
 )
-from server.models import AuditLog, Credential
-from server.vault import vault
+from server.core.models import AuditLog, Credential
+from server.core.vault import vault
 
 
 

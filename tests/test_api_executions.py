@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 
 from resource_factories import host, task
-from server import jobs
-from server.models import AuditLog, Execution, Operation, Step, utcnow
+from server.executions import jobs
+from server.core.models import AuditLog, Execution, Operation, Step, utcnow
 
 
 def setup_task(api, name="ping-all", **fields):
@@ -149,10 +149,10 @@ def test_run_with_redis_down_is_accepted_and_a_rollback_enqueues_nothing(api, se
     reaper enqueues it later), and an execution whose transaction rolled back is never pushed."""
     from redis import Redis
 
-    from server import redis_conn
-    from server.executions import request_execution
-    from server.models import Task
-    from server.reaper import sweep
+    from server.core import redis_conn
+    from server.executions.request import request_execution
+    from server.core.models import Task
+    from server.executions.reaper import sweep
 
     t = setup_task(api)
     live = redis_conn.redis()

@@ -4,7 +4,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from resource_factories import host, task
-from server.models import AuditLog, Execution, Group, Host, Operation
+from server.core.models import AuditLog, Execution, Group, Host, Operation
 
 
 def audit_actions(session, target_type: str) -> list[str]:

@@ -5,7 +5,7 @@ import pytest
 from sqlalchemy import select
 
 from resource_factories import credential, host, make_playbook_dir, task
-from server.models import AuditLog, Execution, Policy, Task, User, policy_tasks, policy_users
+from server.core.models import AuditLog, Execution, Policy, Task, User, policy_tasks, policy_users
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import select
 
 from resource_factories import credential, host, make_playbook_dir, task
-from server import approvals, jobs
-from server.models import Approval, AuditLog, Execution, Host, NotificationDelivery, Schedule, Task, utcnow
+from server.executions import approvals, jobs
+from server.core.models import Approval, AuditLog, Execution, Host, NotificationDelivery, Schedule, Task, utcnow
 
 
 @pytest.fixture(scope="session")
@@ -288,7 +288,7 @@ def _schedule(session, task_id: int, creator) -> Schedule:
 def test_schedule_needs_one_approval_and_is_suspended_when_the_task_changes(world, api, session):
     w = world
     task_row = session.get(Task, w["task"]["id"])
-    from server.models import User
+    from server.core.models import User
 
     olga = session.execute(select(User).where(User.username == "olga")).scalar_one()
     assert approvals.schedule_requires_approval(session, task_row)
@@ -314,7 +314,7 @@ def test_schedule_needs_one_approval_and_is_suspended_when_the_task_changes(worl
     assert approvals.check_schedule_fire(session, sch) is None
 
     # A run the scheduler creates carries the approved fingerprint and passes the run-time check.
-    from server.executions import request_execution
+    from server.executions.request import request_execution
 
     ex = request_execution(session, sch.task, None, run_vars=sch.vars, trigger="schedule", schedule_id=sch.id,
                            scheduled_for=utcnow(), enqueue=False)
@@ -343,7 +343,7 @@ def test_schedule_needs_one_approval_and_is_suspended_when_the_task_changes(worl
 
 
 def test_schedule_rejected_and_fire_check_without_approval(world, api, session):
-    from server.models import User
+    from server.core.models import User
 
     olga = session.execute(select(User).where(User.username == "olga")).scalar_one()
     sch = _schedule(session, world["task"]["id"], olga)
@@ -399,9 +399,9 @@ def test_two_approvers_at_once_decide_a_level_only_once(api, api_as, app, sessio
     """Two approvers of the same level press Approve together: one wins, the other gets a conflict."""
     import threading
 
-    from server import db
-    from server.errors import ApiError
-    from server.models import User
+    from server.core import db
+    from server.core.errors import ApiError
+    from server.core.models import User
 
     host(api, "c1")
     t = task(api, "race", hosts=["c1"])
@@ -449,8 +449,8 @@ def test_scheduler_fires_a_schedule_only_once_it_is_approved(world, api, session
     recorded as suspended until approved, then fires with the approved fingerprint."""
     from datetime import datetime, timezone
 
-    from server import scheduler
-    from server.models import ScheduleFire
+    from server.scheduling import scheduler
+    from server.core.models import ScheduleFire
 
     status, sch = api.post(f"/api/v1/tasks/{world['task']['id']}/schedules",
                            {"cron": "0 6 * * *", "timezone": "UTC"})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from server.models import AuditLog, Execution
+from server.core.models import AuditLog, Execution
 from tests.sshlab import SSHLab
 
 pytestmark = pytest.mark.slow

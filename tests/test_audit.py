@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import func, select, text
 
 from conftest import REPO
-from server import audit, db
-from server.models import AuditLog
+from server.core import audit, db
+from server.core.models import AuditLog
 
 
 @pytest.fixture(scope="session")
@@ -104,7 +104,7 @@ def test_deleted_last_rows_are_caught_by_the_anchor(trail, session, env):
     assert f"BROKEN at row {last.id}:" in proc.stderr and "missing" in proc.stderr
     # Several last rows, and each anchor on its own (file only; Redis only) still catches it.
     _sql(session, "DELETE FROM audit_log WHERE id >= :i", i=trail[-3].id)
-    from server.redis_conn import redis
+    from server.core.redis_conn import redis
 
     saved = redis().hgetall(audit._redis_key())
     redis().delete(audit._redis_key())
@@ -131,7 +131,7 @@ def test_anchor_only_moves_forward(trail, session):
     newest = trail[-1]
     audit._write_anchor(trail[1].id, trail[1].hash)
     assert json.loads(audit._anchor_path.read_text())["id"] == newest.id
-    from server.redis_conn import redis
+    from server.core.redis_conn import redis
 
     assert int(redis().hget(audit._redis_key(), "id")) == newest.id
 
@@ -229,7 +229,7 @@ def test_cli_export_writes_json_lines(trail, app, tmp_path):
 def test_many_rows_in_one_transaction_and_a_rolled_back_savepoint_keep_the_chain(app, session):
     """Rows after the first in a transaction are chained from the cached head; a
     SAVEPOINT that is rolled back takes its rows with it and the chain stays whole."""
-    from server import audit as audit_mod
+    from server.core import audit as audit_mod
 
     for i in range(5):
         audit_mod.record(session, "test.burst", actor="t", n=i)

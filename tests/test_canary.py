@@ -121,7 +121,7 @@ def database_text(session) -> bytes:
     """Every row of every table, as text (PostgreSQL); SQLite is read as raw file bytes."""
     from sqlalchemy import text
 
-    from server.db import Base
+    from server.core.db import Base
 
     session.rollback()
     chunks = []
@@ -220,7 +220,7 @@ def test_secrets_never_leak(api, session, env, caplog, tmp_path):
         "worker stdout/stderr": [worker.stdout, worker.stderr],
         "test logs": [caplog.text.encode()],
     }
-    from server.redis_conn import redis
+    from server.core.redis_conn import redis
 
     haystacks["Redis"] = redis_dump(redis())
     instance = Path(env["TASKMANAGER_INSTANCE_DIR"])

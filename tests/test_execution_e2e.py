@@ -117,7 +117,7 @@ def by_host(ex: dict) -> dict[str, dict]:
 def audit_actions(session, ex_id: int) -> list[str]:
     from sqlalchemy import select
 
-    from server.models import AuditLog
+    from server.core.models import AuditLog
 
     session.rollback()
     return list(session.execute(
@@ -329,7 +329,7 @@ def test_cancel_a_running_execution(api, session, lab, env):
     assert all(op["status"] == "cancelled" for op in ex["operations"])
     for op in ex["operations"]:
         assert [s["status"] for s in op["steps"]] == ["succeeded", "cancelled"]
-    from server.models import Execution
+    from server.core.models import Execution
 
     session.rollback()
     row = session.get(Execution, ex_id)
@@ -354,7 +354,7 @@ def test_timeout_marks_timed_out(api, lab, run_worker):
 
 
 def test_a_job_enqueued_twice_runs_once(api, session, lab, run_worker):
-    from server import jobs
+    from server.executions import jobs
 
     hosts = add_hosts(api, lab, lab.servers[:1])
     cred = add_key_credential(api, lab)
@@ -370,7 +370,7 @@ def test_a_job_enqueued_twice_runs_once(api, session, lab, run_worker):
     assert audit_actions(session, ex_id).count("execution.start") == 1
     from rq.job import Job
 
-    from server.redis_conn import redis
+    from server.core.redis_conn import redis
 
     results = {Job.fetch(j, connection=redis()).return_value() for j in (f"execution-{ex_id}", f"execution-{ex_id}-dup")}
     assert results == {"succeeded", "not queued (succeeded)"}

@@ -15,10 +15,11 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from resource_factories import credential, csrf_token, host, make_playbook_dir, task
-from server import approvals, scheduler
-from server.errors import ValidationError
-from server.executions import request_execution
-from server.models import AuditLog, Execution, Schedule, ScheduleFire, Task, User
+from server.executions import approvals
+from server.scheduling import scheduler
+from server.core.errors import ValidationError
+from server.executions.request import request_execution
+from server.core.models import AuditLog, Execution, Schedule, ScheduleFire, Task, User
 
 U = timezone.utc
 
@@ -392,7 +393,7 @@ def test_the_owner_check_costs_the_same_for_a_burst_as_for_one_fire(scheduled, a
     """The owners and their policies are read once per batch, not once per fire."""
     from sqlalchemy import event
 
-    from server.schedules import create_schedule
+    from server.scheduling.schedules import create_schedule
 
     olga = session.execute(select(User).where(User.username == "olga")).scalar_one()
     task_row = session.get(Task, scheduled["task"]["id"])

@@ -15,8 +15,8 @@ import pytest
 import requests
 from sqlalchemy import insert
 
-from server import audit, db
-from server.models import Execution, Operation, utcnow
+from server.core import audit, db
+from server.core.models import Execution, Operation, utcnow
 from tests.reportdata import make_task
 
 EXPORTS = ("/api/v1/reports/executions.csv", "/api/v1/reports/operations.csv", "/api/v1/audit/export.jsonl")

@@ -15,7 +15,7 @@ import uuid
 import pytest
 from sqlalchemy import update
 
-from server.models import Execution
+from server.core.models import Execution
 
 pytestmark = pytest.mark.slow
 TOKEN = f"api-token-canary-{uuid.uuid4().hex}"

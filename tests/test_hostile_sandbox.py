@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from server.models import Execution
+from server.core.models import Execution
 from tests.sshlab import SSHLab
 
 pytestmark = pytest.mark.slow

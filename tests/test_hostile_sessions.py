@@ -18,9 +18,9 @@ from sqlalchemy import select, update
 
 from conftest import ADMIN_PASSWORD, Api, make_user, token_for
 from resource_factories import csrf_token
-from server import login_throttle
-from server.config import parse_trusted_proxies
-from server.models import ApiToken, AuditLog, User, WebSession, utcnow
+from server.people import login_throttle
+from server.core.config import parse_trusted_proxies
+from server.core.models import ApiToken, AuditLog, User, WebSession, utcnow
 
 NEW_PASSWORD = "a-brand-new-password-7"
 
@@ -248,7 +248,7 @@ def test_a_temporary_password_cannot_mint_api_tokens(app, api, session):
 
 
 def test_failures_from_one_address_never_lock_the_admin_out(app, admin_user, session):
-    from server.redis_conn import redis
+    from server.core.redis_conn import redis
 
     client = app.test_client()
     attacker = "198.51.100.66"
@@ -301,7 +301,7 @@ def test_the_delay_is_capped_and_an_admin_can_clear_it(app, api, session, admin_
     olga = session.execute(select(User).where(User.username == "olga")).scalar_one()
     client = app.test_client()
     address = "198.51.100.7"
-    from server.redis_conn import redis
+    from server.core.redis_conn import redis
 
     # Many failures in the past: the wait stops growing at the cap.
     key = login_throttle._account_key("olga", address)
@@ -365,7 +365,7 @@ def test_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy(app, admin_
 
 
 def test_a_trusted_proxy_names_the_client(app, admin_user):
-    from server.redis_conn import redis
+    from server.core.redis_conn import redis
 
     app.config["TM"].trusted_proxies = parse_trusted_proxies("10.9.0.0/16, 127.0.0.1")
     client = app.test_client()
@@ -396,7 +396,7 @@ def test_a_trusted_proxy_names_the_client(app, admin_user):
 
 
 def test_trusted_proxies_setting_is_validated(monkeypatch, env):
-    from server.config import load_settings
+    from server.core.config import load_settings
 
     assert parse_trusted_proxies("") == ()
     assert [str(n) for n in parse_trusted_proxies("10.0.0.1, 192.168.0.0/24,::1")] == [
@@ -494,9 +494,9 @@ def test_upgrade_from_0001_keeps_users_and_their_tokens(app):
     """0002 drops the lock columns in place: users, and the rows pointing at them, survive."""
     from sqlalchemy import inspect, text
 
-    from server import db
-    from server.db import Base
-    from server.migrate import upgrade
+    from server.core import db
+    from server.core.db import Base
+    from server.core.migrate import upgrade
 
     engine = db.engine()
     db.session.remove()

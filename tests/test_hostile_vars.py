@@ -18,8 +18,8 @@ from sqlalchemy import select
 
 from conftest import make_user
 from resource_factories import host, task
-from server import inventory
-from server.models import Execution, Group, Host, Schedule, Task
+from server.runs import inventory
+from server.core.models import Execution, Group, Host, Schedule, Task
 from test_web_resources import Browser, field_error
 
 # What the C2 and H1 findings abused, and case variants of it.
@@ -166,7 +166,7 @@ def test_planted_run_and_task_vars_never_reach_ansible(app, session):
     the protocol's tm_base_url and no reserved name from the task's or the run's rows."""
     import shutil
 
-    from server import runner, sandbox
+    from server.runs import runner, sandbox
 
     api_host, _, t = plant(session)
     t.kind, t.playbook, t.commands = "commands", None, ["true"]
@@ -189,8 +189,8 @@ def test_planted_run_and_task_vars_never_reach_ansible(app, session):
 def migrate_to_0003():
     from alembic import command
 
-    from server import db
-    from server.migrate import alembic_config
+    from server.core import db
+    from server.core.migrate import alembic_config
 
     with db.engine().begin() as conn:
         cfg = alembic_config()
@@ -202,7 +202,7 @@ def migrate_to_0003():
 @pytest.fixture
 def alembic_table(app):
     """Migration tests stamp the schema; leave no alembic_version behind for the next test."""
-    from server import db
+    from server.core import db
 
     yield
     with db.engine().begin() as conn:
@@ -323,7 +323,7 @@ def test_ca_bundle_outside_the_ca_dirs_gives_one_answer_for_existing_and_missing
 
 
 def test_ca_bundle_planted_outside_the_ca_dirs_fails_the_inventory(session):
-    from server.errors import ValidationError
+    from server.core.errors import ValidationError
 
     h = Host(name="planted-ca", address="192.0.2.20", protocol="ldaps", vars={"ca_bundle": "/etc/shadow"})
     session.add(h)

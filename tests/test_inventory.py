@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from server import inventory
-from server.errors import ValidationError
-from server.models import AuditLog, Credential, Group, Host
+from server.runs import inventory
+from server.core.errors import ValidationError
+from server.core.models import AuditLog, Credential, Group, Host
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

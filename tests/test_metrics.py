@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue, Worker
 
-from server.redis_conn import redis
+from server.core.redis_conn import redis
 from tests.conftest import make_user
 from tests.reportdata import make_execution, make_task
 from tests.test_reports import login
@@ -35,7 +35,7 @@ def test_metrics_from_database_and_redis(app, session, api, env, monkeypatch):
     make_execution(session, task, "failed", duration_s=400)
     make_execution(session, task, "running")
     session.commit()
-    Queue(env["TASKMANAGER_QUEUE"], connection=redis()).enqueue_call("server.worker.run_execution_job", args=(999,))
+    Queue(env["TASKMANAGER_QUEUE"], connection=redis()).enqueue_call("server.runs.worker.run_execution_job", args=(999,))
 
     resp = api.client.get("/metrics", headers={"Authorization": f"Bearer {api.token}"})
     assert resp.status_code == 200 and resp.mimetype == "text/plain"
@@ -72,7 +72,7 @@ def test_metrics_access(app, session, api, api_as, monkeypatch):
 
 def test_rq_dashboard_works_with_rq3_for_admins(app, session, admin_user, env):
     q = Queue(env["TASKMANAGER_QUEUE"], connection=redis())
-    job = q.enqueue_call("server.worker.run_execution_job", args=(12345,), job_id="execution-12345")
+    job = q.enqueue_call("server.runs.worker.run_execution_job", args=(12345,), job_id="execution-12345")
     worker = Worker([q], connection=redis(), name="test-worker-rq-dashboard")
     worker.register_birth()
     try:

@@ -3,13 +3,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from server import db
-from server.db import Base
+from server.core import db
+from server.core.db import Base
 
 
 def test_upgrade_from_empty_matches_models(env):
     from server import create_app
-    from server.migrate import upgrade
+    from server.core.migrate import upgrade
 
     create_app({"TESTING": True})
     engine = db.engine()

@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from sqlalchemy import select
 
-from server import notify
-from server.models import AuditLog, NotificationChannel, NotificationDelivery, utcnow
+from server.reporting import notify
+from server.core.models import AuditLog, NotificationChannel, NotificationDelivery, utcnow
 from tests.reportdata import make_execution, make_task
 
 
@@ -204,7 +204,7 @@ def test_message_names_task_failed_hosts_errors_and_link(app, session):
 
 
 def test_messages_for_approvals_and_missed_schedules(app, session, admin_user):
-    from server.models import Schedule
+    from server.core.models import Schedule
 
     task = make_task(session, "rotate-logs")
     ex = make_execution(session, task, "waiting_approval", user=admin_user)

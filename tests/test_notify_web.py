@@ -5,8 +5,8 @@ import re
 
 from sqlalchemy import select
 
-from server import notify
-from server.models import NotificationChannel, NotificationDelivery
+from server.reporting import notify
+from server.core.models import NotificationChannel, NotificationDelivery
 from tests.conftest import make_user
 from tests.test_reports import login
 

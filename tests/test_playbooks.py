@@ -26,7 +26,7 @@ TARGET_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys
 
 
 def ansible_env(tmp: Path) -> dict[str, str]:
-    from server.protocols import ansible_env as product_env
+    from server.runs.protocols import ansible_env as product_env
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
     env.update(product_env())

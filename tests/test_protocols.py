@@ -141,7 +141,7 @@ def add_credential(api, name: str, kind: str, secret: str, username: str | None 
 def rows(session, host_names: list[str], credential_name: str | None):
     from sqlalchemy import select
 
-    from server.models import Credential, Host
+    from server.core.models import Credential, Host
 
     hosts = [session.execute(select(Host).where(Host.name == n)).scalar_one() for n in host_names]
     cred = (session.execute(select(Credential).where(Credential.name == credential_name)).scalar_one()
@@ -195,8 +195,8 @@ def run_playbook(app, tmp_path: Path, playbook: str, hosts, credential, extravar
     ansible-runner's prompt answers (or its ssh-agent for keys), the product's ssh args."""
     import ansible_runner
 
-    from server import inventory, protocols, runner
-    from server.vault import vault
+    from server.runs import inventory, protocols, runner
+    from server.core.vault import vault
 
     inv = inventory.build_inventory(hosts, credential)
     private = tmp_path / f"run-{uuid.uuid4().hex[:8]}"
@@ -237,7 +237,7 @@ def run_playbook(app, tmp_path: Path, playbook: str, hosts, credential, extravar
 def run_execution(api, task_body: dict) -> dict:
     """Create a task through the API and run it through the REAL execution path
     (request_execution → worker job → runner.py → ansible-runner)."""
-    from server.worker import run_execution_job
+    from server.runs.worker import run_execution_job
 
     status, task = api.post("/api/v1/tasks", task_body)
     assert status == 201, task
@@ -253,7 +253,8 @@ def run_execution(api, task_body: dict) -> dict:
 
 
 def test_protocol_table_covers_every_model_protocol():
-    from server import models, protocols
+    from server.core import models
+    from server.runs import protocols
 
     assert set(protocols.PROTOCOLS) == set(models.PROTOCOLS)
     for p in protocols.PROTOCOLS.values():
@@ -261,7 +262,7 @@ def test_protocol_table_covers_every_model_protocol():
 
 
 def test_winrm_inventory_is_exact_and_secret_free(app, api, session):
-    from server import inventory
+    from server.runs import inventory
 
     add_credential(api, "win-admin", "password", "Win-Secret-1", username="DOM\\admin".replace("\\", "_"))
     add_host(api, "win1", "192.0.2.31", "winrm")
@@ -290,9 +291,9 @@ def test_winrm_inventory_is_exact_and_secret_free(app, api, session):
 def test_winrm_settings_are_validated(app, api, session, workdir):
     """Bad settings are a 422 naming the variable when saved; rows planted behind the API's
     back (or saved before the checks) still fail the run with the reason."""
-    from server import protocols
-    from server.errors import ValidationError
-    from server.models import Host
+    from server.runs import protocols
+    from server.core.errors import ValidationError
+    from server.core.models import Host
 
     for port, hv, needle in [
         (5985, {"winrm_transport": "basic"}, "basic authentication over http would send the password in clear"),
@@ -323,7 +324,7 @@ def test_winrm_settings_are_validated(app, api, session, workdir):
 def test_host_vars_of_every_protocol(app, api, session):
     import sys
 
-    from server import protocols
+    from server.runs import protocols
 
     add_credential(api, "tok", "token", "t0ken-value")
     add_credential(api, "pw", "password", "pw-value", username="cn=operator,dc=example,dc=org")
@@ -364,7 +365,7 @@ def test_host_vars_of_every_protocol(app, api, session):
 
 
 def test_commands_refused_on_api_protocols(app, api, session):
-    from server import protocols
+    from server.runs import protocols
 
     add_host(api, "api-x", "192.0.2.60", "https")
     add_host(api, "ssh-x", "192.0.2.61", "ssh")
@@ -383,7 +384,7 @@ def protolab_key() -> str:
 
 
 def test_prompt_answers_match_the_prompt_ansible_prints(app, api, session):
-    from server import protocols
+    from server.runs import protocols
 
     add_credential(api, "tok2", "token", "s3cret-token")
     (_, cred) = rows(session, [], "tok2")
@@ -747,7 +748,7 @@ def test_connection_test_page(app, session, telnetd, admin_user):
     resp = client.post("/login", data={"username": "admin", "password": ADMIN_PASSWORD,
                                        "csrf_token": csrf_token(page.get_data(as_text=True))})
     assert resp.status_code in (302, 303)
-    from server.hosts import create_host
+    from server.catalog.hosts import create_host
 
     host = create_host(session, {"name": "page-host", "address": telnetd.addr, "protocol": "telnet"}, actor="test")
     session.commit()

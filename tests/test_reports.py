@@ -10,8 +10,8 @@ from datetime import timedelta
 
 import pytest
 
-from server import reports
-from server.models import Policy, utcnow
+from server.reporting import reports
+from server.core.models import Policy, utcnow
 from tests.conftest import ADMIN_PASSWORD, make_user
 from tests.reportdata import make_execution, make_task
 
@@ -179,7 +179,7 @@ def test_reports_respect_task_visibility(session, api_as, history):
     assert status == 200 and read_csv(body) == []
     status, body = operator.get("/api/v1/reports/executions.csv?task=backup")
     assert status == 422  # not a task olga can see
-    from server.models import User
+    from server.core.models import User
     olga = session.query(User).filter_by(username="olga").one()
     session.add(Policy(name="olga runs deploy", permissions=["execute"], users=[olga], tasks=[history["deploy"]]))
     session.commit()

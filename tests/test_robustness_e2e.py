@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from server import procs
-from server.models import AuditLog, Execution
+from server.runs import procs
+from server.core.models import AuditLog, Execution
 from tests.sshlab import SSHLab
 
 REPO = Path(__file__).resolve().parent.parent
@@ -173,7 +173,7 @@ def test_cancel_stops_a_sleeping_run_within_5_s(api, session, lab, workers):
         assert first.status == "succeeded" and first.stdout.strip() == "before"  # partial results kept
         assert second.status == "cancelled"
     # No ansible-playbook, fork worker or per-host ssh client of the run is left; only the
-    # shared ssh ControlPersist masters may remain (see server/procs.py for why).
+    # shared ssh ControlPersist masters may remain (see server/runs/procs.py for why).
     leftovers = run_processes(ex_id, workers)
     assert leftovers == [], leftovers
     assert starts(session, ex_id) == 1
@@ -278,7 +278,7 @@ def test_sigterm_lets_the_running_execution_finish(api, session, lab, workers):
 
 
 def test_redis_flushed_under_queued_executions(api, session, lab, workers):
-    from server.redis_conn import redis
+    from server.core.redis_conn import redis
 
     hosts, cred = setup_hosts(api, lab, lab.servers[:1])
     first = add_task(api, name="busy", hosts=hosts, credential=cred, commands=["sleep 3"])

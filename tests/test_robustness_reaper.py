@@ -7,9 +7,9 @@ from datetime import timedelta
 from rq import Queue
 from sqlalchemy import select
 
-from server import concurrency, jobs, reaper
-from server.models import AuditLog, Execution, Host, Operation, Step, Task, utcnow
-from server.redis_conn import redis
+from server.executions import concurrency, jobs, reaper
+from server.core.models import AuditLog, Execution, Host, Operation, Step, Task, utcnow
+from server.core.redis_conn import redis
 
 CFG = reaper.ReaperConfig(lost_after_s=5, requeue_grace_s=0, retention_days=90)
 
@@ -85,7 +85,7 @@ def test_fresh_heartbeat_is_not_lost(app, session):
 
 def test_retry_on_lost_requests_a_new_execution(app, session):
     task = make_task(session, retry_on_lost=True)
-    from server.executions import request_execution
+    from server.executions.request import request_execution
 
     first = request_execution(session, task, None, trigger="manual", enqueue=False)
     session.commit()
@@ -110,7 +110,7 @@ def test_retry_on_lost_requests_a_new_execution(app, session):
 
 def test_retry_on_lost_refuses_when_task_changed(app, session):
     task = make_task(session, retry_on_lost=True)
-    from server.executions import request_execution
+    from server.executions.request import request_execution
 
     first = request_execution(session, task, None, trigger="manual", enqueue=False)
     session.commit()

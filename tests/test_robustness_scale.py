@@ -10,7 +10,7 @@ import uuid
 
 from sqlalchemy import select
 
-from server.models import AuditLog, Execution
+from server.core.models import AuditLog, Execution
 from tests.test_robustness_e2e import Workers, wait_for, workers  # noqa: F401  (fixture)
 
 N_WORKERS = 3
@@ -67,7 +67,7 @@ def test_three_workers_thirty_executions_each_runs_once(api, session, workers): 
 
     names = [f"scale-{uuid.uuid4().hex[:8]}-{i}" for i in range(N_WORKERS)]
     procs = workers.start(N_WORKERS, names=names)
-    from server.redis_conn import redis
+    from server.core.redis_conn import redis
 
     # Connection names, not RQ's registry keys: other tests on this machine flush the
     # shared Redis database (which this test survives: the reaper re-enqueues).

@@ -169,9 +169,9 @@ class IsolatedClient(FlaskClient):
 
 def _samples(session) -> dict[str, Any]:
     """(Re)create the sample objects the routes act on; return the ids the URLs need."""
-    from server import approvals
-    from server.executions import request_execution
-    from server.models import (
+    from server.executions import approvals
+    from server.executions.request import request_execution
+    from server.core.models import (
         ApiToken,
         Blackout,
         Credential,
@@ -185,7 +185,7 @@ def _samples(session) -> dict[str, Any]:
         User,
         utcnow,
     )
-    from server.vault import vault
+    from server.core.vault import vault
 
     def one(model, **where):
         return session.execute(select(model).filter_by(**where)).scalars().first()
@@ -242,8 +242,8 @@ def _samples(session) -> dict[str, Any]:
     session.commit()
     from rq.job import Job
 
-    from server import jobs
-    from server.redis_conn import redis
+    from server.executions import jobs
+    from server.core.redis_conn import redis
 
     if not Job.exists(f"execution-{ex.id}", connection=redis()):
         # A failed job for the queue dashboard's job pages (view, requeue, delete).
@@ -314,7 +314,7 @@ def _clients(app, session, role: str):
     web = app.test_client()
     headers: dict[str, str] = {}
     if role != "anon":
-        from server.models import User
+        from server.core.models import User
 
         user = session.execute(select(User).where(User.username == f"r-{role}")).scalar_one()
         headers["Authorization"] = f"Bearer {token_for(session, user)}"

@@ -8,11 +8,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, select
 
-from server import db
-from server.jobs import queue
-from server.models import AuditLog, Blackout, Execution, Host, ScheduleFire, Setting, Task
-from server.scheduler import MAX_BACKLOG, next_due_at, tick
-from server.schedules import create_schedule, fire_times, next_fire, next_runs, update_schedule
+from server.core import db
+from server.executions.jobs import queue
+from server.core.models import AuditLog, Blackout, Execution, Host, ScheduleFire, Setting, Task
+from server.scheduling.scheduler import MAX_BACKLOG, next_due_at, tick
+from server.scheduling.schedules import create_schedule, fire_times, next_fire, next_runs, update_schedule
 
 U = timezone.utc
 
@@ -243,7 +243,7 @@ def test_blackout_window_blocks_and_records(session, task):
 
 
 def test_pause_records_paused_and_resume_fires_again(session, task, admin_user):
-    from server.schedules import set_paused
+    from server.scheduling.schedules import set_paused
 
     s = make(session, task, "*/30 * * * *", now=at(2030, 1, 1, 9, 50))
     set_paused(session, admin_user, True, "change freeze")
@@ -332,8 +332,8 @@ def test_a_scheduler_with_a_stale_view_cannot_fire_twice(session, task):
 
 
 def test_a_miss_notifies_channels_subscribed_to_schedule_missed(session, task):
-    from server import notify
-    from server.models import NotificationDelivery
+    from server.reporting import notify
+    from server.core.models import NotificationDelivery
 
     notify.create_channel(session, {"name": "ops", "url": "json://127.0.0.1:9/hook", "events": ["schedule.missed"]},
                           actor="test")
@@ -369,7 +369,7 @@ def test_a_burst_of_50_fires_costs_a_few_inserts_and_keeps_the_audit_chain(app, 
 
     from sqlalchemy import event
 
-    from server import audit
+    from server.core import audit
 
     empty = Task(name="no hosts", kind="commands", commands=["true"])
     session.add(empty)
@@ -415,7 +415,7 @@ def test_a_burst_of_50_fires_costs_a_few_inserts_and_keeps_the_audit_chain(app, 
 def test_a_batch_that_fails_to_write_falls_back_to_one_by_one_and_keeps_the_audit_chain(session, task, caplog):
     """A clash on the executions' unique key sinks the batch's one INSERT: the batch is
     rolled back and retried schedule by schedule, so only the clashing fire is an error."""
-    from server import audit
+    from server.core import audit
 
     schedules = [make(session, task, "0 * * * *", now=at(2030, 1, 1, 9, 30)) for _ in range(5)]
     clash = schedules[2]

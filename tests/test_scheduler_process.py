@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from server.models import Execution, EXECUTION_FINAL, ScheduleFire
+from server.core.models import Execution, EXECUTION_FINAL, ScheduleFire
 from tests.sshlab import SSHLab
 
 REPO = Path(__file__).resolve().parent.parent

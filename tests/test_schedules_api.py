@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import select
 
-from server.models import AuditLog, Host, Policy, Schedule, Task, User
-from server.scheduler import tick
-from server.schedules import next_fire
+from server.core.models import AuditLog, Host, Policy, Schedule, Task, User
+from server.scheduling.scheduler import tick
+from server.scheduling.schedules import next_fire
 
 U = timezone.utc
 

@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 import pytest
 from sqlalchemy import select
 
-from server.models import Blackout, Host, Schedule, Setting, Task
-from server.scheduler import tick
+from server.core.models import Blackout, Host, Schedule, Setting, Task
+from server.scheduling.scheduler import tick
 from tests.conftest import ADMIN_PASSWORD, make_user
 
 pytestmark = pytest.mark.browser

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from resource_factories import credential, host, make_playbook_dir, task
-from server.models import AuditLog, Credential, Execution, Group, Host, Task
+from server.core.models import AuditLog, Credential, Execution, Group, Host, Task
 
 LONG = "x" * 300
 

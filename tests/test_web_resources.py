@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from conftest import ADMIN_PASSWORD, make_user
 from resource_factories import credential, csrf_token, ed25519_key, host, make_playbook_dir, task
-from server.models import Credential, Execution, Host, Task
-from server.vault import vault
+from server.core.models import Credential, Execution, Host, Task
+from server.core.vault import vault
 
 
 class Browser:

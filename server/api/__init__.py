@@ -16,10 +16,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from .. import db
-from ..auth import user_for_token
-from ..errors import ApiError, Unauthorized, ValidationError
-from ..models import User
+from server.core import db
+from server.people.auth import user_for_token
+from server.core.errors import ApiError, Unauthorized, ValidationError
+from server.core.models import User
 
 api_bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -123,7 +123,7 @@ def _pool_exhausted(_err: PoolTimeout):
 def register_health(app) -> None:
     @app.get("/healthz")
     def healthz():
-        from ..redis_conn import redis
+        from server.core.redis_conn import redis
 
         problems = {}
         try:
@@ -139,11 +139,11 @@ def register_health(app) -> None:
         return jsonify({"status": "ok"})
 
 
-from . import tokens  # noqa: E402,F401  (route modules register on api_bp)
-from . import relaunch  # noqa: E402,F401
-from . import notifications, reports  # noqa: E402,F401  (helper F: notification channels, CSV reports)
-from . import credentials, executions, hosts, openapi, tasks  # noqa: E402,F401  (helper B: core resources, OpenAPI)
-from . import approvals, audit_trail, policies, tokens_admin, users  # noqa: E402,F401  (helper E: access, approvals, audit)
-from . import schedules  # noqa: E402,F401  (helper D: schedules, scheduler switch, blackouts)
-from . import connections  # noqa: E402,F401  (helper C: connection tests)
-from . import hostkeys  # noqa: E402,F401
+from server.api import tokens  # noqa: E402,F401  (route modules register on api_bp)
+from server.api import relaunch  # noqa: E402,F401
+from server.api import notifications, reports  # noqa: E402,F401  (helper F: notification channels, CSV reports)
+from server.api import credentials, executions, hosts, openapi, tasks  # noqa: E402,F401  (helper B: core resources, OpenAPI)
+from server.api import approvals, audit_trail, policies, tokens_admin, users  # noqa: E402,F401  (helper E: access, approvals, audit)
+from server.api import schedules  # noqa: E402,F401  (helper D: schedules, scheduler switch, blackouts)
+from server.api import connections  # noqa: E402,F401  (helper C: connection tests)
+from server.api import hostkeys  # noqa: E402,F401

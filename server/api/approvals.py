@@ -11,14 +11,16 @@ from typing import Any
 from flask import jsonify, request
 from sqlalchemy import exists, select
 
-from .. import access, approvals, db
-from ..errors import Forbidden, NotFound, ValidationError
-from ..executions import target_hosts
-from ..models import Approval, Execution, Schedule, User
-from . import api_bp, json_body, me
-from .common import get_or_404, iso, page_of
-from .executions import execution_dict
-from .openapi import DATETIME, describe, register_schema
+from server.people import access
+from server.executions import approvals
+from server.core import db
+from server.core.errors import Forbidden, NotFound, ValidationError
+from server.executions.request import target_hosts
+from server.core.models import Approval, Execution, Schedule, User
+from server.api import api_bp, json_body, me
+from server.api.common import get_or_404, iso, page_of
+from server.api.executions import execution_dict
+from server.api.openapi import DATETIME, describe, register_schema
 
 STATUSES = ("pending", "decided", "all")
 SCOPES = ("decide", "mine", "all")

@@ -7,13 +7,14 @@ from datetime import datetime, timezone
 
 from flask import Response, jsonify, request
 
-from .. import access, audit, db
-from ..dates import parse_moment
-from ..models import AuditLog
-from ..pagination import text_arg
-from . import api_bp, me
-from .common import page_of
-from .openapi import DATETIME, describe, register_schema
+from server.people import access
+from server.core import audit, db
+from server.core.dates import parse_moment
+from server.core.models import AuditLog
+from server.core.pagination import text_arg
+from server.api import api_bp, me
+from server.api.common import page_of
+from server.api.openapi import DATETIME, describe, register_schema
 
 _FILTERS = {
     "actor": {"type": "string"}, "action": {"type": "string", "description": "exact, or a prefix ending in '*'"},

@@ -6,9 +6,9 @@ from typing import TypeVar
 
 from flask import Response, request
 
-from .. import db
-from ..errors import NotFound
-from ..pagination import Page, page_args, paginate
+from server.core import db
+from server.core.errors import NotFound
+from server.core.pagination import Page, page_args, paginate
 
 T = TypeVar("T")
 

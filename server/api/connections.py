@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from flask import jsonify
 
-from .. import db
-from ..connections import test_host
-from ..models import Host
-from . import api_bp, json_body, me
-from .common import get_or_404
-from .openapi import describe, register_schema
+from server.core import db
+from server.catalog.connections import test_host
+from server.core.models import Host
+from server.api import api_bp, json_body, me
+from server.api.common import get_or_404
+from server.api.openapi import describe, register_schema
 
 register_schema("ConnectionTest", {
     "type": "object",

@@ -4,14 +4,20 @@ from __future__ import annotations
 from flask import jsonify, request
 from sqlalchemy import select
 
-from .. import db
-from ..access import require
-from ..credentials import BECOME_METHODS, create_credential, delete_credential, public, update_credential
-from ..models import CREDENTIAL_KINDS, Credential
-from ..pagination import like_pattern, text_arg
-from . import api_bp, json_body, me
-from .common import get_or_404, no_content, page_of
-from .openapi import DATETIME, describe, register_schema
+from server.core import db
+from server.people.access import require
+from server.catalog.credentials import (
+    BECOME_METHODS,
+    create_credential,
+    delete_credential,
+    public,
+    update_credential,
+)
+from server.core.models import CREDENTIAL_KINDS, Credential
+from server.core.pagination import like_pattern, text_arg
+from server.api import api_bp, json_body, me
+from server.api.common import get_or_404, no_content, page_of
+from server.api.openapi import DATETIME, describe, register_schema
 
 
 @api_bp.get("/credentials")

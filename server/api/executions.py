@@ -8,17 +8,18 @@ from flask import jsonify, request
 from sqlalchemy import select
 from sqlalchemy.orm import joinedload, selectinload
 
-from .. import approvals, db
-from ..access import can_view_execution, filter_executions, require_task, task_permissions
-from ..errors import Forbidden, NotFound, ValidationError
-from ..executions import MAX_REASON, cancel_execution, request_execution
-from ..models import EXECUTION_STATUSES, OPERATION_STATUSES, Execution, Operation, Task
-from ..pagination import text_arg
-from ..validation import Fields, name_list, text, variables
-from . import api_bp, json_body, me
-from .common import get_or_404, iso, page_of
-from .openapi import DATETIME, describe, register_schema
-from .tasks import visible_task
+from server.executions import approvals
+from server.core import db
+from server.people.access import can_view_execution, filter_executions, require_task, task_permissions
+from server.core.errors import Forbidden, NotFound, ValidationError
+from server.executions.request import MAX_REASON, cancel_execution, request_execution
+from server.core.models import EXECUTION_STATUSES, OPERATION_STATUSES, Execution, Operation, Task
+from server.core.pagination import text_arg
+from server.core.validation import Fields, name_list, text, variables
+from server.api import api_bp, json_body, me
+from server.api.common import get_or_404, iso, page_of
+from server.api.openapi import DATETIME, describe, register_schema
+from server.api.tasks import visible_task
 
 RUN_FIELDS = ("vars", "reason", "limit", "dry_run")
 _TRIGGER_RE = re.compile(r"^[a-z_]{1,20}$")

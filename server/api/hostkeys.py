@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from flask import current_app, jsonify
 
-from .. import db, hostkeys
-from ..access import require, require_host
-from ..models import Host
-from . import api_bp, me
-from .common import get_or_404
-from .openapi import describe, register_schema
+from server.core import db
+from server.runs import hostkeys
+from server.people.access import require, require_host
+from server.core.models import Host
+from server.api import api_bp, me
+from server.api.common import get_or_404
+from server.api.openapi import describe, register_schema
 
 register_schema("HostKeys", {
     "type": "object",

@@ -7,14 +7,14 @@ from flask import jsonify, request
 from sqlalchemy import or_, select
 from sqlalchemy.orm import selectinload
 
-from .. import db
-from ..access import filter_hosts, require, require_host
-from ..hosts import create_host, delete_host, update_host
-from ..models import PROTOCOLS, Group, Host
-from ..pagination import like_pattern, text_arg
-from . import api_bp, json_body, me
-from .common import get_or_404, iso, no_content, page_of
-from .openapi import DATETIME, NAMES, VARS, describe, register_schema
+from server.core import db
+from server.people.access import filter_hosts, require, require_host
+from server.catalog.hosts import create_host, delete_host, update_host
+from server.core.models import PROTOCOLS, Group, Host
+from server.core.pagination import like_pattern, text_arg
+from server.api import api_bp, json_body, me
+from server.api.common import get_or_404, iso, no_content, page_of
+from server.api.openapi import DATETIME, NAMES, VARS, describe, register_schema
 
 
 def host_dict(host: Host) -> dict[str, Any]:

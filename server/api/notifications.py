@@ -4,12 +4,14 @@ from __future__ import annotations
 from flask import jsonify
 from sqlalchemy import select
 
-from .. import access, db, notify
-from ..errors import NotFound
-from ..models import NotificationChannel
-from . import api_bp, json_body, me
-from .common import page_of
-from .openapi import describe, register_schema
+from server.people import access
+from server.core import db
+from server.reporting import notify
+from server.core.errors import NotFound
+from server.core.models import NotificationChannel
+from server.api import api_bp, json_body, me
+from server.api.common import page_of
+from server.api.openapi import describe, register_schema
 
 _EVENTS = {"type": "array", "items": {"type": "string", "enum": list(notify.EVENTS)},
            "description": "default [\"execution.failed\"]"}

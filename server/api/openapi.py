@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from flask import current_app, jsonify
 
-from . import PUBLIC_ENDPOINTS, api_bp
+from server.api import PUBLIC_ENDPOINTS, api_bp
 
 SCHEMAS: dict[str, dict[str, Any]] = {}
 _CONVERTER_TYPES = {"int": {"type": "integer"}, "float": {"type": "number"}}

@@ -5,13 +5,14 @@ from flask import jsonify
 from sqlalchemy import or_, select
 from sqlalchemy.orm import selectinload
 
-from .. import access, db
-from ..errors import NotFound
-from ..models import PERMISSIONS, Policy, PolicyApprover, User
-from ..policies import delete_policy, policy_dict, save_policy
-from . import api_bp, json_body, me
-from .common import get_or_404, no_content, page_of
-from .openapi import DATETIME, NAMES, describe, register_schema
+from server.people import access
+from server.core import db
+from server.core.errors import NotFound
+from server.core.models import PERMISSIONS, Policy, PolicyApprover, User
+from server.people.policies import delete_policy, policy_dict, save_policy
+from server.api import api_bp, json_body, me
+from server.api.common import get_or_404, no_content, page_of
+from server.api.openapi import DATETIME, NAMES, describe, register_schema
 
 
 def _readable(query, user: User):

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from flask import jsonify
 
-from .. import db
-from ..errors import NotFound
-from ..models import Execution
-from ..relaunch import relaunch
-from . import api_bp, json_body, me
+from server.core import db
+from server.core.errors import NotFound
+from server.core.models import Execution
+from server.executions.relaunch import relaunch
+from server.api import api_bp, json_body, me
 
 
 @api_bp.post("/executions/<int:execution_id>/relaunch")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from flask import Response, request
 
-from .. import access, db, reports
-from ..models import utcnow
-from . import api_bp, me
-from .openapi import describe
+from server.people import access
+from server.core import db
+from server.reporting import reports
+from server.core.models import utcnow
+from server.api import api_bp, me
+from server.api.openapi import describe
 
 _QUERY = {
     "from": {"type": "string", "description": "ISO date (whole day, UTC) or datetime: created at or after"},

@@ -10,14 +10,15 @@ from flask import jsonify, request
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from .. import access, db
-from .. import schedules as svc
-from ..errors import NotFound, ValidationError
-from ..models import Blackout, Schedule, ScheduleFire, Task
-from ..pagination import text_arg
-from . import api_bp, json_body, me
-from .common import get_or_404, no_content, page_of
-from .openapi import DATETIME, VARS, describe, register_schema
+from server.people import access
+from server.core import db
+from server.scheduling import schedules as svc
+from server.core.errors import NotFound, ValidationError
+from server.core.models import Blackout, Schedule, ScheduleFire, Task
+from server.core.pagination import text_arg
+from server.api import api_bp, json_body, me
+from server.api.common import get_or_404, no_content, page_of
+from server.api.openapi import DATETIME, VARS, describe, register_schema
 
 
 def _visible_task(task_id: int) -> Task:
@@ -181,7 +182,7 @@ def list_blackouts():
     q = select(Blackout)
     active = _bool_arg("active")
     if active is not None:
-        from ..models import utcnow
+        from server.core.models import utcnow
 
         now = utcnow()
         cond = (Blackout.starts_at <= now) & (Blackout.ends_at > now)

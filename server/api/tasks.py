@@ -7,15 +7,15 @@ from flask import current_app, jsonify, request
 from sqlalchemy import or_, select
 from sqlalchemy.orm import selectinload
 
-from .. import db
-from ..access import filter_tasks, require, require_task, task_permissions
-from ..errors import NotFound
-from ..models import PERMISSIONS, TASK_KINDS, Task
-from ..pagination import like_pattern, text_arg
-from ..tasks import create_task, delete_task, update_task
-from . import api_bp, json_body, me
-from .common import get_or_404, iso, no_content, page_of
-from .openapi import DATETIME, NAMES, VARS, describe, register_schema
+from server.core import db
+from server.people.access import filter_tasks, require, require_task, task_permissions
+from server.core.errors import NotFound
+from server.core.models import PERMISSIONS, TASK_KINDS, Task
+from server.core.pagination import like_pattern, text_arg
+from server.catalog.tasks import create_task, delete_task, update_task
+from server.api import api_bp, json_body, me
+from server.api.common import get_or_404, iso, no_content, page_of
+from server.api.openapi import DATETIME, NAMES, VARS, describe, register_schema
 
 
 def task_dict(task: Task) -> dict[str, Any]:

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from flask import jsonify
 
-from .. import db
-from ..accounts import token_name
-from ..auth import authenticate, issue_token
-from ..errors import ValidationError
-from ..login_throttle import LoginThrottled
-from . import api_bp, json_body
+from server.core import db
+from server.people.accounts import token_name
+from server.people.auth import authenticate, issue_token
+from server.core.errors import ValidationError
+from server.people.login_throttle import LoginThrottled
+from server.api import api_bp, json_body
 
 
 @api_bp.post("/auth/token")

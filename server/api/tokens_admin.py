@@ -7,15 +7,16 @@ from typing import Any
 from flask import jsonify, request
 from sqlalchemy import select
 
-from .. import access, db
-from ..accounts import revoke_token, token_name, tokens_of
-from ..auth import _token_hash, issue_token
-from ..errors import NotFound, ValidationError
-from ..models import ApiToken, User
-from ..pagination import text_arg
-from . import api_bp, json_body, me
-from .common import get_or_404, iso, no_content
-from .openapi import DATETIME, describe, register_schema
+from server.people import access
+from server.core import db
+from server.people.accounts import revoke_token, token_name, tokens_of
+from server.people.auth import _token_hash, issue_token
+from server.core.errors import NotFound, ValidationError
+from server.core.models import ApiToken, User
+from server.core.pagination import text_arg
+from server.api import api_bp, json_body, me
+from server.api.common import get_or_404, iso, no_content
+from server.api.openapi import DATETIME, describe, register_schema
 
 
 def token_dict(token: ApiToken) -> dict[str, Any]:

@@ -7,13 +7,14 @@ from typing import Any
 from flask import jsonify, request
 from sqlalchemy import select
 
-from .. import access, db, login_throttle
-from ..accounts import add_user, deactivate_user, update_user
-from ..models import ROLES, User
-from ..pagination import text_arg
-from . import api_bp, json_body, me
-from .common import get_or_404, iso, no_content, page_of
-from .openapi import DATETIME, describe, register_schema
+from server.people import access, login_throttle
+from server.core import db
+from server.people.accounts import add_user, deactivate_user, update_user
+from server.core.models import ROLES, User
+from server.core.pagination import text_arg
+from server.api import api_bp, json_body, me
+from server.api.common import get_or_404, iso, no_content, page_of
+from server.api.openapi import DATETIME, describe, register_schema
 
 
 def user_dict(user: User) -> dict[str, Any]:

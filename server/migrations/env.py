@@ -4,8 +4,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from server import models  # noqa: F401  (registers the tables)
-from server.db import Base
+from server.core import models  # noqa: F401  (registers the tables)
+from server.core.db import Base
 
 target_metadata = Base.metadata
 config = context.config

@@ -8,10 +8,11 @@ from flask import Blueprint, Flask, current_app, flash, g, redirect, render_temp
 from flask_login import LoginManager, current_user, login_required, login_user, logout_user
 from flask_wtf.csrf import CSRFProtect
 
-from .. import db, login_throttle, web_sessions
-from ..errors import ApiError
-from ..login_throttle import LoginThrottled
-from ..models import User
+from server.core import db
+from server.people import login_throttle, web_sessions
+from server.core.errors import ApiError
+from server.people.login_throttle import LoginThrottled
+from server.core.models import User
 
 web_bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
 login_manager = LoginManager()
@@ -43,7 +44,7 @@ def safe_next(value: str | None) -> str:
 
 
 def init_app(app: Flask) -> None:
-    from ..api import api_bp, register_health
+    from server.api import api_bp, register_health
 
     login_manager.init_app(app)
     app.jinja_env.globals["login_delays"] = login_throttle.delays_for
@@ -61,7 +62,7 @@ def index():
 
 @web_bp.route("/login", methods=["GET", "POST"])
 def login():
-    from ..auth import authenticate
+    from server.people.auth import authenticate
 
     error, status, headers = None, 200, {}
     if request.method == "POST":
@@ -110,7 +111,7 @@ def _sign_in(user: User) -> None:
 @web_bp.post("/logout")
 @login_required
 def logout():
-    from .. import audit
+    from server.core import audit
 
     web_sessions.end(db.session(), web_sessions.current_key())
     audit.record(db.session(), "auth.logout", actor=current_user.username, target=current_user)
@@ -121,8 +122,8 @@ def logout():
     return redirect(url_for("web.login"))
 
 
-from . import executions, views  # noqa: E402,F401
-from . import dashboard  # noqa: E402,F401  (helper F: dashboard, reports, notifications, /metrics, /admin/rq)
-from . import admin, approvals  # noqa: E402,F401  (helper E: approvals, users, policies, audit, account)
-from . import schedules  # noqa: E402,F401  (helper D: schedules, blackouts, pause-all)
-from . import connections  # noqa: E402,F401  (helper C: connection test page)
+from server.web import executions, views  # noqa: E402,F401
+from server.web import dashboard  # noqa: E402,F401  (helper F: dashboard, reports, notifications, /metrics, /admin/rq)
+from server.web import admin, approvals  # noqa: E402,F401  (helper E: approvals, users, policies, audit, account)
+from server.web import schedules  # noqa: E402,F401  (helper D: schedules, blackouts, pause-all)
+from server.web import connections  # noqa: E402,F401  (helper C: connection test page)

@@ -13,16 +13,25 @@ from flask_login import current_user, login_required
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from .. import access, audit, db
-from ..accounts import add_user, change_own_password, deactivate_user, revoke_token, token_name, tokens_of, update_user
-from ..auth import issue_token
-from ..dates import parse_moment
-from ..errors import ApiError, ValidationError
-from ..models import PERMISSIONS, ROLES, ApiToken, Policy, Task, User, utcnow
-from ..pagination import page_args, paginate
-from ..policies import delete_policy, policy_dict, save_policy
-from . import web_bp
-from .common import get_or_404, need
+from server.people import access
+from server.core import audit, db
+from server.people.accounts import (
+    add_user,
+    change_own_password,
+    deactivate_user,
+    revoke_token,
+    token_name,
+    tokens_of,
+    update_user,
+)
+from server.people.auth import issue_token
+from server.core.dates import parse_moment
+from server.core.errors import ApiError, ValidationError
+from server.core.models import PERMISSIONS, ROLES, ApiToken, Policy, Task, User, utcnow
+from server.core.pagination import page_args, paginate
+from server.people.policies import delete_policy, policy_dict, save_policy
+from server.web import web_bp
+from server.web.common import get_or_404, need
 
 PER_PAGE = 50
 # Pages a user who must change their password may still open.

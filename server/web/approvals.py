@@ -6,11 +6,13 @@ from flask import abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
-from .. import access, approvals, db
-from ..errors import ApiError
-from ..executions import target_hosts
-from ..models import Approval, Execution, Schedule, User
-from . import web_bp
+from server.people import access
+from server.executions import approvals
+from server.core import db
+from server.core.errors import ApiError
+from server.executions.request import target_hosts
+from server.core.models import Approval, Execution, Schedule, User
+from server.web import web_bp
 
 RECENT = 50
 

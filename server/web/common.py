@@ -4,7 +4,8 @@ from __future__ import annotations
 from flask import abort
 from flask_login import current_user
 
-from .. import access, db
+from server.people import access
+from server.core import db
 
 MAX_ID = 2**31 - 1  # larger ids in a URL are a 404, never a database overflow
 

@@ -6,12 +6,14 @@ from flask import abort, current_app, flash, redirect, render_template, request,
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
-from .. import access, db, hostkeys, protocols
-from ..connections import test_host
-from ..errors import ApiError
-from ..models import Credential, Host
-from . import web_bp
-from .common import get_or_404, need
+from server.people import access
+from server.core import db
+from server.runs import hostkeys, protocols
+from server.catalog.connections import test_host
+from server.core.errors import ApiError
+from server.core.models import Credential, Host
+from server.web import web_bp
+from server.web.common import get_or_404, need
 
 
 @web_bp.route("/hosts/<int:host_id>/test", methods=["GET", "POST"])

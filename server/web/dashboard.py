@@ -1,6 +1,6 @@
 """Dashboard, report pages, notification channels, /metrics and the RQ dashboard mount.
 
-Views stay thin: ``server.reports`` computes, ``server.notify`` validates and stores,
+Views stay thin: ``server.reporting.reports`` computes, ``server.reporting.notify`` validates and stores,
 ``web.charts`` draws the SVG.
 """
 from __future__ import annotations
@@ -22,10 +22,12 @@ from flask import (
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
-from .. import access, db, notify, reports
-from ..errors import ApiError, ValidationError
-from ..models import OPERATION_STATUSES, NotificationChannel, Task, utcnow
-from . import charts, csrf, web_bp
+from server.people import access
+from server.core import db
+from server.reporting import notify, reports
+from server.core.errors import ApiError, ValidationError
+from server.core.models import OPERATION_STATUSES, NotificationChannel, Task, utcnow
+from server.web import charts, csrf, web_bp
 
 
 MAX_ID = 2**31 - 1  # larger ids in a URL cannot exist (and overflow the database's integer)
@@ -207,8 +209,8 @@ def notification_test(channel_id: int):
 @web_bp.get("/metrics")
 def metrics():
     """Prometheus text format; admins or the TASKMANAGER_METRICS_TOKEN bearer only."""
-    from .. import metrics as m
-    from ..auth import user_for_token
+    from server.reporting import metrics as m
+    from server.people.auth import user_for_token
 
     header = request.headers.get("Authorization", "")
     allowed = False

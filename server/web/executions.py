@@ -14,9 +14,11 @@ from flask_login import current_user, login_required
 from sqlalchemy import select
 from sqlalchemy.orm import joinedload, selectinload
 
-from .. import access, db, reports
-from ..errors import ValidationError
-from ..models import (
+from server.people import access
+from server.core import db
+from server.reporting import reports
+from server.core.errors import ValidationError
+from server.core.models import (
     EXECUTION_FINAL,
     EXECUTION_STATUSES,
     OPERATION_FINAL,
@@ -25,7 +27,7 @@ from ..models import (
     Task,
     utcnow,
 )
-from . import web_bp
+from server.web import web_bp
 
 OUTPUT_TAIL = 64 * 1024  # characters of output shown per host; the API has all of it
 HOST_ORDER = {"failed": 0, "unreachable": 1, "running": 2, "pending": 3}

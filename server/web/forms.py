@@ -10,8 +10,8 @@ from typing import Any
 import yaml
 from werkzeug.datastructures import MultiDict
 
-from ..errors import ApiError
-from ..validation import FieldErrors
+from server.core.errors import ApiError
+from server.core.validation import FieldErrors
 
 MAX_VARS_TEXT = 64 * 1024
 

@@ -1,5 +1,5 @@
 """Pages for schedules: the list with next runs, the form on a task, fire/miss history,
-the pause-all switch and blackout windows. Thin views over ``server.schedules``."""
+the pause-all switch and blackout windows. Thin views over ``server.scheduling.schedules``."""
 from __future__ import annotations
 
 import json
@@ -11,11 +11,12 @@ from flask_login import current_user, login_required
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
-from .. import access, db
-from .. import schedules as svc
-from ..errors import ApiError, Forbidden, ValidationError
-from ..models import Blackout, Schedule, ScheduleFire, Task, utcnow
-from . import web_bp
+from server.people import access
+from server.core import db
+from server.scheduling import schedules as svc
+from server.core.errors import ApiError, Forbidden, ValidationError
+from server.core.models import Blackout, Schedule, ScheduleFire, Task, utcnow
+from server.web import web_bp
 
 FIRES_PER_PAGE = 50
 

@@ -14,17 +14,25 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
-from .. import access, db, playbooks
-from ..credentials import BECOME_METHODS, create_credential, delete_credential, public, update_credential
-from ..errors import ApiError, Forbidden
-from ..executions import request_execution, target_hosts
-from ..hosts import create_host, delete_host, update_host
-from ..models import CREDENTIAL_KINDS, PROTOCOLS, Credential, Execution, Group, Host, Task
-from ..pagination import like_pattern, page_args, paginate, text_arg
-from ..tasks import create_task, delete_task, update_task
-from . import web_bp
-from .common import get_or_404, need
-from .forms import FormError, checkbox, dump_vars, errors_of, int_or_text, lines, parse_vars, split_names
+from server.people import access
+from server.core import db
+from server.catalog import playbooks
+from server.catalog.credentials import (
+    BECOME_METHODS,
+    create_credential,
+    delete_credential,
+    public,
+    update_credential,
+)
+from server.core.errors import ApiError, Forbidden
+from server.executions.request import request_execution, target_hosts
+from server.catalog.hosts import create_host, delete_host, update_host
+from server.core.models import CREDENTIAL_KINDS, PROTOCOLS, Credential, Execution, Group, Host, Task
+from server.core.pagination import like_pattern, page_args, paginate, text_arg
+from server.catalog.tasks import create_task, delete_task, update_task
+from server.web import web_bp
+from server.web.common import get_or_404, need
+from server.web.forms import FormError, checkbox, dump_vars, errors_of, int_or_text, lines, parse_vars, split_names
 
 PER_PAGE = 50
 

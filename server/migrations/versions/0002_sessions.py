@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import server.models
+import server.core.models
 
 revision = '0002'
 down_revision = '0001'
@@ -23,9 +23,9 @@ def upgrade() -> None:
     sa.Column('user_id', sa.Integer(), nullable=False),
     sa.Column('key_hash', sa.String(length=64), nullable=False),
     sa.Column('address', sa.String(length=64), nullable=True),
-    sa.Column('created_at', server.models.TZDateTime(timezone=True), nullable=False),
-    sa.Column('last_seen_at', server.models.TZDateTime(timezone=True), nullable=False),
-    sa.Column('revoked_at', server.models.TZDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', server.core.models.TZDateTime(timezone=True), nullable=False),
+    sa.Column('last_seen_at', server.core.models.TZDateTime(timezone=True), nullable=False),
+    sa.Column('revoked_at', server.core.models.TZDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('key_hash')
@@ -43,7 +43,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_column('users', 'password_from_admin')
     op.add_column('users', sa.Column('failed_logins', sa.Integer(), nullable=False, server_default='0'))
-    op.add_column('users', sa.Column('locked_until', server.models.TZDateTime(timezone=True), nullable=True))
+    op.add_column('users', sa.Column('locked_until', server.core.models.TZDateTime(timezone=True), nullable=True))
     with op.batch_alter_table('web_sessions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_web_sessions_user_id'))
     op.drop_table('web_sessions')

@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-from server.validation import var_name_problem
+from server.core.validation import var_name_problem
 
 revision = '0003'
 down_revision = '0002'

@@ -1,0 +1,1 @@
+"""What can be run and where: hosts, credentials, tasks, playbooks and connection tests."""

@@ -1,0 +1,104 @@
+"""Playbooks: safe resolution under the playbook dir, revisions, and the generated play
+for ``commands`` tasks."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from server.core.errors import ValidationError
+
+PLAYBOOK_SUFFIXES = (".yml", ".yaml")
+
+
+def resolve(playbook_dir: Path, name: str) -> Path:
+    """The playbook's absolute path; refuses traversal, absolute paths and symlink escapes."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValidationError("'playbook' must be a path under the playbook directory", field="playbook")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or "\x00" in name:
+        raise ValidationError("'playbook' must be a relative path without '..'", field="playbook")
+    if rel.suffix not in PLAYBOOK_SUFFIXES:
+        raise ValidationError("'playbook' must be a .yml or .yaml file", field="playbook")
+    base = playbook_dir.resolve()
+    path = (base / rel).resolve()
+    if base not in path.parents:
+        raise ValidationError("'playbook' escapes the playbook directory", field="playbook")
+    if not path.is_file():
+        raise ValidationError(f"playbook '{name}' does not exist in the playbook directory", field="playbook")
+    return path
+
+
+def list_playbooks(playbook_dir: Path) -> list[str]:
+    base = playbook_dir.resolve()
+    if not base.is_dir():
+        return []
+    return sorted(
+        str(p.relative_to(base))
+        for p in base.rglob("*")
+        if p.suffix in PLAYBOOK_SUFFIXES and p.is_file() and not any(part.startswith(".") for part in p.relative_to(base).parts)
+        and "roles" not in p.relative_to(base).parts and "vars" not in p.relative_to(base).parts
+    )
+
+
+def content_hash(path: Path, roles_dirs: list[Path] | None = None) -> str:
+    """SHA-256 over the playbook and every file of the role dirs it may use."""
+    h = hashlib.sha256()
+    h.update(path.read_bytes())
+    for rdir in roles_dirs or []:
+        if rdir.is_dir():
+            for f in sorted(p for p in rdir.rglob("*") if p.is_file()):
+                h.update(str(f.relative_to(rdir)).encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def git_commit(directory: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(directory), "log", "-1", "--format=%H", "--", "."],
+            capture_output=True, text=True, timeout=10, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    commit = out.stdout.strip()
+    if out.returncode != 0 or not commit:
+        return None
+    dirty = subprocess.run(
+        ["git", "-C", str(directory), "status", "--porcelain", "--", "."],
+        capture_output=True, text=True, timeout=10, check=False,
+    ).stdout.strip()
+    return commit + ("+dirty" if dirty else "")
+
+
+def command_step_name(index: int, command: str) -> str:
+    """The step name of a ``commands`` task's command line ``index`` (0-based)."""
+    return f"command {index + 1}: {command[:80]}"
+
+
+def commands_play(commands: list[str], *, become: bool = False, progress: str | None = None) -> list[dict[str, Any]]:
+    """The generated play for a ``commands`` task: its command lines, one step each.
+
+    They run in one ``tm_commands`` task per host (plugins/action/tm_commands.py), which
+    executes each line exactly as ``ansible.builtin.raw`` does (no Python needed on the
+    target) without paying Ansible's per-task cost per line. Command lines are fixed when
+    the task is saved; the runner passes them as ``!unsafe`` data so Jinja never evaluates
+    them. ``progress`` is the prefix of the per-command progress lines the runner reads.
+    """
+    args: dict[str, Any] = {"commands": list(commands)}
+    if progress:
+        args["progress"] = progress
+    return [
+        {
+            "name": "commands",
+            "hosts": "all",
+            "gather_facts": False,
+            "become": bool(become),
+            "tasks": [{"name": "commands", "tm_commands": args}],
+        }
+    ]
+
+
+def commands_hash(commands: list[str]) -> str:
+    return hashlib.sha256("\n".join(commands).encode()).hexdigest()

@@ -1,0 +1,468 @@
+"""The data model. The database is the source of truth; Redis only carries execution ids.
+
+One class per concept; status values are plain strings listed here so that the API, the
+worker and the scheduler share one vocabulary (see ../shared/CONTRACT.md).
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    false,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from server.core.db import Base
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class TZDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops tzinfo otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValueError("naive datetime stored; use timezone-aware UTC")
+            value = value.astimezone(timezone.utc)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+ROLES = ("admin", "author", "operator", "approver", "auditor")
+PROTOCOLS = ("ssh", "winrm", "telnet", "https", "ldaps", "rdp", "vnc", "x11", "local")
+CREDENTIAL_KINDS = ("ssh_key", "password", "token", "certificate")
+TASK_KINDS = ("commands", "playbook")
+PERMISSIONS = ("view", "execute", "schedule", "edit")
+
+EXECUTION_STATUSES = (
+    "waiting_approval",
+    "rejected",
+    "expired",
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "timed_out",
+    "lost",
+)
+EXECUTION_FINAL = frozenset({"rejected", "expired", "succeeded", "failed", "cancelled", "timed_out", "lost"})
+EXECUTION_ACTIVE = frozenset({"queued", "running"})
+OPERATION_STATUSES = ("pending", "running", "succeeded", "failed", "unreachable", "skipped", "cancelled")
+OPERATION_FINAL = frozenset({"succeeded", "failed", "unreachable", "skipped", "cancelled"})
+
+host_groups = Table(
+    "host_groups",
+    Base.metadata,
+    Column("host_id", ForeignKey("hosts.id", ondelete="CASCADE"), primary_key=True),
+    Column("group_id", ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+)
+task_hosts = Table(
+    "task_hosts",
+    Base.metadata,
+    Column("task_id", ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    Column("host_id", ForeignKey("hosts.id", ondelete="CASCADE"), primary_key=True),
+)
+task_groups = Table(
+    "task_groups",
+    Base.metadata,
+    Column("task_id", ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    Column("group_id", ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+)
+policy_users = Table(
+    "policy_users",
+    Base.metadata,
+    Column("policy_id", ForeignKey("policies.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+)
+policy_tasks = Table(
+    "policy_tasks",
+    Base.metadata,
+    Column("policy_id", ForeignKey("policies.id", ondelete="CASCADE"), primary_key=True),
+    Column("task_id", ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(80), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(20))
+    email: Mapped[str | None] = mapped_column(String(255))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set by an admin for someone else (a reset): another person knows it, so no API token
+    # may be minted with it until its owner chooses his own (auth.issue_token).
+    password_from_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    last_login_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+
+    # flask-login protocol
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def is_anonymous(self) -> bool:
+        return False
+
+    def get_id(self) -> str:
+        return str(self.id)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(80), default="")
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(12))
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    user: Mapped[User] = relationship()
+
+
+class WebSession(Base):
+    """One web sign-in. The cookie carries a random key; only its SHA-256 is stored, and a
+    revoked (signed-out, password changed or reset) or idle row no longer authenticates."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    address: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+
+
+class Group(Base):
+    __tablename__ = "groups"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    vars: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    hosts: Mapped[list["Host"]] = relationship(secondary=host_groups, back_populates="groups")
+
+
+class Host(Base):
+    __tablename__ = "hosts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    address: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int | None] = mapped_column(Integer)
+    protocol: Mapped[str] = mapped_column(String(20), default="ssh")
+    vars: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
+    groups: Mapped[list[Group]] = relationship(secondary=host_groups, back_populates="hosts", order_by="Group.name")
+
+
+class Credential(Base):
+    __tablename__ = "credentials"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    username: Mapped[str | None] = mapped_column(String(255))
+    # Fernet tokens (vault.py); never serialised by the API.
+    secret_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    become_password_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    become_method: Mapped[str | None] = mapped_column(String(20))
+    become_user: Mapped[str | None] = mapped_column(String(64))
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # non-secret, per protocol
+    version: Mapped[int] = mapped_column(Integer, default=1)  # bumped whenever a secret changes
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    kind: Mapped[str] = mapped_column(String(20))
+    commands: Mapped[list[str]] = mapped_column(JSON, default=list)
+    playbook: Mapped[str | None] = mapped_column(String(500))
+    vars: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    credential_id: Mapped[int | None] = mapped_column(ForeignKey("credentials.id", ondelete="RESTRICT"))
+    become: Mapped[bool] = mapped_column(Boolean, default=False)
+    timeout_s: Mapped[int] = mapped_column(Integer, default=3600)
+    allow_simultaneous: Mapped[bool] = mapped_column(Boolean, default=False)
+    retry_attempts: Mapped[int] = mapped_column(Integer, default=1)
+    retry_delay_s: Mapped[int] = mapped_column(Integer, default=10)
+    retry_on_lost: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
+    credential: Mapped[Credential | None] = relationship()
+    hosts: Mapped[list[Host]] = relationship(secondary=task_hosts, order_by="Host.name")
+    groups: Mapped[list[Group]] = relationship(secondary=task_groups, order_by="Group.name")
+
+
+class Execution(Base):
+    __tablename__ = "executions"
+    __table_args__ = (
+        # Exactly once per (schedule, fire time), enforced by the database.
+        UniqueConstraint("schedule_id", "scheduled_for", name="uq_execution_schedule_fire"),
+        Index("ix_executions_task_created", "task_id", "created_at"),
+        Index("ix_executions_status_created", "status", "created_at"),
+        Index("ix_executions_created", "created_at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    trigger: Mapped[str] = mapped_column(String(20), default="manual")
+    requested_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    reason: Mapped[str | None] = mapped_column(Text)
+    vars: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    limit_hosts: Mapped[list[str] | None] = mapped_column(JSON)  # relaunch on failed hosts
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("executions.id", ondelete="SET NULL"))
+    schedule_id: Mapped[int | None] = mapped_column(ForeignKey("schedules.id", ondelete="SET NULL"))
+    scheduled_for: Mapped[datetime | None] = mapped_column(TZDateTime)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    queued_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    revision: Mapped[str | None] = mapped_column(String(120))
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    fingerprint: Mapped[str | None] = mapped_column(String(64))  # what an approval binds
+    check_mode: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Approval progress
+    approval_level: Mapped[int] = mapped_column(Integer, default=0)
+    approval_expires_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    # Snapshot at request time: {"levels": {"1": [user ids]}, "parts": {component: hash}} (approvals.py)
+    approval_plan: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Worker lease: a live worker refreshes heartbeat_at; the reaper marks stale ones lost.
+    worker_name: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    message: Mapped[str | None] = mapped_column(Text)  # why it failed / was refused
+    host_count: Mapped[int] = mapped_column(Integer, default=0)
+    hosts_done: Mapped[int] = mapped_column(Integer, default=0)
+    output_pruned_at: Mapped[datetime | None] = mapped_column(TZDateTime)  # retention (reaper.py)
+    task: Mapped[Task] = relationship()
+    requested_by: Mapped[User | None] = relationship()
+    operations: Mapped[list["Operation"]] = relationship(
+        back_populates="execution", order_by="Operation.host_name", cascade="all, delete-orphan"
+    )
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+
+class Operation(Base):
+    """The result of one execution on one host."""
+
+    __tablename__ = "operations"
+    __table_args__ = (
+        UniqueConstraint("execution_id", "host_name", name="uq_operation_execution_host"),
+        Index("ix_operations_host_status", "host_name", "status", "execution_id"),  # covers per-host reports
+        # Covering index for report aggregates (failing hosts, per-host summary, CSV failed counts).
+        Index("ix_operations_execution_status_host", "execution_id", "status", "host_name"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    execution_id: Mapped[int] = mapped_column(ForeignKey("executions.id", ondelete="CASCADE"))
+    host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"))
+    host_name: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    rc: Mapped[int | None] = mapped_column(Integer)
+    stdout: Mapped[str] = mapped_column(Text, default="")
+    stderr: Mapped[str] = mapped_column(Text, default="")
+    message: Mapped[str | None] = mapped_column(Text)  # e.g. the unreachable reason
+    started_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    execution: Mapped[Execution] = relationship(back_populates="operations")
+    steps: Mapped[list["Step"]] = relationship(
+        back_populates="operation", order_by="Step.seq", cascade="all, delete-orphan"
+    )
+
+
+class Step(Base):
+    """One Ansible task's result on one host."""
+
+    __tablename__ = "steps"
+    __table_args__ = (Index("ix_steps_operation_seq", "operation_id", "seq"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    operation_id: Mapped[int] = mapped_column(ForeignKey("operations.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(500))
+    status: Mapped[str] = mapped_column(String(20))
+    rc: Mapped[int | None] = mapped_column(Integer)
+    stdout: Mapped[str | None] = mapped_column(Text)
+    stderr: Mapped[str | None] = mapped_column(Text)
+    changed: Mapped[bool] = mapped_column(Boolean, default=False)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    started_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    operation: Mapped[Operation] = relationship(back_populates="steps")
+
+
+class Schedule(Base):
+    __tablename__ = "schedules"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    cron: Mapped[str] = mapped_column(String(120))
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    start_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    end_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    misfire_grace_s: Mapped[int] = mapped_column(Integer, default=600)
+    vars: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    next_fire_at: Mapped[datetime | None] = mapped_column(TZDateTime, index=True)
+    last_fire_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    approved_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    approval_status: Mapped[str | None] = mapped_column(String(20))  # None, pending, approved, rejected
+    approval_plan: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # levels + parts, as on Execution
+    suspended_reason: Mapped[str | None] = mapped_column(Text)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
+    task: Mapped[Task] = relationship()
+
+
+class ScheduleFire(Base):
+    """One row per (schedule, due instant): fired, missed or blocked. The unique key makes
+    firing exactly-once across any number of scheduler processes."""
+
+    __tablename__ = "schedule_fires"
+    __table_args__ = (UniqueConstraint("schedule_id", "due_at", name="uq_schedule_fire"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    schedule_id: Mapped[int] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))
+    due_at: Mapped[datetime] = mapped_column(TZDateTime)
+    outcome: Mapped[str] = mapped_column(String(20))  # fired, missed, blackout, paused, suspended
+    execution_id: Mapped[int | None] = mapped_column(ForeignKey("executions.id", ondelete="SET NULL"))
+    detail: Mapped[str | None] = mapped_column(Text)
+    recorded_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+
+
+class Blackout(Base):
+    __tablename__ = "blackouts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    starts_at: Mapped[datetime] = mapped_column(TZDateTime)
+    ends_at: Mapped[datetime] = mapped_column(TZDateTime)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+
+
+class Setting(Base):
+    """Small process-wide switches kept in the database (e.g. ``schedules_paused``)."""
+
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+
+
+class Policy(Base):
+    __tablename__ = "policies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    permissions: Mapped[list[str]] = mapped_column(JSON, default=list)
+    requires_approval: Mapped[bool] = mapped_column(Boolean, default=False)
+    requires_reason: Mapped[bool] = mapped_column(Boolean, default=False)
+    approval_ttl_s: Mapped[int] = mapped_column(Integer, default=86400)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    users: Mapped[list[User]] = relationship(secondary=policy_users, order_by="User.username")
+    tasks: Mapped[list[Task]] = relationship(secondary=policy_tasks, order_by="Task.name")
+    approvers: Mapped[list["PolicyApprover"]] = relationship(
+        cascade="all, delete-orphan", order_by="PolicyApprover.level"
+    )
+
+
+class PolicyApprover(Base):
+    __tablename__ = "policy_approvers"
+    __table_args__ = (UniqueConstraint("policy_id", "user_id", "level"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    policy_id: Mapped[int] = mapped_column(ForeignKey("policies.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    level: Mapped[int] = mapped_column(Integer, default=1)
+    user: Mapped[User] = relationship()
+
+
+class Approval(Base):
+    """One approver's decision on one level of an execution (or a schedule) request."""
+
+    __tablename__ = "approvals"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    execution_id: Mapped[int | None] = mapped_column(ForeignKey("executions.id", ondelete="CASCADE"), index=True)
+    schedule_id: Mapped[int | None] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"), index=True)
+    level: Mapped[int] = mapped_column(Integer)
+    approver_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    decision: Mapped[str] = mapped_column(String(20))  # approved, rejected
+    comment: Mapped[str | None] = mapped_column(Text)
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    approver: Mapped[User] = relationship()
+
+
+class AuditLog(Base):
+    """Append-only, hash-chained: each row's hash covers its content and the previous hash."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ts: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, index=True)
+    actor: Mapped[str | None] = mapped_column(String(120))
+    action: Mapped[str] = mapped_column(String(80), index=True)
+    target_type: Mapped[str | None] = mapped_column(String(40))
+    target_id: Mapped[str | None] = mapped_column(String(80))
+    outcome: Mapped[str] = mapped_column(String(20), default="ok")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class NotificationChannel(Base):
+    __tablename__ = "notification_channels"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    url_enc: Mapped[bytes] = mapped_column(LargeBinary)  # Apprise URLs carry credentials
+    events: Mapped[list[str]] = mapped_column(JSON, default=lambda: ["execution.failed"])
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+
+
+class NotificationDelivery(Base):
+    __tablename__ = "notification_deliveries"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel_id: Mapped[int] = mapped_column(ForeignKey("notification_channels.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(String(40))
+    title: Mapped[str] = mapped_column(String(500))
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending, sent, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(TZDateTime)

@@ -1,0 +1,75 @@
+"""Relaunch: a new execution of a finished one, optionally limited to the hosts that failed.
+
+It goes through ``executions.request_execution`` like every other trigger, so access
+rules, reasons and approvals apply to the relaunch exactly as to a fresh run. A dry run
+(check mode, for approvers) is never relaunched: that would turn it into a live run.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from server.people import access
+from server.core import audit
+from server.executions.approvals import DRY_RUN_TRIGGER
+from server.core.errors import Conflict, NotFound, ValidationError
+from server.executions.request import request_execution
+from server.core.models import Execution, Operation, User
+
+RELAUNCHABLE = frozenset({"succeeded", "failed", "cancelled", "timed_out", "lost"})
+OK_OPERATION = frozenset({"succeeded", "skipped"})
+
+
+def failed_hosts(session: Session, ex: Execution) -> list[str]:
+    """Hosts of ``ex`` that did not succeed: failed, unreachable, or never finished."""
+    return list(
+        session.execute(
+            select(Operation.host_name)
+            .where(Operation.execution_id == ex.id, Operation.status.not_in(OK_OPERATION))
+            .order_by(Operation.host_name)
+        ).scalars()
+    )
+
+
+def relaunch(session: Session, parent: Execution, user: User, *, failed_only: Any = True, reason: Any = None) -> Execution:
+    """Request a new execution of ``parent``'s task with its variables (caller commits)."""
+    if not access.can_view_execution(session, user, parent):
+        raise NotFound(f"execution {parent.id} does not exist")  # like every other endpoint: no existence oracle
+    if not isinstance(failed_only, bool):
+        raise ValidationError("'failed_only' must be true or false", field="failed_only")
+    access.require_task(session, user, parent.task, "execute")
+    if parent.check_mode or parent.trigger == DRY_RUN_TRIGGER:
+        raise Conflict(f"execution {parent.id} is a dry run (check mode) for an approval request; it cannot be "
+                       "relaunched as a live run: request a new run of the task")
+    if parent.status not in RELAUNCHABLE:
+        raise Conflict(f"execution {parent.id} is {parent.status}; only finished executions can be relaunched")
+    if failed_only:
+        hosts: list[str] | None = failed_hosts(session, parent)
+        if not hosts:
+            raise ValidationError(
+                f"execution {parent.id} has no failed or unreachable hosts to relaunch", field="failed_only"
+            )
+    else:
+        hosts = parent.limit_hosts
+    child = request_execution(
+        session,
+        parent.task,
+        user,
+        run_vars=parent.vars,
+        reason=reason,
+        trigger="manual",
+        limit_hosts=hosts,
+        parent_id=parent.id,
+    )
+    audit.record(
+        session,
+        "execution.relaunch",
+        actor=user.username,
+        target=child,
+        parent=parent.id,
+        failed_only=failed_only,
+        hosts=hosts,
+    )
+    return child

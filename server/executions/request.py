@@ -1,0 +1,281 @@
+"""Starting executions: validate the request, fix its revision and fingerprint, enqueue.
+
+Every trigger (API, web, scheduler, relaunch) goes through ``request_execution`` (or its
+batch form ``request_executions``, same code) so that access rules, approvals and auditing
+apply the same way to all of them. The one exception is the dry run of an approval
+request, made only by ``approvals.start_dry_run``; this path refuses that trigger.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from server.people import access
+from server.core import audit, validation
+from server.executions import jobs
+from server.catalog import playbooks
+from server.core.errors import ApiError, Conflict, ValidationError
+from server.core.models import EXECUTION_FINAL, OPERATION_FINAL, Execution, Host, Operation, Task, User, utcnow
+
+MAX_REASON = 2000
+
+
+def target_hosts(task: Task, limit: list[str] | None = None) -> list[Host]:
+    """The task's hosts: named hosts plus members of its groups, de-duplicated, by name."""
+    hosts = {h.id: h for h in task.hosts}
+    for group in task.groups:
+        for h in group.hosts:
+            hosts.setdefault(h.id, h)
+    result = sorted(hosts.values(), key=lambda h: h.name)
+    if limit is not None:
+        wanted = set(limit)
+        result = [h for h in result if h.name in wanted]
+    return result
+
+
+def revision_of(task: Task) -> tuple[str | None, str]:
+    """(git commit or None, content hash) of what the task will run."""
+    if task.kind == "commands":
+        return None, playbooks.commands_hash(task.commands or [])
+    settings = current_app.config["TM"]
+    path = playbooks.resolve(settings.playbook_dir, task.playbook or "")
+    roles = [settings.playbook_dir / "roles", settings.playbook_dir.parent / "roles"]
+    return playbooks.git_commit(settings.playbook_dir), playbooks.content_hash(path, roles)
+
+
+def fingerprint(task: Task, content_hash: str, run_vars: dict[str, Any], hosts: list[Host]) -> str:
+    """What an approval binds: definition, content, variables, targets and credential."""
+    cred = task.credential
+    doc = {
+        "task": task.id,
+        "kind": task.kind,
+        "commands": task.commands,
+        "playbook": task.playbook,
+        "content": content_hash,
+        "task_vars": task.vars,
+        "run_vars": run_vars,
+        "become": task.become,
+        "timeout_s": task.timeout_s,
+        "hosts": [[h.name, h.address, h.port, h.protocol, h.vars] for h in hosts],
+        "credential": [cred.id, cred.version] if cred else None,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def validate_run_input(run_vars: Any, reason: Any) -> tuple[dict[str, Any], str | None]:
+    try:  # the one rule for every variable (reserved names, JSON values, size, depth)
+        run_vars = validation.variables(run_vars)
+    except validation.Invalid as exc:
+        raise ValidationError(f"'vars' {exc}", field="vars") from None
+    if reason is not None and not isinstance(reason, str):
+        raise ValidationError("'reason' must be a string", field="reason")
+    if reason is not None and len(reason) > MAX_REASON:
+        raise ValidationError(f"'reason' is longer than {MAX_REASON} characters", field="reason")
+    return run_vars, (reason.strip() or None) if reason else None
+
+
+@dataclass
+class RunRequest:
+    """One run to request: the arguments of ``request_execution`` (``request_executions`` takes many)."""
+
+    task: Task
+    user: User | None = None
+    run_vars: Any = None
+    reason: Any = None
+    trigger: str = "manual"
+    schedule_id: int | None = None
+    scheduled_for: datetime | None = None
+    limit_hosts: list[str] | None = None
+    parent_id: int | None = None
+    dry_run: Any = False
+
+
+# What a request can be refused with before anything is written: the batch form records
+# these per request instead of raising (e.g. a task without hosts, an unreadable playbook).
+REFUSALS = (ApiError, OSError, ValueError)
+
+
+@dataclass
+class _Prepared:
+    req: RunRequest
+    ex: Execution
+    rules: access.RunRules
+    actor: str
+    host_count: int
+
+
+def _rules_for(session: Session, user: User | None, task: Task) -> access.RunRules:
+    """A user's request follows the task's approval policies whoever he is. Requests without a
+    user come from the system: a schedule fire (approved as a schedule, ``approvals.
+    check_schedule_fire``) or the automatic retry of a lost run that was already authorised."""
+    return access.request_rules(session, user, task) if user is not None else access.RunRules()
+
+
+def _prepare(session: Session, req: RunRequest, revisions: dict[int, tuple[str | None, str]]) -> _Prepared:
+    """Validate one request and build its Execution (not added to the session yet)."""
+    run_vars, reason = validate_run_input(req.run_vars, req.reason)
+    task, user, trigger = req.task, req.user, req.trigger
+    from server.executions import approvals  # late import: approvals uses this module
+
+    if trigger == approvals.DRY_RUN_TRIGGER:
+        raise ValidationError("a dry run is started only for an approval request (approvals.start_dry_run)",
+                              field="trigger")
+    rules = _rules_for(session, user, task)
+    if rules.requires_reason and not reason:
+        raise ValidationError("a reason is required to run this task", field="reason")
+    if rules.requires_approval:
+        approvals.require_someone_else(session, task, rules, user)
+    hosts = target_hosts(task, req.limit_hosts)
+    if not hosts:
+        raise ValidationError("the task has no target hosts", field="hosts")
+    if task.id not in revisions:  # one git/content read per task per batch
+        revisions[task.id] = revision_of(task)
+    revision, chash = revisions[task.id]
+    now = utcnow()
+    ex = Execution(
+        task_id=task.id,
+        task=task,
+        trigger=trigger,
+        requested_by_id=user.id if user else None,
+        reason=reason,
+        vars=run_vars,
+        limit_hosts=req.limit_hosts,
+        parent_id=req.parent_id,
+        schedule_id=req.schedule_id,
+        scheduled_for=req.scheduled_for,
+        revision=revision or chash[:12],
+        content_hash=chash,
+        fingerprint=fingerprint(task, chash, run_vars, hosts),
+        host_count=len(hosts),
+        created_at=now,
+    )
+    if rules.requires_approval:
+        ex.status = "waiting_approval"
+        ex.approval_level = rules.levels[0] if rules.levels else 1
+        ex.approval_expires_at = now + timedelta(seconds=rules.approval_ttl_s)
+    else:
+        ex.status = "queued"
+        ex.queued_at = now
+    return _Prepared(req, ex, rules, user.username if user else "scheduler", len(hosts))
+
+
+def _create(session: Session, prepared: list[_Prepared], enqueue: bool) -> None:
+    """Write prepared executions: one flush for all rows, then their audit rows in one go."""
+    if not prepared:
+        return
+    session.add_all([p.ex for p in prepared])
+    session.flush()  # one multi-row INSERT ... RETURNING for the batch
+    audit.record_many(session, [
+        ("execution.request", {
+            "actor": p.actor, "target": p.ex, "task": p.req.task.name, "trigger": p.req.trigger,
+            "status": p.ex.status, "reason": p.ex.reason, "hosts": p.host_count,
+        })
+        for p in prepared
+    ])
+    for p in prepared:
+        if p.ex.status == "waiting_approval":
+            from server.executions import approvals  # late import: approvals uses this module
+
+            approvals.on_requested(session, p.ex, p.rules, dry_run=p.req.dry_run)
+        elif p.req.dry_run:
+            raise ValidationError("'dry_run' applies to runs that need approval; this one does not", field="dry_run")
+        if p.ex.status == "queued" and enqueue:
+            jobs.enqueue_after_commit(session, p.ex.id)
+
+
+def request_execution(
+    session: Session,
+    task: Task,
+    user: User | None,
+    *,
+    run_vars: Any = None,
+    reason: Any = None,
+    trigger: str = "manual",
+    schedule_id: int | None = None,
+    scheduled_for: datetime | None = None,
+    limit_hosts: list[str] | None = None,
+    parent_id: int | None = None,
+    enqueue: bool = True,
+    dry_run: Any = False,
+) -> Execution:
+    """Create an execution (queued, or waiting for approval) and enqueue it after commit.
+
+    The caller commits; ``jobs.enqueue_after_commit`` pushes the id to Redis only once the
+    row is durable, so a worker never sees an id the database does not have.
+    """
+    req = RunRequest(task, user, run_vars=run_vars, reason=reason, trigger=trigger, schedule_id=schedule_id,
+                     scheduled_for=scheduled_for, limit_hosts=limit_hosts, parent_id=parent_id, dry_run=dry_run)
+    prepared = _prepare(session, req, {})
+    _create(session, [prepared], enqueue)
+    return prepared.ex
+
+
+def request_executions(session: Session, requests: list[RunRequest], *,
+                       enqueue: bool = True) -> list[Execution | Exception]:
+    """``request_execution`` for many runs at once (the scheduler's bursts), in the caller's
+    transaction: all rows in one flush, all audit rows in one more.
+
+    Returns, in order, each request's Execution or the refusal (one of ``REFUSALS``) that
+    stopped it before anything was written; the others go ahead. An error once the rows
+    are being written (a constraint, a lost connection) is raised and concerns the batch.
+    """
+    revisions: dict[int, tuple[str | None, str]] = {}
+    results: list[Execution | Exception] = []
+    prepared: list[_Prepared] = []
+    for req in requests:
+        try:
+            p = _prepare(session, req, revisions)
+        except REFUSALS as exc:
+            results.append(exc)
+        else:
+            prepared.append(p)
+            results.append(p.ex)
+    _create(session, prepared, enqueue)
+    return results
+
+
+def cancel_execution(session: Session, ex: Execution, user: User | None) -> Execution:
+    """Cancel a run. Not started yet (queued / waiting for approval): cancelled at once, with
+    its operations. Running: ``cancel_requested`` is set and the worker stops it. Finished: 409.
+
+    The not-started case is a conditional UPDATE so it cannot race a worker claiming the run.
+    """
+    actor = user.username if user else None
+    previous = ex.status
+    if previous in EXECUTION_FINAL:
+        raise Conflict(f"execution #{ex.id} is already {previous}", field="status")
+    now = utcnow()
+    done = session.execute(
+        update(Execution)
+        .where(Execution.id == ex.id, Execution.status.in_(("queued", "waiting_approval")))
+        .values(status="cancelled", finished_at=now, cancel_requested=True,
+                message=f"cancelled by {actor or 'system'} before it started")
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if done:
+        session.execute(
+            update(Operation)
+            .where(Operation.execution_id == ex.id, Operation.status.not_in(OPERATION_FINAL))
+            .values(status="cancelled", finished_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    else:
+        session.refresh(ex)
+        previous = ex.status
+        if previous in EXECUTION_FINAL:
+            raise Conflict(f"execution #{ex.id} is already {previous}", field="status")
+        if ex.cancel_requested:
+            return ex  # asked before; the worker is on it
+        ex.cancel_requested = True
+        session.flush()
+    session.expire(ex)
+    audit.record(session, "execution.cancel", actor=actor, target=ex, task=ex.task.name, previous=previous,
+                 immediate=bool(done))
+    return ex

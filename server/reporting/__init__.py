@@ -1,0 +1,1 @@
+"""What happened: reports and exports, Prometheus metrics and notifications."""
