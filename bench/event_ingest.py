@@ -65,7 +65,7 @@ def main() -> None:
     try:
         from server import create_app
         from server.core import db
-        from server.runs import runner
+        from server.runs import recorder, runner
         from server.core.db import Base
         from server.core.models import Host, Step, Task
 
@@ -84,7 +84,7 @@ def main() -> None:
             # -- 1. a real run, recording every event the Recorder gets ----------------
             events: list[dict] = []
             handler_time = [0.0]
-            original = runner.Recorder.event_handler
+            original = recorder.Recorder.event_handler
 
             progress: list[str | None] = [None]  # the run's tm_commands progress prefix, for the replays
 
@@ -97,13 +97,13 @@ def main() -> None:
                 finally:
                     handler_time[0] += time.perf_counter() - t0
 
-            runner.Recorder.event_handler = recording
+            recorder.Recorder.event_handler = recording
             ex, ops = make_execution(session, task, hosts)
             t0 = time.perf_counter()
             result = runner.run(session, ex, hosts, ops, settings)
             session.commit()
             live_wall = time.perf_counter() - t0
-            runner.Recorder.event_handler = original
+            recorder.Recorder.event_handler = original
             n_steps = session.query(Step).join(Step.operation).filter_by(execution_id=ex.id).count()
             assert result.status == "succeeded", result
             assert n_steps == args.hosts * args.tasks, n_steps
@@ -127,8 +127,8 @@ def main() -> None:
             for r in range(args.replays):
                 ex, ops = make_execution(session, task, hosts)
                 names = {h.name: h.name for h in hosts}
-                rec = runner.Recorder(session, ex, runner._by_inventory_name(ops, names), names,
-                                      list(task.commands), progress[0])
+                rec = recorder.Recorder(session, ex, recorder.by_inventory_name(ops, names), names,
+                                        list(task.commands), progress[0])
                 t0 = time.perf_counter()
                 for ev in events:
                     rec.event_handler(ev)

@@ -166,7 +166,7 @@ def test_planted_run_and_task_vars_never_reach_ansible(app, session):
     the protocol's tm_base_url and no reserved name from the task's or the run's rows."""
     import shutil
 
-    from server.runs import runner, sandbox
+    from server.runs import prepare, sandbox
 
     api_host, _, t = plant(session)
     t.kind, t.playbook, t.commands = "commands", None, ["true"]
@@ -177,7 +177,7 @@ def test_planted_run_and_task_vars_never_reach_ansible(app, session):
     session.commit()
     private = sandbox.new_private_dir()  # the runner's own layout
     try:
-        runner.prepare(private, ex, t, list(t.hosts), app.config["TM"])
+        prepare.prepare(private, ex, t, list(t.hosts), app.config["TM"])
         written = "\n".join(f.read_text() for f in private.rglob("*.yml"))
     finally:
         shutil.rmtree(private, ignore_errors=True)

@@ -195,7 +195,7 @@ def run_playbook(app, tmp_path: Path, playbook: str, hosts, credential, extravar
     ansible-runner's prompt answers (or its ssh-agent for keys), the product's ssh args."""
     import ansible_runner
 
-    from server.runs import inventory, protocols, runner
+    from server.runs import inventory, prepare, protocols
     from server.core.vault import vault
 
     inv = inventory.build_inventory(hosts, credential)
@@ -214,7 +214,7 @@ def run_playbook(app, tmp_path: Path, playbook: str, hosts, credential, extravar
         **protocols.ansible_env(),
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_SSH_ARGS": runner.ssh_args(app.config["TM"], credential),
+        "ANSIBLE_SSH_ARGS": prepare.ssh_args(app.config["TM"], credential),
         "ANSIBLE_HOST_KEY_CHECKING": "True",
         "ANSIBLE_SSH_PASSWORD_MECHANISM": "ssh_askpass",
         "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",

@@ -9,15 +9,15 @@ tells how many attempts it took. All attempts together stay within the task's ti
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.core import audit, db
-from server.runs import runner
 from server.core.config import Settings
 from server.core.models import Execution, Host, Operation
+from server.runs import recorder, runner
 
 ACTOR = "worker"
 
@@ -37,18 +37,6 @@ def _wait(execution_id: int, seconds: float) -> bool:
         if left <= 0:
             return False
         time.sleep(min(0.5, left))
-
-
-def _outcome(ops: dict[str, Operation], attempts_made: int) -> runner.RunResult:
-    """The execution's status over every host, after the last attempt."""
-    counts: dict[str, int] = {}
-    for op in ops.values():
-        counts[op.status] = counts.get(op.status, 0) + 1
-    bad = {k: v for k, v in counts.items() if k in ("failed", "unreachable", "cancelled")}
-    if not bad:
-        return runner.RunResult("succeeded", None)
-    parts = ", ".join(f"{v} {k}" for k, v in sorted(bad.items()))
-    return runner.RunResult("failed", f"{parts} of {len(ops)} hosts (after {attempts_made} attempts)")
 
 
 def run_with_retries(
@@ -72,8 +60,9 @@ def run_with_retries(
             break
         remaining = budget - (time.monotonic() - started) - delay
         if remaining < 1:
+            used_up = f"not retried: the task's {budget} s timeout is used up"
             for h in retry:
-                ops[h.name].message = _note(ops[h.name].message, f"not retried: the task's {budget} s timeout is used up")
+                ops[h.name].message = _note(ops[h.name].message, used_up)
             break
         session.commit()  # the attempt's results are visible while we wait
         if _wait(ex.id, delay):
@@ -98,7 +87,7 @@ def run_with_retries(
                 op.message = _note(op.message, f"unreachable on {attempt} attempts")
     if attempt == 1 or result.status in ("cancelled", "timed_out"):
         return result
-    return _outcome(ops, attempt)
+    return recorder.outcome(ops.values(), note=f"after {attempt} attempts")
 
 
 def _note(message: str | None, note: str) -> str:

@@ -1,0 +1,294 @@
+"""Building a run before it starts: everything ansible-playbook will see, and nothing more.
+
+``prepare(private_dir, ex, task, hosts, settings)`` fills the run's private directory
+(inventory, extra-vars file, a commands task's playbook, an empty ansible.cfg) and returns a
+``Prepared``: the command line, the environment, the prompt answers, the ssh key and what the
+sandbox must show. ``runner_config(...)`` turns it into ansible-runner's ``RunnerConfig``, with the
+environment filtered down to what ansible-playbook may see. runner.py runs it.
+
+Secrets reach Ansible only two ways, both in memory: an SSH private key through
+ansible-runner's ssh-agent fifo (``ssh_key=``), and passwords typed into Ansible's own
+prompts (``--ask-pass``/``--ask-become-pass`` answered by ``passwords=``). They are never
+in the environment, extra vars, files, the command line or the ``artifacts/*/command``
+file. Ansible then hands the login password to ssh through its own ssh_askpass helper
+(a 0600 POSIX shared-memory segment that exists only while ssh asks); sshpass is not
+used because it mistakes remote exit codes 1-6 for its own errors. User variables and
+command lines are written as ``!unsafe`` YAML so Jinja never evaluates them.
+
+Speed: ssh ControlMaster connections persist (per credential version) between runs, a
+``commands`` task runs all its lines in one ``tm_commands`` task per host (each line still
+its own shell and step, without Ansible's per-task CPU for every line), with the ``free``
+strategy and one fork per host, pipelining is on, only the YAML inventory plugin is
+enabled, and runs without WinRM hosts skip importing pywinrm.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ansible_runner.config.runner import RunnerConfig
+
+from server.catalog import playbooks
+from server.core.config import Settings
+from server.core.errors import ValidationError
+from server.core.models import Credential, Execution, Host, Task
+from server.core.vault import vault
+from server.executions.approvals import DRY_RUN_TRIGGER
+from server.runs import hostkeys, inventory, protocols
+
+CONTROL_PERSIST_S = 300
+STUBS_DIR = Path(__file__).resolve().parent / "ansible_stubs"
+ENV_KEEP_PREFIXES = ("ANSIBLE_", "AWX_", "RUNNER_", "ORIGINAL_STDOUT_CALLBACK")
+# Ansible's prompts, anchored to a whole line so command output can never trigger them.
+SSH_PASS_PROMPT = r"^SSH password:\s*$"
+BECOME_PASS_PROMPT = r"^BECOME password(\[defaults to SSH password\])?:\s*$"
+
+
+def venv_bin() -> Path:
+    return Path(sys.executable).parent
+
+
+@dataclass
+class Prepared:
+    private_dir: Path
+    playbook: str
+    project_dir: str
+    cmdline: list[str]
+    envvars: dict[str, str]
+    passwords: dict[str, str]
+    ssh_key: str | None
+    readonly: list[Path]  # what the sandbox sees read-only besides the system and Python
+    sockets: list[Path]  # the X11 display socket, for x11 hosts
+    forks: int
+    names: dict[str, str]
+    commands: list[str] | None  # a commands task's lines (steps come from tm_commands)
+    progress: str | None  # prefix of tm_commands' progress lines
+
+
+def _secrets(credential: Credential | None) -> tuple[str | None, str | None, str | None]:
+    """(ssh key, login password, become password), decrypted only in memory."""
+    if credential is None:
+        return None, None, None
+    box = vault()
+    secret = box.decrypt(credential.secret_enc)
+    become = box.decrypt(credential.become_password_enc)
+    if credential.kind == "ssh_key":
+        return secret, None, become
+    if credential.kind == "password":
+        return None, secret, become or secret  # sudo asks for the login password by default
+    return None, None, become
+
+
+def ssh_args(settings: Settings, credential: Credential | None, known_hosts: Path | None = None) -> str:
+    known_hosts = known_hosts or hostkeys.known_hosts_path(settings.instance_dir)
+    args = [
+        "-F none",  # no ~/.ssh/config: how we connect is decided here, per host and credential
+        "-o IdentityFile=none",  # never the worker's own keys: only the credential's
+        "-o ControlMaster=auto",
+        f"-o ControlPersist={CONTROL_PERSIST_S}s",
+        "-o StrictHostKeyChecking=accept-new",
+        f"-o UserKnownHostsFile={known_hosts}",
+        "-o LogLevel=ERROR",
+        "-o ServerAliveInterval=15",
+        "-o ServerAliveCountMax=4",
+    ]
+    if credential is not None and credential.kind == "password":
+        args.append("-o PubkeyAuthentication=no")
+    return " ".join(args)
+
+
+def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], settings: Settings) -> Prepared:
+    credential = task.credential
+    if task.kind == "commands":
+        problem = protocols.commands_problem(hosts)  # API-protocol hosts run on this machine: no raw lines
+        if problem:
+            raise ValidationError(problem, field="commands")
+    key, password, become_password = _secrets(credential)
+    preview = ex.check_mode and ex.trigger == DRY_RUN_TRIGGER
+    if preview:  # before approval: nothing a playbook could read, only the key inside ssh-agent
+        password = become_password = None
+    inv = inventory.build_inventory(hosts, credential)
+    (private_dir / "inventory").mkdir(mode=0o700)
+    (private_dir / "inventory" / "hosts.yml").write_text(inventory.dump_inventory(inv))
+    env_dir = private_dir / "env"
+    env_dir.mkdir(mode=0o700)
+    run_vars = {**(task.vars or {}), **(ex.vars or {})}
+    cmdline: list[str] = []
+    user_vars = inventory.user_vars(run_vars)
+    if user_vars:
+        vars_file = env_dir / "vars.yml"
+        vars_file.write_text(inventory.dump(user_vars))
+        cmdline += ["-e", f"@{vars_file}"]
+    project = private_dir / "project"
+    project.mkdir(mode=0o700)
+    roles_path = [str(settings.playbook_dir / "roles"), str(settings.playbook_dir.parent / "roles")]
+    commands: list[str] | None = None
+    progress: str | None = None
+    if task.kind == "commands":
+        commands = list(task.commands or [])
+        progress = f"tm-progress-{secrets.token_hex(8)}"  # only this run's plugin writes such lines
+        play = playbooks.commands_play([inventory.Unsafe(c) for c in commands], become=bool(task.become),
+                                       progress=progress)
+        for p in play:
+            p["strategy"] = "free"  # each host runs its commands as fast as it can
+        playbook = project / "commands.yml"
+        playbook.write_text(inventory.dump(play))
+        project_dir = str(project)
+    else:
+        resolved = playbooks.resolve(settings.playbook_dir, task.playbook or "")
+        playbook = resolved
+        project_dir = str(resolved.parent)
+        roles_path.insert(0, str(resolved.parent / "roles"))
+    if ex.check_mode:
+        cmdline += ["--check", "--diff"]  # a dry run shows the approver what would change
+    if task.kind == "playbook" and task.become:
+        cmdline.append("--become")
+    passwords: dict[str, str] = {}
+    if password:
+        cmdline.append("--ask-pass")
+        passwords[SSH_PASS_PROMPT] = Once(password)
+    if become_password and (task.become or task.kind == "playbook"):
+        cmdline.append("--ask-become-pass")
+        passwords[BECOME_PASS_PROMPT] = Once(become_password)
+    if task.kind == "playbook":
+        # the protocol playbooks' vars_prompt (API secrets): answered like Ansible's own prompts,
+        # with the secret only when an API-protocol host needs it (an ssh key stays with ssh-agent)
+        api_hosts = any((h.protocol or "ssh") not in ("ssh", "local", "x11") for h in hosts)
+        passwords.update(protocols.prompt_answers(credential if api_hosts and not preview else None))
+    forks = max(1, min(len(hosts), settings.max_forks))
+    known_hosts = private_dir / "ssh" / "known_hosts"
+    hostkeys.seed(settings.instance_dir, hosts, known_hosts)
+    cfg_file = private_dir / "ansible.cfg"
+    cfg_file.write_text("# empty: every setting comes from the environment below\n")
+    envvars = {
+        "PATH": f"{venv_bin()}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(private_dir / "home"),
+        "TMPDIR": "/tmp",  # the sandbox's own tmpfs (ssh-agent's socket lives there)
+        "USER": "nobody",
+        "LOGNAME": "nobody",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "ANSIBLE_CONFIG": str(cfg_file),
+        "ANSIBLE_LOCAL_TEMP": str(private_dir / "tmp"),
+        "ANSIBLE_INVENTORY_ENABLED": "yaml",
+        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
+        "ANSIBLE_HOST_KEY_CHECKING": "True",  # with accept-new: new hosts are learnt, changed keys refused
+        "ANSIBLE_SSH_ARGS": ssh_args(settings, credential, known_hosts),
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(private_dir / "cp"),
+        # ssh_askpass, not sshpass: sshpass mistakes remote exit codes 1-6 for its own errors.
+        "ANSIBLE_SSH_PASSWORD_MECHANISM": "ssh_askpass",
+        "ANSIBLE_SSH_USETTY": "False",  # keep stderr apart from stdout
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_TIMEOUT": "10",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_NOCOLOR": "True",
+        "ANSIBLE_FORCE_COLOR": "False",
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
+        "ANSIBLE_TRANSFORM_INVALID_GROUP_CHARS": "ignore",
+        "ANSIBLE_GATHER_TIMEOUT": "30",
+        "ANSIBLE_ROLES_PATH": ":".join(roles_path),
+    }
+    if not any((h.protocol or "ssh") == "winrm" for h in hosts):
+        # no pywinrm import at ansible-playbook start-up (see ansible_stubs/winrm)
+        envvars["PYTHONPATH"] = str(STUBS_DIR)
+    # shipped modules, module_utils, connection plugins and roles (non-secret)
+    extra = dict(protocols.ansible_env(Path(project_dir) if task.kind == "playbook" else settings.playbook_dir))
+    more_roles = [r for r in str(extra.pop("ANSIBLE_ROLES_PATH", "")).split(os.pathsep) if r]
+    envvars["ANSIBLE_ROLES_PATH"] = os.pathsep.join(dict.fromkeys(roles_path + more_roles))
+    for k, v in extra.items():
+        envvars.setdefault(k, str(v))
+    readonly = [Path(project_dir), settings.playbook_dir, STUBS_DIR, *protocols.ca_dirs()]
+    readonly += [Path(p) for k in ("ANSIBLE_ROLES_PATH", "ANSIBLE_LIBRARY", "ANSIBLE_MODULE_UTILS",
+                                   "ANSIBLE_CONNECTION_PLUGINS", "ANSIBLE_ACTION_PLUGINS")
+                 for p in envvars.get(k, "").split(os.pathsep) if p]
+    return Prepared(
+        private_dir=private_dir,
+        playbook=str(playbook),
+        project_dir=project_dir,
+        cmdline=cmdline,
+        envvars=envvars,
+        passwords=passwords,
+        ssh_key=key,
+        readonly=[p for p in dict.fromkeys(readonly) if p.exists()],
+        sockets=_x11_sockets(envvars.get("DISPLAY")) if any(h.protocol == "x11" for h in hosts) else [],
+        forks=forks,
+        names=inv["_meta"]["names"],
+        commands=commands,
+        progress=progress,
+    )
+
+
+def _x11_sockets(display: str | None) -> list[Path]:
+    """The local X server's socket for ``DISPLAY=:N`` (a TCP display needs nothing)."""
+    if display and display.startswith(":"):
+        return [Path("/tmp/.X11-unix") / f"X{display[1:].split('.')[0]}"]
+    return []
+
+
+def runner_config(prep: Prepared, ex: Execution, timeout_s: int) -> RunnerConfig:
+    """ansible-runner's configuration for ``prep``, prepared, its environment filtered."""
+    # Non-secret runner settings go in env/settings: ansible-runner 2.4.3 drops a
+    # ``settings=`` dict when that file is missing (BaseConfig.prepare_env).
+    (prep.private_dir / "env" / "settings").write_text(json.dumps({
+        "job_timeout": timeout_s,
+        "idle_timeout": timeout_s,
+        "pexpect_timeout": 0.2,
+        "pexpect_use_poll": True,
+        "suppress_ansible_output": True,
+        "suppress_output_file": True,
+    }))
+    rc = RunnerConfig(
+        private_data_dir=str(prep.private_dir),
+        playbook=prep.playbook,
+        inventory=str(prep.private_dir / "inventory" / "hosts.yml"),
+        project_dir=prep.project_dir,
+        cmdline=" ".join(shlex.quote(a) for a in prep.cmdline),
+        envvars=prep.envvars,
+        passwords=dict(prep.passwords),
+        settings={},
+        forks=prep.forks,
+        ident=f"execution-{ex.id}",
+        suppress_env_files=True,
+        suppress_ansible_output=True,
+        suppress_output_file=True,
+        quiet=True,
+        fact_cache_type="jsonfile",
+    )
+    rc.prepare()
+    rc.env = _filter_env(rc.env, keep=prep.envvars)
+    return rc
+
+
+def _filter_env(env: dict[str, str], keep: dict[str, str]) -> dict[str, str]:
+    """What ansible-playbook may see: our own variables and what ansible-runner added.
+
+    Nothing of the worker's own environment (which may hold the vault key, database and
+    Redis URLs) passes: a variable the worker has with the same value is dropped.
+    """
+    return {k: v for k, v in env.items()
+            if k in keep or (k.startswith(ENV_KEEP_PREFIXES) and os.environ.get(k) != v)}
+
+
+class Once(str):
+    """A prompt answer ansible-runner can send once: later matches get an empty line.
+
+    Ansible asks for the login and become passwords once, at start-up; a playbook that
+    prints the prompt again (e.g. through its parent's terminal) must not be answered.
+    pexpect sends ``answer + linesep``, which is where the secret is handed out.
+    """
+
+    def __new__(cls, secret: str) -> Once:
+        obj = super().__new__(cls, "")
+        obj._secret = secret
+        return obj
+
+    def __add__(self, other: str) -> str:
+        secret, self._secret = self._secret, ""
+        return secret + other
+
