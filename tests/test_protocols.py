@@ -5,7 +5,7 @@ with a private CA; LDAPS: slapd (mdb + ppolicy); RDP: xrdp; VNC: x11vnc on Xvfb;
 SSH: OpenSSH servers from tests/sshlab.py (X11Forwarding on); WinRM: no Windows here, so
 the generated connection options are checked exactly and an unreachable WinRM host is
 run through the real runner. Playbooks run through ansible-runner with the secrets
-answered at Ansible's prompts, as runner.py does.
+answered at Ansible's prompts, as prepare.py does.
 """
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ class Run:
 
 
 def run_playbook(app, tmp_path: Path, playbook: str, hosts, credential, extravars=None, check=False, display=None) -> Run:
-    """Run a shipped playbook the way runner.py does: per-run inventory from the database
+    """Run a shipped playbook the way prepare.py sets runs up: per-run inventory from the database
     rows (inventory.build_inventory → protocols.host_vars), secrets only through
     ansible-runner's prompt answers (or its ssh-agent for keys), the product's ssh args."""
     import ansible_runner
@@ -229,7 +229,7 @@ def run_playbook(app, tmp_path: Path, playbook: str, hosts, credential, extravar
         cmdline=" ".join(cmdline), passwords=passwords, envvars=envvars, extravars=extravars or {},
         ssh_key=secret if credential is not None and credential.kind == "ssh_key" else None,
         quiet=True, settings={"suppress_ansible_output": True, "pexpect_timeout": 0.2}, timeout=120,
-        suppress_env_files=True,  # like runner.py: the passwords stay in memory
+        suppress_env_files=True,  # like prepare.py: the passwords stay in memory
     )
     return Run(r, private)
 
@@ -417,7 +417,7 @@ def test_telnet_connection_test_logs_in_and_reports_failures(app, api, session, 
 
 
 def test_telnet_commands_task_through_the_real_runner(app, api, session, telnetd):
-    """A `commands` task on a telnet host: runner.py's --ask-pass answer reaches the telnet
+    """A `commands` task on a telnet host: prepare.py's --ask-pass answer reaches the telnet
     connection plugin, each command's output and exit status are recorded."""
     add_credential(api, "tn-run", "password", protolab.PROTO_PASSWORD, username=protolab.PROTO_USER)
     add_host(api, "tn-host", telnetd.addr, "telnet")

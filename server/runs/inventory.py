@@ -5,7 +5,7 @@ inventory in the shape of Ansible's YAML inventory (``{"all": {"hosts", "vars",
 "children"}}``). User-typed variables are wrapped in ``Unsafe`` so that ``dump`` writes
 them with the ``!unsafe`` tag: Jinja never evaluates a ``{{ ... }}`` somebody typed into a
 host or group variable. Secrets never appear here; they reach ansible-playbook only
-through ansible-runner's password prompts and ssh-agent (see runner.py).
+through ansible-runner's password prompts and ssh-agent (see prepare.py).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ Every host has a ``protocol`` (models.PROTOCOLS). For each one this module knows
 * ``host_vars(host, credential)``: the inventory connection variables, never a secret
   (inventory.py merges them over the user's variables);
 * ``prompt_answers(credential)``: the secrets the shipped protocol playbooks ask for with
-  a private ``vars_prompt``; runner.py merges them into ansible-runner's ``passwords``
+  a private ``vars_prompt``; prepare.py merges them into ansible-runner's ``passwords``
   (the connection password itself goes through ``--ask-pass`` as for SSH);
 * ``test_connection(host, credential)``: TCP, then the protocol's own handshake and, where
   the protocol allows it, a login.

@@ -2,7 +2,7 @@
 
 ansible-playbook imports every connection plugin at start (PlaybookExecutor.run preloads
 them), and the winrm plugin imports pywinrm with requests, requests-ntlm, spnego and
-cryptography: ~0.15 s of every run (measured, bench/seed_usecase.py). runner.py puts this
+cryptography, a noticeable part of every run's start-up. prepare.py puts this
 directory first on PYTHONPATH only when no target host uses the winrm protocol; the
 plugin then loads without pywinrm (it handles the ImportError) and is never used.
 """
