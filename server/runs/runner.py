@@ -2,7 +2,7 @@
 
 How a run goes, the way ansible-runner splits itself:
 
-1. **prepare** (prepare.py): a private directory (mode 0700) with the inventory, the extra
+1. **prepare** (prepare.py): a private directory (under a 0700 base) with the inventory, the extra
    vars and the playbook to run; the command line, environment and prompt answers; then
    ansible-runner's ``RunnerConfig`` with the environment filtered.
 2. **sandbox** (sandbox.py): ansible-playbook's command wrapped so it sees the private
