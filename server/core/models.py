@@ -1,11 +1,14 @@
 """The data model. The database is the source of truth; Redis only carries execution ids.
 
-One class per concept; status values are plain strings listed here so that the API, the
-worker and the scheduler share one vocabulary (see ../shared/CONTRACT.md).
+One class per concept. Statuses are ``ExecutionStatus`` and ``OperationStatus`` (string enums
+whose values are the stored strings) with their sets (``EXECUTION_FINAL``, ``EXECUTION_FAILED``,
+``EXECUTION_RELAUNCHABLE``...), so that the API, the worker and the scheduler share one
+vocabulary (see ../shared/CONTRACT.md).
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -61,22 +64,65 @@ CREDENTIAL_KINDS = ("ssh_key", "password", "token", "certificate")
 TASK_KINDS = ("commands", "playbook")
 PERMISSIONS = ("view", "execute", "schedule", "edit")
 
-EXECUTION_STATUSES = (
-    "waiting_approval",
-    "rejected",
-    "expired",
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "timed_out",
-    "lost",
-)
-EXECUTION_FINAL = frozenset({"rejected", "expired", "succeeded", "failed", "cancelled", "timed_out", "lost"})
-EXECUTION_ACTIVE = frozenset({"queued", "running"})
-OPERATION_STATUSES = ("pending", "running", "succeeded", "failed", "unreachable", "skipped", "cancelled")
-OPERATION_FINAL = frozenset({"succeeded", "failed", "unreachable", "skipped", "cancelled"})
+
+class ExecutionStatus(StrEnum):
+    """Where an execution is. The values are what the database and the API hold.
+
+    A ``StrEnum`` (not ``class X(str, Enum)``): its members *are* their strings for ``==``,
+    hashing, SQL parameters and ``json.dumps``, and also for ``str()``, f-strings and
+    templates, where a plain ``(str, Enum)`` member would print ``ExecutionStatus.FAILED``.
+    """
+
+    WAITING_APPROVAL = "waiting_approval"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    LOST = "lost"
+
+
+class OperationStatus(StrEnum):
+    """Where one host of an execution is (same reasons as ``ExecutionStatus`` for a StrEnum)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    UNREACHABLE = "unreachable"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+EXECUTION_STATUSES = tuple(ExecutionStatus)  # in the contract's order
+# Nothing more will happen to it.
+EXECUTION_FINAL = frozenset({
+    ExecutionStatus.REJECTED, ExecutionStatus.EXPIRED, ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED,
+    ExecutionStatus.CANCELLED, ExecutionStatus.TIMED_OUT, ExecutionStatus.LOST,
+})
+# It went wrong (reports' failure rates, the "execution.failed" notification).
+EXECUTION_FAILED = frozenset({ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT, ExecutionStatus.LOST})
+# Final and not a refused request: it may be run again (and reports count it as a run).
+EXECUTION_RELAUNCHABLE = EXECUTION_FINAL - {ExecutionStatus.REJECTED, ExecutionStatus.EXPIRED}
+# Not started yet: a cancel ends these at once.
+EXECUTION_NOT_STARTED = frozenset({ExecutionStatus.WAITING_APPROVAL, ExecutionStatus.QUEUED})
+# Not final yet: the reports' "in flight" list.
+EXECUTION_OPEN = frozenset(ExecutionStatus) - EXECUTION_FINAL
+
+OPERATION_STATUSES = tuple(OperationStatus)
+OPERATION_FINAL = frozenset({
+    OperationStatus.SUCCEEDED, OperationStatus.FAILED, OperationStatus.UNREACHABLE, OperationStatus.SKIPPED,
+    OperationStatus.CANCELLED,
+})
+# The host went wrong (reports, notifications); a cancelled host is not a failure.
+OPERATION_FAILED = frozenset({OperationStatus.FAILED, OperationStatus.UNREACHABLE})
+# The host did what was asked: a relaunch on the failed hosts leaves these out.
+OPERATION_OK = frozenset({OperationStatus.SUCCEEDED, OperationStatus.SKIPPED})
+# Not finished: what a lost or refused run closes.
+OPERATION_OPEN = frozenset({OperationStatus.PENDING, OperationStatus.RUNNING})
 
 host_groups = Table(
     "host_groups",
@@ -239,7 +285,7 @@ class Execution(Base):
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(20), default="queued")
+    status: Mapped[str] = mapped_column(String(20), default=ExecutionStatus.QUEUED.value)
     trigger: Mapped[str] = mapped_column(String(20), default="manual")
     requested_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     reason: Mapped[str | None] = mapped_column(Text)
@@ -297,7 +343,7 @@ class Operation(Base):
     execution_id: Mapped[int] = mapped_column(ForeignKey("executions.id", ondelete="CASCADE"))
     host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"))
     host_name: Mapped[str] = mapped_column(String(255))
-    status: Mapped[str] = mapped_column(String(20), default="pending")
+    status: Mapped[str] = mapped_column(String(20), default=OperationStatus.PENDING.value)
     rc: Mapped[int | None] = mapped_column(Integer)
     stdout: Mapped[str] = mapped_column(Text, default="")
     stderr: Mapped[str] = mapped_column(Text, default="")
