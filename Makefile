@@ -11,7 +11,7 @@ RUN_PKGS := redis-server openssh-client sshpass git python3-venv bubblewrap util
 TEST_PKGS := openssh-server sudo postgresql chromium inetutils-telnetd inetutils-telnet slapd ldap-utils \
              xrdp x11vnc xvfb xauth x11-apps x11-utils x11-xserver-utils openssl procps iproute2
 
-.PHONY: run test demo system-run system-test venv migrate admin
+.PHONY: run test lint demo system-run system-test venv migrate admin
 
 run: system-run venv migrate
 	$(FLASK) serve
@@ -21,6 +21,11 @@ demo: system-test venv migrate
 
 test: system-test venv
 	bash tests/run.sh
+
+# ruff (also run by `make test`) and mypy on the packages pyproject.toml names.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 system-run:
 	@missing=$$(for p in $(RUN_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
