@@ -2,7 +2,8 @@
 
 Select the database with ``TM_TEST_DB=sqlite`` (default) or ``TM_TEST_DB=postgresql``
 (uses ``TM_TEST_PG_URL``, default ``postgresql://postgres@127.0.0.1:5432/test``, in a
-private database created for the session).
+private database created for the session). Redis is always a redis-server private to the
+pytest process (one per xdist worker), so no other run on the machine can flush it.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from sqlalchemy import create_engine, text
 REPO = Path(__file__).resolve().parent.parent
 TEST_DB = os.environ.get("TM_TEST_DB", "sqlite")
 PG_ADMIN_URL = os.environ.get("TM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("TM_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 ADMIN_PASSWORD = "admin-password-1"
 
 
@@ -47,20 +47,35 @@ def pg_database() -> Iterator[str | None]:
 
 
 @pytest.fixture(scope="session")
-def redis_db() -> int:
-    """A Redis database number private to this xdist worker."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    return 1 + int(worker[2:] or 0) % 15
+def private_redis_url(tmp_path_factory) -> Iterator[str]:
+    """A redis-server for this pytest process alone, on a unix socket.
+
+    The Redis on 127.0.0.1:6379 is shared with every other pytest process on the
+    machine, and the ``app`` fixture flushes its database before each test: a concurrent
+    run could wipe a queued job, a session or the audit head anchor in the middle of a
+    test. One private server per process (per xdist worker) costs a fraction of a second
+    and ends that class of flake; processes a test starts (worker, scheduler) inherit it
+    through ``env``."""
+    from server.core.redis_conn import ensure_embedded_redis
+
+    base = tmp_path_factory.mktemp("redis")
+    sock = base / "redis.sock"
+    proc = ensure_embedded_redis(base, sock)
+    yield f"unix://{sock}"
+    if proc is not None:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_database: str | None, redis_db: int) -> dict[str, str]:
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_database: str | None,
+        private_redis_url: str) -> dict[str, str]:
     """Environment for the app and for any process a test starts (worker, scheduler)."""
     instance = tmp_path / "instance"
     values = {
         "TASKMANAGER_INSTANCE_DIR": str(instance),
         "TASKMANAGER_DATABASE_URL": pg_database or f"sqlite:///{instance / 'taskmanager.db'}",
-        "TASKMANAGER_REDIS_URL": f"{REDIS_URL}/{redis_db}",
+        "TASKMANAGER_REDIS_URL": private_redis_url,
         "TASKMANAGER_QUEUE": f"test-{uuid.uuid4().hex[:8]}",
     }
     for key, value in values.items():
@@ -190,7 +205,24 @@ def api_as(app, session):
     return make
 
 
-# --- real SSH servers and real workers (helper A: execution core) --------------------------
+@pytest.fixture
+def live_server(app) -> Iterator[str]:
+    """The app over real HTTP (werkzeug, threaded) on a free loopback port; yields its base URL.
+    For browsers and for tests that need real sockets (streamed exports, client addresses)."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+# --- real SSH servers and real workers ------------------------------------------------------
 
 @pytest.fixture
 def sshlab():
@@ -226,22 +258,3 @@ def run_worker(env):
         )
 
     return run
-
-
-@pytest.fixture(scope="session")
-def private_redis_url(tmp_path_factory) -> Iterator[str]:
-    """A redis-server for this pytest process alone, on a unix socket (opt-in).
-
-    The shared Redis on 127.0.0.1:6379 has 16 databases for every pytest process on the
-    machine, and the ``app`` fixture flushes its database: a concurrent test run can wipe a
-    queued job mid-test. Tests that run real workers use this private server instead
-    (override ``env`` to point ``TASKMANAGER_REDIS_URL`` at it)."""
-    from server.core.redis_conn import ensure_embedded_redis
-
-    base = tmp_path_factory.mktemp("redis")
-    sock = base / "redis.sock"
-    proc = ensure_embedded_redis(base, sock)
-    yield f"unix://{sock}"
-    if proc is not None:
-        proc.terminate()
-        proc.wait(timeout=10)

@@ -11,14 +11,6 @@ from server.people import access, auth
 from server.core.models import ApiToken, AuditLog, Policy, User
 
 
-@pytest.fixture(scope="session")
-def redis_db() -> int:
-    """Not conftest's db 1: other pytest processes sharing this Redis flush that one."""
-    import os
-
-    return 9 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % 3
-
-
 def login_form(client, username: str, password: str):
     page = client.get("/login")
     return client.post("/login", data={"username": username, "password": password,

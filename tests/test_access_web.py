@@ -3,7 +3,6 @@ details, and the approval flow once in a real browser (Debian chromium via Playw
 from __future__ import annotations
 
 import re
-import threading
 
 import pytest
 from flask import g
@@ -28,14 +27,6 @@ class IsolatedClient(FlaskClient):
 @pytest.fixture(autouse=True)
 def _isolated_clients(app):
     app.test_client_class = IsolatedClient
-
-
-@pytest.fixture(scope="session")
-def redis_db() -> int:
-    """Not conftest's db 1: other pytest processes sharing this Redis flush that one."""
-    import os
-
-    return 9 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % 3
 
 
 def web_login(app, username: str, password: str = ADMIN_PASSWORD):
@@ -189,15 +180,9 @@ def test_one_time_password_must_be_changed_first(app, session):
 
 
 @pytest.fixture
-def live_url(app):
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(10)
+def live_url(live_server):
+    """conftest's live server under this file's name."""
+    return live_server
 
 
 @pytest.mark.browser

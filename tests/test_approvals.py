@@ -12,14 +12,6 @@ from server.executions import approvals, jobs
 from server.core.models import Approval, AuditLog, Execution, Host, NotificationDelivery, Schedule, Task, utcnow
 
 
-@pytest.fixture(scope="session")
-def redis_db() -> int:
-    """Not conftest's db 1: other pytest processes sharing this Redis flush that one."""
-    import os
-
-    return 9 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % 3
-
-
 @pytest.fixture
 def world(api, api_as, session):
     """An operator, three approvers on levels 1-3, and a task under approval."""

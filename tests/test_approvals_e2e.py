@@ -4,7 +4,6 @@ the host) → the approver sees what would change → approval → the real run 
 Then a change between approval and run makes the worker refuse the run."""
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
@@ -15,12 +14,6 @@ from server.core.models import AuditLog, Execution
 from tests.sshlab import SSHLab
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def redis_db() -> int:
-    """A Redis db apart from the one other test runs on a shared machine flush."""
-    return 8 + os.getpid() % 8
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,6 @@ from server.core import audit, db
 from server.core.models import AuditLog
 
 
-@pytest.fixture(scope="session")
-def redis_db() -> int:
-    """Not conftest's db 1: other pytest processes sharing this Redis flush that one, which
-    would take the Redis head anchor with it in the middle of a test."""
-    return 9 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % 3
-
-
 def _rows(session) -> list[AuditLog]:
     return session.execute(select(AuditLog).order_by(AuditLog.id)).scalars().all()
 
@@ -274,16 +267,9 @@ def test_record_many_chains_a_batch_and_a_rolled_back_savepoint_keeps_the_chain(
 
 
 @pytest.fixture
-def live(app):
-    """The app over real HTTP (werkzeug, threaded) on a free loopback port."""
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(10)
+def live(live_server):
+    """conftest's live server under this file's name."""
+    return live_server
 
 
 def _failed_logins(base: str, n: int) -> None:

@@ -11,14 +11,17 @@ import io
 import os
 import re
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from tests import conftest
 from tests.conftest import ADMIN_PASSWORD
 from tests.sshlab import SSHLab
+
+# conftest's fixture, re-exported: test_robustness_ui still imports it from this module.
+live_server = conftest.live_server
 
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "test-output" / "screenshots"
@@ -32,29 +35,10 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="session")
-def redis_db() -> int:
-    """Not conftest's db 1, which other pytest processes on a shared machine flush."""
-    return 14 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % 2
-
-
 @pytest.fixture(scope="module")
 def lab():
     with SSHLab(2) as lab:
         yield lab
-
-
-@pytest.fixture
-def live_server(app):
-    """The app over real HTTP (werkzeug, threaded) on a free loopback port."""
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(10)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ Everything goes through the real app: the JSON API, the web forms and the schedu
 """
 from __future__ import annotations
 
-import os
 from datetime import datetime, timezone
 
 import pytest
@@ -22,12 +21,6 @@ from server.executions.request import request_execution
 from server.core.models import AuditLog, Execution, Schedule, ScheduleFire, Task, User
 
 U = timezone.utc
-
-
-@pytest.fixture(scope="session")
-def redis_db() -> int:
-    """Not conftest's db 1: other pytest processes sharing this Redis flush that one."""
-    return 4 + os.getpid() % 4
 
 
 class IsolatedClient(FlaskClient):

@@ -41,14 +41,6 @@ def _isolated_clients(app):
     app.test_client_class = IsolatedClient
 
 
-@pytest.fixture(scope="session")
-def redis_db() -> int:
-    """Not conftest's db: other pytest processes sharing this Redis flush theirs."""
-    import os
-
-    return 12 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % 2
-
-
 def sign_in(app, username: str, password: str = ADMIN_PASSWORD, *, next_: str | None = None,
             address: str = "127.0.0.1"):
     """A fresh client that posts the real login form; returns (client, response).

@@ -2,9 +2,6 @@
 objects, access control on pages and on the JSON endpoints."""
 from __future__ import annotations
 
-import os
-
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue, Worker
 
@@ -12,12 +9,6 @@ from server.core.redis_conn import redis
 from tests.conftest import make_user
 from tests.reportdata import make_execution, make_task
 from tests.test_reports import login
-
-
-@pytest.fixture(scope="session")
-def redis_db() -> int:
-    """Not conftest's db 1, which other pytest processes on a shared machine flush."""
-    return 14 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % 2
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:

@@ -148,15 +148,6 @@ expect(ADMIN, *(f"{m} /admin/rq{r}" for m, r in [
 # ------------------------------------------------------------------ sample objects
 
 
-@pytest.fixture(scope="session")
-def redis_db() -> int:
-    """Not conftest's db 1: other pytest processes sharing this Redis flush that one, and the
-    queue dashboard's routes need the sample job to stay put."""
-    import os
-
-    return 9 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % 3
-
-
 class IsolatedClient(FlaskClient):
     """The tests keep one app context open, so flask-login's cached user and flask-wtf's
     cached CSRF token (both in ``g``) would leak between clients."""

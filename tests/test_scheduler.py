@@ -17,14 +17,6 @@ from server.scheduling.schedules import create_schedule, fire_times, next_fire, 
 U = timezone.utc
 
 
-@pytest.fixture(scope="session")
-def redis_db() -> int:
-    """Not conftest's db 1: other pytest processes sharing this Redis flush that one."""
-    import os
-
-    return 12 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % 3
-
-
 def at(*args) -> datetime:
     return datetime(*args, tzinfo=U)
 

@@ -22,12 +22,6 @@ FLASK = str(Path(sys.executable).parent / "flask")
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def redis_db() -> int:
-    """Not conftest's db 1: other pytest processes sharing this Redis flush that one."""
-    return 12 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % 3
-
-
 def start(*args: str, log: Path) -> subprocess.Popen:
     return subprocess.Popen([FLASK, "--app", "wsgi", *args], cwd=REPO, env=dict(os.environ),
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)

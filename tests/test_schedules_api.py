@@ -14,14 +14,6 @@ from server.scheduling.schedules import next_fire
 U = timezone.utc
 
 
-@pytest.fixture(scope="session")
-def redis_db() -> int:
-    """Not conftest's db 1: other pytest processes sharing this Redis flush that one."""
-    import os
-
-    return 12 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % 3
-
-
 @pytest.fixture
 def task(session):
     t = Task(name="restart", kind="commands", commands=["true"], hosts=[Host(name="web1", address="127.0.0.1")])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import threading
 from datetime import datetime, timezone
 
 import pytest
@@ -16,24 +15,10 @@ pytestmark = pytest.mark.browser
 U = timezone.utc
 
 
-@pytest.fixture(scope="session")
-def redis_db() -> int:
-    """Not conftest's db 1: other pytest processes sharing this Redis flush that one."""
-    import os
-
-    return 12 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % 3
-
-
 @pytest.fixture
-def live_url(app):
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(10)
+def live_url(live_server):
+    """conftest's live server under this file's name."""
+    return live_server
 
 
 @pytest.fixture
