@@ -70,10 +70,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     def _remove_session(_exc: BaseException | None) -> None:
         db.session.remove()
 
-    from server import cli, web
-    from server.api import api_bp
+    from server import api, cli, web
 
     web.init_app(app)
-    app.register_blueprint(api_bp)
+    api.init_app(app)
     cli.init_app(app)
     return app

@@ -1,13 +1,15 @@
 """HTTP API v1: JSON in, JSON out, errors as ``{"error": {"code", "message"}}``.
 
-One module per resource registers its routes on ``api_bp``; this module owns
-authentication (bearer token or the web session) and error rendering.
+One module per resource registers its routes on ``api_bp`` (``ROUTE_MODULES``, imported by
+``init_app`` before the blueprint is registered); this module owns authentication (bearer
+token or the web session) and error rendering.
 """
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Flask, Response, g, jsonify, request
 from flask_login import current_user
 from flask_wtf.csrf import validate_csrf
 from wtforms.validators import ValidationError as CSRFValidationError
@@ -139,11 +141,17 @@ def register_health(app) -> None:
         return jsonify({"status": "ok"})
 
 
-from server.api import tokens  # noqa: E402,F401  (route modules register on api_bp)
-from server.api import relaunch  # noqa: E402,F401
-from server.api import notifications, reports  # noqa: E402,F401  (helper F: notification channels, CSV reports)
-from server.api import credentials, executions, hosts, openapi, tasks  # noqa: E402,F401  (helper B: core resources, OpenAPI)
-from server.api import approvals, audit_trail, policies, tokens_admin, users  # noqa: E402,F401  (helper E: access, approvals, audit)
-from server.api import schedules  # noqa: E402,F401  (helper D: schedules, scheduler switch, blackouts)
-from server.api import connections  # noqa: E402,F401  (helper C: connection tests)
-from server.api import hostkeys  # noqa: E402,F401
+
+# The resource modules whose routes make up the API, one per resource.
+ROUTE_MODULES = (
+    "tokens", "users", "policies", "audit_trail", "hosts", "hostkeys", "connections", "credentials", "tasks",
+    "executions", "approvals", "schedules", "notifications", "reports", "openapi",
+)
+
+
+def init_app(app: Flask) -> None:
+    """Load every route module onto ``api_bp``, then register it and ``/healthz``."""
+    for name in ROUTE_MODULES:
+        import_module(f"{__name__}.{name}")
+    app.register_blueprint(api_bp)
+    register_health(app)

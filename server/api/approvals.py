@@ -18,7 +18,8 @@ from server.core.errors import Forbidden, NotFound, ValidationError
 from server.executions.request import target_hosts
 from server.core.models import Approval, Execution, Schedule, User
 from server.api import api_bp, json_body, me
-from server.api.common import get_or_404, iso, page_of
+from server.api.common import iso, page_of
+from server.guards import visible_or_404
 from server.api.executions import execution_dict
 from server.api.openapi import DATETIME, describe, register_schema
 
@@ -186,10 +187,8 @@ def list_approvals():
 def _request_execution(execution_id: int) -> Execution:
     """The execution if the user may see it or is one of its approvers."""
     user = me()
-    ex = get_or_404(Execution, execution_id, "execution")
-    if not (access.can_view_execution(db.session(), user, ex) or (ex.approval_plan and approvals.involves(ex, user))):
-        raise NotFound(f"execution {execution_id} does not exist")
-    return ex
+    return visible_or_404(Execution, execution_id, "execution", lambda ex: bool(
+        access.can_view_execution(db.session(), user, ex) or (ex.approval_plan and approvals.involves(ex, user))))
 
 
 def _comment() -> Any:
@@ -255,11 +254,9 @@ def dry_run_execution(execution_id: int):
 
 def _request_schedule(schedule_id: int) -> Schedule:
     user = me()
-    sch = get_or_404(Schedule, schedule_id, "schedule")
-    visible = "view" in access.task_permissions(db.session(), user, sch.task)
-    if not (visible or (sch.approval_plan and approvals.involves(sch, user))):
-        raise NotFound(f"schedule {schedule_id} does not exist")
-    return sch
+    return visible_or_404(Schedule, schedule_id, "schedule", lambda sch: bool(
+        "view" in access.task_permissions(db.session(), user, sch.task)
+        or (sch.approval_plan and approvals.involves(sch, user))))
 
 
 @api_bp.get("/schedules/<int:schedule_id>/approval")

@@ -7,7 +7,7 @@ from server.core import db
 from server.catalog.connections import test_host
 from server.core.models import Host
 from server.api import api_bp, json_body, me
-from server.api.common import get_or_404
+from server.guards import visible_or_404
 from server.api.openapi import describe, register_schema
 
 register_schema("ConnectionTest", {
@@ -35,7 +35,7 @@ register_schema("ConnectionTestInput", {
 def test_host_connection(host_id: int):
     """Test the host's connection: TCP, the protocol handshake and, with a credential, a login."""
     body = json_body(required=False)
-    host = get_or_404(Host, host_id, "host")
+    host = visible_or_404(Host, host_id, "host")
     result = test_host(db.session(), me(), host, body.get("credential"))
     db.session.commit()
     return jsonify(result)

@@ -5,7 +5,6 @@ from flask import jsonify, request
 from sqlalchemy import select
 
 from server.core import db
-from server.people.access import require
 from server.catalog.credentials import (
     BECOME_METHODS,
     create_credential,
@@ -16,15 +15,16 @@ from server.catalog.credentials import (
 from server.core.models import CREDENTIAL_KINDS, Credential
 from server.core.pagination import like_pattern, text_arg
 from server.api import api_bp, json_body, me
-from server.api.common import get_or_404, no_content, page_of
+from server.api.common import no_content, page_of
+from server.guards import requires, visible_or_404
 from server.api.openapi import DATETIME, describe, register_schema
 
 
 @api_bp.get("/credentials")
 @describe(response="Credential", paged=True, query={"q": {"type": "string"}, "kind": {"type": "string"}})
+@requires("credentials.view")
 def list_credentials():
     """List credentials by name (never their secrets)."""
-    require(me(), "credentials.view")
     query = select(Credential).order_by(Credential.name)
     term = text_arg(request.args, "q")
     if term:
@@ -38,10 +38,10 @@ def list_credentials():
 
 @api_bp.post("/credentials")
 @describe(request="CredentialInput", response="Credential", status=201)
+@requires("credentials.edit")
 def create_credential_view():
     """Store a credential; ``secret`` is encrypted and never returned."""
     user = me()
-    require(user, "credentials.edit")
     cred = create_credential(db.session(), json_body(), actor=user.username)
     db.session.commit()
     return jsonify(public(cred)), 201
@@ -49,19 +49,19 @@ def create_credential_view():
 
 @api_bp.get("/credentials/<int:credential_id>")
 @describe(response="Credential")
+@requires("credentials.view")
 def get_credential(credential_id: int):
     """One credential (never its secrets)."""
-    require(me(), "credentials.view")
-    return jsonify(public(get_or_404(Credential, credential_id, "credential")))
+    return jsonify(public(visible_or_404(Credential, credential_id, "credential")))
 
 
 @api_bp.patch("/credentials/<int:credential_id>")
 @describe(request="CredentialInput", response="Credential")
+@requires("credentials.edit")
 def update_credential_view(credential_id: int):
     """Change a credential; omit ``secret`` to keep it, ``become_password: null`` clears that."""
     user = me()
-    require(user, "credentials.edit")
-    cred = get_or_404(Credential, credential_id, "credential")
+    cred = visible_or_404(Credential, credential_id, "credential")
     update_credential(db.session(), cred, json_body(), actor=user.username)
     db.session.commit()
     return jsonify(public(cred))
@@ -69,11 +69,11 @@ def update_credential_view(credential_id: int):
 
 @api_bp.delete("/credentials/<int:credential_id>")
 @describe(status=204)
+@requires("credentials.edit")
 def delete_credential_view(credential_id: int):
     """Delete a credential no task uses (409 names the tasks that do)."""
     user = me()
-    require(user, "credentials.edit")
-    delete_credential(db.session(), get_or_404(Credential, credential_id, "credential"), actor=user.username)
+    delete_credential(db.session(), visible_or_404(Credential, credential_id, "credential"), actor=user.username)
     db.session.commit()
     return no_content()
 

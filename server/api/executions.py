@@ -1,4 +1,4 @@
-"""Executions: start (``POST /tasks/<id>/executions``), list, inspect, cancel."""
+"""Executions: start (``POST /tasks/<id>/executions``), list, inspect, cancel, relaunch."""
 from __future__ import annotations
 
 import re
@@ -11,15 +11,17 @@ from sqlalchemy.orm import joinedload, selectinload
 from server.executions import approvals
 from server.core import db
 from server.people.access import can_view_execution, filter_executions, require_task, task_permissions
-from server.core.errors import Forbidden, NotFound, ValidationError
+from server.core.errors import Forbidden, ValidationError
+from server.executions.relaunch import relaunch
 from server.executions.request import MAX_REASON, cancel_execution, request_execution
 from server.core.models import EXECUTION_STATUSES, OPERATION_STATUSES, Execution, Operation, Task
 from server.core.pagination import text_arg
 from server.core.validation import Fields, name_list, text, variables
 from server.api import api_bp, json_body, me
-from server.api.common import get_or_404, iso, page_of
+from server.api.common import iso, page_of
 from server.api.openapi import DATETIME, describe, register_schema
 from server.api.tasks import visible_task
+from server.guards import visible_or_404
 
 RUN_FIELDS = ("vars", "reason", "limit", "dry_run")
 _TRIGGER_RE = re.compile(r"^[a-z_]{1,20}$")
@@ -83,10 +85,7 @@ def execution_detail(ex: Execution) -> dict[str, Any]:
 
 
 def visible_execution(execution_id: int) -> Execution:
-    ex = get_or_404(Execution, execution_id, "execution")
-    if not can_view_execution(db.session(), me(), ex):
-        raise NotFound(f"execution {execution_id} does not exist")
-    return ex
+    return visible_or_404(Execution, execution_id, "execution", lambda ex: can_view_execution(db.session(), me(), ex))
 
 
 @api_bp.post("/tasks/<int:task_id>/executions")
@@ -173,6 +172,21 @@ def cancel_execution_view(execution_id: int):
     cancel_execution(db.session(), ex, user)
     db.session.commit()
     return jsonify(execution_dict(ex)), (200 if ex.status == "cancelled" else 202)
+
+
+@api_bp.post("/executions/<int:execution_id>/relaunch")
+def relaunch_execution(execution_id: int):
+    """Run again as a new execution: ``{"failed_only": true, "reason": ...}`` (the default
+    reruns only the hosts that did not succeed)."""
+    parent = visible_or_404(Execution, execution_id, "execution")
+    body = json_body(required=False)
+    child = relaunch(
+        db.session(), parent, me(), failed_only=body.get("failed_only", True), reason=body.get("reason")
+    )
+    db.session.commit()
+    return jsonify(
+        {"id": child.id, "status": child.status, "parent_id": parent.id, "limit_hosts": child.limit_hosts}
+    ), 202
 
 
 register_schema("RunRequest", {"type": "object", "additionalProperties": False, "properties": {

@@ -5,10 +5,10 @@ from flask import current_app, jsonify
 
 from server.core import db
 from server.runs import hostkeys
-from server.people.access import require, require_host
+from server.people.access import require_host
 from server.core.models import Host
 from server.api import api_bp, me
-from server.api.common import get_or_404
+from server.guards import requires, visible_or_404
 from server.api.openapi import describe, register_schema
 
 register_schema("HostKeys", {
@@ -27,10 +27,10 @@ register_schema("ForgottenHostKeys", {
 
 @api_bp.get("/hosts/<int:host_id>/host-keys")
 @describe(response="HostKeys")
+@requires("hosts.view")
 def get_host_keys(host_id: int):
     """The SSH host keys recorded for this host (learnt on first contact)."""
-    require(me(), "hosts.view")
-    host = get_or_404(Host, host_id, "host")
+    host = visible_or_404(Host, host_id, "host")
     require_host(db.session(), me(), host)
     return jsonify({"host": host.name, "keys": hostkeys.keys(current_app.config["TM"].instance_dir, host)})
 
@@ -39,7 +39,7 @@ def get_host_keys(host_id: int):
 @describe(response="ForgottenHostKeys")
 def forget_host_keys(host_id: int):
     """Forget this host's recorded SSH host keys (after a rebuild); the next connection learns the new one."""
-    host = get_or_404(Host, host_id, "host")
+    host = visible_or_404(Host, host_id, "host")
     result = hostkeys.forget(db.session(), me(), host, current_app.config["TM"].instance_dir)
     db.session.commit()
     return jsonify(result)

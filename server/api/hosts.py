@@ -8,12 +8,13 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import selectinload
 
 from server.core import db
-from server.people.access import filter_hosts, require, require_host
+from server.people.access import filter_hosts, require_host
 from server.catalog.hosts import create_host, delete_host, update_host
 from server.core.models import PROTOCOLS, Group, Host
 from server.core.pagination import like_pattern, text_arg
 from server.api import api_bp, json_body, me
-from server.api.common import get_or_404, iso, no_content, page_of
+from server.api.common import iso, no_content, page_of
+from server.guards import requires, visible_or_404
 from server.api.openapi import DATETIME, NAMES, VARS, describe, register_schema
 
 
@@ -34,9 +35,9 @@ def host_dict(host: Host) -> dict[str, Any]:
 @api_bp.get("/hosts")
 @describe(response="Host", paged=True, query={"q": {"type": "string", "description": "name or address contains"},
                                               "group": {"type": "string", "description": "member of this group"}})
+@requires("hosts.view")
 def list_hosts():
     """List hosts by name."""
-    require(me(), "hosts.view")
     query = filter_hosts(select(Host).options(selectinload(Host.groups)).order_by(Host.name), me())
     term = text_arg(request.args, "q")
     if term:
@@ -51,6 +52,7 @@ def list_hosts():
 
 @api_bp.post("/hosts")
 @describe(request="HostInput", response="Host", status=201)
+@requires("hosts.edit")
 def create_host_view():
     """Add a host; groups named in ``groups`` are created if missing.
 
@@ -58,7 +60,6 @@ def create_host_view():
     (``tls_verify``, ``ca_bundle``...) are checked by type and value, and protocol ``local``
     is for admins only (403)."""
     user = me()
-    require(user, "hosts.edit")
     host = create_host(db.session(), json_body(), actor=user.username)
     db.session.commit()
     return jsonify(host_dict(host)), 201
@@ -66,22 +67,22 @@ def create_host_view():
 
 @api_bp.get("/hosts/<int:host_id>")
 @describe(response="Host")
+@requires("hosts.view")
 def get_host(host_id: int):
     """One host."""
-    require(me(), "hosts.view")
-    host = get_or_404(Host, host_id, "host")
+    host = visible_or_404(Host, host_id, "host")
     require_host(db.session(), me(), host)
     return jsonify(host_dict(host))
 
 
 @api_bp.patch("/hosts/<int:host_id>")
 @describe(request="HostInput", response="Host")
+@requires("hosts.edit")
 def update_host_view(host_id: int):
     """Change some fields of a host; ``groups`` replaces the list (same checks as creating;
     only admins may change a ``local`` host or make a host ``local``)."""
     user = me()
-    require(user, "hosts.edit")
-    host = get_or_404(Host, host_id, "host")
+    host = visible_or_404(Host, host_id, "host")
     update_host(db.session(), host, json_body(), actor=user.username)
     db.session.commit()
     return jsonify(host_dict(host))
@@ -89,11 +90,11 @@ def update_host_view(host_id: int):
 
 @api_bp.delete("/hosts/<int:host_id>")
 @describe(status=204)
+@requires("hosts.edit")
 def delete_host_view(host_id: int):
     """Remove a host; past operations on it keep its name (``local`` hosts: admins only)."""
     user = me()
-    require(user, "hosts.edit")
-    delete_host(db.session(), get_or_404(Host, host_id, "host"), actor=user.username)
+    delete_host(db.session(), visible_or_404(Host, host_id, "host"), actor=user.username)
     db.session.commit()
     return no_content()
 

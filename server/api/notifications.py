@@ -4,11 +4,10 @@ from __future__ import annotations
 from flask import jsonify
 from sqlalchemy import select
 
-from server.people import access
 from server.core import db
 from server.reporting import notify
-from server.core.errors import NotFound
 from server.core.models import NotificationChannel
+from server.guards import requires, visible_or_404
 from server.api import api_bp, json_body, me
 from server.api.common import page_of
 from server.api.openapi import describe, register_schema
@@ -42,26 +41,23 @@ register_schema("NotificationDelivery", {
 
 
 def _channel(channel_id: int) -> NotificationChannel:
-    channel = db.session.get(NotificationChannel, channel_id) if channel_id <= 2**31 - 1 else None
-    if channel is None:
-        raise NotFound(f"notification channel {channel_id} not found")
-    return channel
+    return visible_or_404(NotificationChannel, channel_id, "notification channel")
 
 
 @api_bp.get("/notifications")
 @describe(response="NotificationChannel", paged=True)
+@requires("notifications.manage")
 def list_notifications():
     """List notification channels by name (admins)."""
-    access.require(me(), "notifications.manage")
     page = page_of(select(NotificationChannel).order_by(NotificationChannel.name))
     return jsonify(page.envelope([notify.channel_dict(ch) for ch in page.items]))
 
 
 @api_bp.post("/notifications")
 @describe(request="NotificationChannelInput", response="NotificationChannel", status=201)
+@requires("notifications.manage")
 def create_notification():
     """Add a channel; the URL is stored encrypted."""
-    access.require(me(), "notifications.manage")
     channel = notify.create_channel(db.session(), json_body(), actor=me().username)
     db.session.commit()
     return jsonify(notify.channel_dict(channel)), 201
@@ -69,16 +65,16 @@ def create_notification():
 
 @api_bp.get("/notifications/<int:channel_id>")
 @describe(response="NotificationChannel")
+@requires("notifications.manage")
 def get_notification(channel_id: int):
-    access.require(me(), "notifications.manage")
     return jsonify(notify.channel_dict(_channel(channel_id)))
 
 
 @api_bp.patch("/notifications/<int:channel_id>")
 @describe(request="NotificationChannelInput", response="NotificationChannel")
+@requires("notifications.manage")
 def update_notification(channel_id: int):
     """Change a channel; an omitted or empty url keeps the stored one."""
-    access.require(me(), "notifications.manage")
     channel = notify.update_channel(db.session(), _channel(channel_id), json_body(), actor=me().username)
     db.session.commit()
     return jsonify(notify.channel_dict(channel))
@@ -86,8 +82,8 @@ def update_notification(channel_id: int):
 
 @api_bp.delete("/notifications/<int:channel_id>")
 @describe(status=204)
+@requires("notifications.manage")
 def delete_notification(channel_id: int):
-    access.require(me(), "notifications.manage")
     notify.delete_channel(db.session(), _channel(channel_id), actor=me().username)
     db.session.commit()
     return "", 204
@@ -95,9 +91,9 @@ def delete_notification(channel_id: int):
 
 @api_bp.post("/notifications/<int:channel_id>/test")
 @describe(status=202)
+@requires("notifications.manage")
 def test_notification(channel_id: int):
     """Queue a test message to this channel; its outcome shows in ``deliveries``."""
-    access.require(me(), "notifications.manage")
     row = notify.send_test(db.session(), _channel(channel_id), actor=me().username)
     db.session.commit()
     return jsonify({"delivery": row.id, "status": row.status}), 202
@@ -105,9 +101,9 @@ def test_notification(channel_id: int):
 
 @api_bp.get("/notifications/<int:channel_id>/deliveries")
 @describe(response="NotificationDelivery")
+@requires("notifications.manage")
 def list_deliveries(channel_id: int):
     """The channel's 50 latest deliveries with their outcome."""
-    access.require(me(), "notifications.manage")
     _channel(channel_id)
     rows = notify.recent_deliveries(db.session(), channel_id, limit=50)
     return jsonify([

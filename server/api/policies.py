@@ -5,13 +5,12 @@ from flask import jsonify
 from sqlalchemy import or_, select
 from sqlalchemy.orm import selectinload
 
-from server.people import access
 from server.core import db
-from server.core.errors import NotFound
 from server.core.models import PERMISSIONS, Policy, PolicyApprover, User
 from server.people.policies import delete_policy, policy_dict, save_policy
 from server.api import api_bp, json_body, me
-from server.api.common import get_or_404, no_content, page_of
+from server.api.common import no_content, page_of
+from server.guards import requires, visible_or_404
 from server.api.openapi import DATETIME, NAMES, describe, register_schema
 
 
@@ -34,48 +33,43 @@ def list_policies():
 
 @api_bp.post("/policies")
 @describe(request="PolicyInput", response="Policy", status=201)
+@requires("policies.manage")
 def create_policy_view():
     """Create a policy (admins)."""
     actor = me()
-    access.require(actor, "policies.manage")
     policy = save_policy(db.session(), json_body(), actor=actor.username)
     db.session.commit()
     return jsonify(policy_dict(policy)), 201
-
-
-def _visible_policy(policy_id: int) -> Policy:
-    policy = get_or_404(Policy, policy_id, "policy")
-    if db.session.execute(_readable(select(Policy.id).where(Policy.id == policy_id), me())).first() is None:
-        raise NotFound(f"policy {policy_id} does not exist")
-    return policy
 
 
 @api_bp.get("/policies/<int:policy_id>")
 @describe(response="Policy")
 def get_policy(policy_id: int):
     """One policy."""
-    return jsonify(policy_dict(_visible_policy(policy_id)))
+    readable = _readable(select(Policy.id).where(Policy.id == policy_id), me())
+    return jsonify(policy_dict(visible_or_404(Policy, policy_id, "policy",
+                                              lambda _p: db.session.execute(readable).first() is not None)))
 
 
 @api_bp.patch("/policies/<int:policy_id>")
 @describe(request="PolicyInput", response="Policy")
+@requires("policies.manage")
 def update_policy_view(policy_id: int):
     """Change a policy; list fields replace the whole list. Pending requests keep the
     approvers they were made with."""
     actor = me()
-    access.require(actor, "policies.manage")
-    policy = save_policy(db.session(), json_body(), actor=actor.username, policy=get_or_404(Policy, policy_id, "policy"))
+    policy = save_policy(db.session(), json_body(), actor=actor.username, policy=visible_or_404(Policy, policy_id, "policy"))
     db.session.commit()
     return jsonify(policy_dict(policy))
 
 
 @api_bp.delete("/policies/<int:policy_id>")
 @describe()
+@requires("policies.manage")
 def delete_policy_view(policy_id: int):
     """Delete a policy."""
     actor = me()
-    access.require(actor, "policies.manage")
-    delete_policy(db.session(), get_or_404(Policy, policy_id, "policy"), actor=actor.username)
+    delete_policy(db.session(), visible_or_404(Policy, policy_id, "policy"), actor=actor.username)
     db.session.commit()
     return no_content()
 

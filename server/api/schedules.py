@@ -13,26 +13,19 @@ from sqlalchemy.orm import selectinload
 from server.people import access
 from server.core import db
 from server.scheduling import schedules as svc
-from server.core.errors import NotFound, ValidationError
-from server.core.models import Blackout, Schedule, ScheduleFire, Task
+from server.core.errors import ValidationError
+from server.core.models import Blackout, Schedule, ScheduleFire
 from server.core.pagination import text_arg
 from server.api import api_bp, json_body, me
-from server.api.common import get_or_404, no_content, page_of
+from server.api.common import no_content, page_of
+from server.guards import requires, visible_or_404
+from server.api.tasks import visible_task
 from server.api.openapi import DATETIME, VARS, describe, register_schema
 
 
-def _visible_task(task_id: int) -> Task:
-    task = get_or_404(Task, task_id, "task")
-    if "view" not in access.task_permissions(db.session(), me(), task):
-        raise NotFound(f"task {task_id} does not exist")
-    return task
-
-
 def _visible_schedule(schedule_id: int) -> Schedule:
-    schedule = get_or_404(Schedule, schedule_id, "schedule")
-    if "view" not in access.task_permissions(db.session(), me(), schedule.task):
-        raise NotFound(f"schedule {schedule_id} does not exist")
-    return schedule
+    return visible_or_404(Schedule, schedule_id, "schedule",
+                          lambda sch: "view" in access.task_permissions(db.session(), me(), sch.task))
 
 
 def _bool_arg(name: str) -> bool | None:
@@ -50,7 +43,7 @@ def _bool_arg(name: str) -> bool | None:
 @describe(response="Schedule", paged=True)
 def list_task_schedules(task_id: int):
     """The schedules of one task."""
-    task = _visible_task(task_id)
+    task = visible_task(task_id)
     page = page_of(select(Schedule).where(Schedule.task_id == task.id).order_by(Schedule.id))
     return jsonify(page.envelope([svc.schedule_dict(s) for s in page.items]))
 
@@ -59,7 +52,7 @@ def list_task_schedules(task_id: int):
 @describe(request="ScheduleInput", response="Schedule", status=201)
 def create_schedule(task_id: int):
     """Schedule a task: 5-field cron in an IANA time zone (default: the user's zone, else UTC)."""
-    task = _visible_task(task_id)
+    task = visible_task(task_id)
     access.require_task(db.session(), me(), task, "schedule")
     schedule = svc.create_schedule(db.session(), task, me(), json_body())
     db.session.commit()
@@ -152,9 +145,9 @@ def scheduler_status():
 
 @api_bp.post("/scheduler/pause")
 @describe(response="SchedulerStatus")
+@requires("schedules.admin")
 def pause_scheduler():
     """Pause every schedule (admins). Instants due meanwhile are recorded as 'paused'."""
-    access.require(me(), "schedules.admin")
     reason = json_body(required=False).get("reason")
     svc.set_paused(db.session(), me(), True, reason)
     db.session.commit()
@@ -163,9 +156,9 @@ def pause_scheduler():
 
 @api_bp.post("/scheduler/resume")
 @describe(response="SchedulerStatus")
+@requires("schedules.admin")
 def resume_scheduler():
     """Resume schedules (admins); paused instants are not caught up."""
-    access.require(me(), "schedules.admin")
     reason = json_body(required=False).get("reason")
     svc.set_paused(db.session(), me(), False, reason)
     db.session.commit()
@@ -193,9 +186,9 @@ def list_blackouts():
 
 @api_bp.post("/blackouts")
 @describe(request="BlackoutInput", response="Blackout", status=201)
+@requires("schedules.admin")
 def create_blackout():
     """Define a blackout window (admins)."""
-    access.require(me(), "schedules.admin")
     b = svc.create_blackout(db.session(), me(), json_body())
     db.session.commit()
     return jsonify(svc.blackout_dict(b)), 201
@@ -205,25 +198,25 @@ def create_blackout():
 @describe(response="Blackout")
 def get_blackout(blackout_id: int):
     """One blackout window."""
-    return jsonify(svc.blackout_dict(get_or_404(Blackout, blackout_id, "blackout")))
+    return jsonify(svc.blackout_dict(visible_or_404(Blackout, blackout_id, "blackout")))
 
 
 @api_bp.patch("/blackouts/<int:blackout_id>")
 @describe(request="BlackoutInput", response="Blackout")
+@requires("schedules.admin")
 def update_blackout(blackout_id: int):
     """Move or rename a blackout window (admins)."""
-    access.require(me(), "schedules.admin")
-    b = svc.update_blackout(db.session(), get_or_404(Blackout, blackout_id, "blackout"), me(), json_body())
+    b = svc.update_blackout(db.session(), visible_or_404(Blackout, blackout_id, "blackout"), me(), json_body())
     db.session.commit()
     return jsonify(svc.blackout_dict(b))
 
 
 @api_bp.delete("/blackouts/<int:blackout_id>")
 @describe(status=204)
+@requires("schedules.admin")
 def delete_blackout(blackout_id: int):
     """Remove a blackout window (admins)."""
-    access.require(me(), "schedules.admin")
-    svc.delete_blackout(db.session(), get_or_404(Blackout, blackout_id, "blackout"), me())
+    svc.delete_blackout(db.session(), visible_or_404(Blackout, blackout_id, "blackout"), me())
     db.session.commit()
     return no_content()
 

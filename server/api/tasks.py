@@ -8,13 +8,13 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import selectinload
 
 from server.core import db
-from server.people.access import filter_tasks, require, require_task, task_permissions
-from server.core.errors import NotFound
+from server.people.access import filter_tasks, require_task, task_permissions
 from server.core.models import PERMISSIONS, TASK_KINDS, Task
 from server.core.pagination import like_pattern, text_arg
 from server.catalog.tasks import create_task, delete_task, update_task
 from server.api import api_bp, json_body, me
-from server.api.common import get_or_404, iso, no_content, page_of
+from server.api.common import iso, no_content, page_of
+from server.guards import requires, visible_or_404
 from server.api.openapi import DATETIME, NAMES, VARS, describe, register_schema
 
 
@@ -43,10 +43,7 @@ def task_dict(task: Task) -> dict[str, Any]:
 
 def visible_task(task_id: int) -> Task:
     """The task if this user may see it; otherwise 404 (its existence is not revealed)."""
-    task = get_or_404(Task, task_id, "task")
-    if "view" not in task_permissions(db.session(), me(), task):
-        raise NotFound(f"task {task_id} does not exist")
-    return task
+    return visible_or_404(Task, task_id, "task", lambda t: "view" in task_permissions(db.session(), me(), t))
 
 
 def playbook_dir():
@@ -74,10 +71,10 @@ def list_tasks():
 
 @api_bp.post("/tasks")
 @describe(request="TaskInput", response="Task", status=201)
+@requires("tasks.create")
 def create_task_view():
     """Define a task (commands or a playbook, targets, credential)."""
     user = me()
-    require(user, "tasks.create")
     task = create_task(db.session(), json_body(), user=user, playbook_dir=playbook_dir())
     db.session.commit()
     return jsonify(task_dict(task)), 201

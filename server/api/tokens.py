@@ -1,14 +1,25 @@
-"""Token exchange: ``POST /api/v1/auth/token`` with username and password."""
+"""API tokens: the password exchange (``POST /api/v1/auth/token``) and list, create and
+revoke (``/api/v1/tokens``). Only hashes are stored, so a token's value is shown once, in
+the response that creates it."""
 from __future__ import annotations
 
-from flask import jsonify
+from typing import Any
 
+from flask import jsonify, request
+from sqlalchemy import select
+
+from server.api import api_bp, json_body, me
+from server.api.common import iso, no_content
+from server.api.openapi import DATETIME, describe, register_schema
 from server.core import db
-from server.people.accounts import token_name
-from server.people.auth import authenticate, issue_token
 from server.core.errors import ValidationError
+from server.core.models import ApiToken, User
+from server.core.pagination import text_arg
+from server.guards import visible_or_404
+from server.people import access
+from server.people.accounts import revoke_token, token_name, tokens_of
+from server.people.auth import _token_hash, authenticate, issue_token
 from server.people.login_throttle import LoginThrottled
-from server.api import api_bp, json_body
 
 
 @api_bp.post("/auth/token")
@@ -31,3 +42,78 @@ def create_token():
     token = issue_token(s, user, name=name, actor=user.username)
     s.commit()
     return jsonify({"token": token}), 201
+
+
+def token_dict(token: ApiToken) -> dict[str, Any]:
+    return {
+        "id": token.id,
+        "name": token.name,
+        "prefix": token.prefix,
+        "user": token.user.username,
+        "created_at": iso(token.created_at),
+        "last_used_at": iso(token.last_used_at),
+        "revoked_at": iso(token.revoked_at),
+        "active": token.revoked_at is None,
+    }
+
+
+@api_bp.get("/tokens")
+@describe(response="Token", query={"user": {"type": "string", "description": "admins: this user's tokens"},
+                                   "all": {"type": "boolean", "description": "admins: everyone's tokens"},
+                                   "active": {"type": "boolean", "description": "only tokens not revoked"}})
+def list_tokens():
+    """Your API tokens (never their values); admins may list anyone's."""
+    actor = me()
+    s = db.session()
+    target: User | None = actor
+    name = text_arg(request.args, "user")
+    if name or request.args.get("all") in ("1", "true"):
+        access.require(actor, "users.manage")
+        target = None
+        if name:
+            target = s.execute(select(User).where(User.username == name)).scalar_one_or_none()
+            if target is None:
+                raise ValidationError(f"no user named {name!r}", field="user")
+    active_only = request.args.get("active") in ("1", "true")
+    items = [token_dict(t) for t in tokens_of(s, target, include_revoked=not active_only)]
+    return jsonify({"items": items, "total": len(items)})
+
+
+@api_bp.post("/tokens")
+@describe(request="TokenInput", response="NewToken", status=201)
+def create_api_token():
+    """Create a token for yourself; the response is the only time its value is shown.
+
+    Refused (403 ``password_change_required``) while your password must be changed."""
+    actor = me()
+    data = json_body(required=False)
+    unknown = sorted(set(data) - {"name"})
+    if unknown:
+        raise ValidationError(f"unknown field(s): {', '.join(unknown)} (allowed: name)", field=unknown[0])
+    s = db.session()
+    value = issue_token(s, actor, name=token_name(data.get("name")), actor=actor.username)
+    s.commit()
+    row = s.execute(select(ApiToken).where(ApiToken.token_hash == _token_hash(value))).scalar_one()
+    return jsonify({**token_dict(row), "token": value}), 201
+
+
+@api_bp.delete("/tokens/<int:token_id>")
+@describe()
+def revoke_api_token(token_id: int):
+    """Revoke a token (yours; admins: anyone's). It stops working at once."""
+    actor = me()
+    token = visible_or_404(ApiToken, token_id, "token",
+                           lambda t: t.user_id == actor.id or access.has(actor, "users.manage"))
+    revoke_token(db.session(), token, actor=actor)
+    db.session.commit()
+    return no_content()
+
+
+register_schema("Token", {"type": "object", "properties": {
+    "id": {"type": "integer"}, "name": {"type": "string"}, "prefix": {"type": "string"},
+    "user": {"type": "string"}, "created_at": DATETIME, "last_used_at": DATETIME, "revoked_at": DATETIME,
+    "active": {"type": "boolean"}}})
+register_schema("TokenInput", {"type": "object", "additionalProperties": False,
+                               "properties": {"name": {"type": "string", "maxLength": 80}}})
+register_schema("NewToken", {"allOf": [{"$ref": "#/components/schemas/Token"}, {"type": "object", "properties": {
+    "token": {"type": "string", "description": "shown once"}}}]})

@@ -13,7 +13,8 @@ from server.people.accounts import add_user, deactivate_user, update_user
 from server.core.models import ROLES, User
 from server.core.pagination import text_arg
 from server.api import api_bp, json_body, me
-from server.api.common import get_or_404, iso, no_content, page_of
+from server.api.common import iso, no_content, page_of
+from server.guards import requires, visible_or_404
 from server.api.openapi import DATETIME, describe, register_schema
 
 
@@ -51,9 +52,9 @@ def get_me():
 @api_bp.get("/users")
 @describe(response="User", paged=True, query={"role": {"type": "string"}, "q": {"type": "string"},
                                                "active": {"type": "boolean"}})
+@requires("users.manage")
 def list_users():
     """Every user (admins only)."""
-    access.require(me(), "users.manage")
     query = select(User).order_by(User.username)
     role = text_arg(request.args, "role")
     if role:
@@ -70,10 +71,10 @@ def list_users():
 
 @api_bp.post("/users")
 @describe(request="UserInput", response="User", status=201)
+@requires("users.manage")
 def create_user_view():
     """Create a user: ``username``, ``role``, ``password`` (8+ characters), optional ``email``."""
     actor = me()
-    access.require(actor, "users.manage")
     user = add_user(db.session(), json_body(), actor=actor.username)
     db.session.commit()
     return jsonify(user_dict(user)), 201
@@ -86,30 +87,30 @@ def get_user(user_id: int):
     actor = me()
     if actor.id != user_id:
         access.require(actor, "users.manage")
-    return jsonify(user_detail(get_or_404(User, user_id, "user")))
+    return jsonify(user_detail(visible_or_404(User, user_id, "user")))
 
 
 @api_bp.patch("/users/<int:user_id>")
 @describe(request="UserPatch", response="UserDetail")
+@requires("users.manage")
 def update_user_view(user_id: int):
     """Change ``role``, ``email``, ``password``, ``is_active``; ``{"unlock": true}`` clears sign-in delays.
 
     Setting another user's password is a reset: it must be changed at his next sign-in, and
     his web sessions and API tokens are revoked."""
     actor = me()
-    access.require(actor, "users.manage")
-    user = update_user(db.session(), get_or_404(User, user_id, "user"), json_body(), actor=actor)
+    user = update_user(db.session(), visible_or_404(User, user_id, "user"), json_body(), actor=actor)
     db.session.commit()
     return jsonify(user_detail(user))
 
 
 @api_bp.delete("/users/<int:user_id>")
 @describe()
+@requires("users.manage")
 def delete_user_view(user_id: int):
     """Deactivate a user: sign-in and tokens stop working; history stays attributed to them."""
     actor = me()
-    access.require(actor, "users.manage")
-    deactivate_user(db.session(), get_or_404(User, user_id, "user"), actor=actor)
+    deactivate_user(db.session(), visible_or_404(User, user_id, "user"), actor=actor)
     db.session.commit()
     return no_content()
 

@@ -12,6 +12,7 @@ from server.core import db
 from server.core.errors import ApiError
 from server.executions.request import target_hosts
 from server.core.models import Approval, Execution, Schedule, User
+from server.guards import visible_or_404
 from server.web import web_bp
 
 RECENT = 50
@@ -76,13 +77,10 @@ def my_requests():
 
 
 def _execution_for(execution_id: int) -> Execution:
+    """An execution that needed approval, if the user may see it or is one of its approvers."""
     user = _me()
-    ex = db.session.get(Execution, execution_id) if 0 < execution_id <= 2**31 - 1 else None
-    if ex is None or ex.approval_plan is None:
-        abort(404)
-    if not (access.can_view_execution(db.session(), user, ex) or approvals.involves(ex, user)):
-        abort(404)
-    return ex
+    return visible_or_404(Execution, execution_id, "execution", lambda ex: ex.approval_plan is not None and (
+        access.can_view_execution(db.session(), user, ex) or approvals.involves(ex, user)))
 
 
 @web_bp.get("/approvals/<int:execution_id>")
@@ -159,14 +157,10 @@ def approval_dry_run(execution_id: int):
 
 
 def _schedule_for(schedule_id: int) -> Schedule:
+    """A schedule that needs approval, if the user may see its task or is one of its approvers."""
     user = _me()
-    sch = db.session.get(Schedule, schedule_id) if 0 < schedule_id <= 2**31 - 1 else None
-    if sch is None or sch.approval_status is None:
-        abort(404)
-    visible = "view" in access.task_permissions(db.session(), user, sch.task)
-    if not (visible or approvals.involves(sch, user)):
-        abort(404)
-    return sch
+    return visible_or_404(Schedule, schedule_id, "schedule", lambda sch: sch.approval_status is not None and (
+        "view" in access.task_permissions(db.session(), user, sch.task) or approvals.involves(sch, user)))
 
 
 @web_bp.get("/approvals/schedules/<int:schedule_id>")

@@ -13,11 +13,12 @@ from server.catalog.connections import test_host
 from server.core.errors import ApiError
 from server.core.models import Credential, Host
 from server.web import web_bp
-from server.web.common import get_or_404, need
+from server.guards import requires, visible_or_404
 
 
 @web_bp.route("/hosts/<int:host_id>/test", methods=["GET", "POST"])
 @login_required
+@requires("hosts.view")
 def host_test(host_id: int):
     host = _visible_host(host_id)
     can_login = access.has(current_user, "hosts.edit")
@@ -42,6 +43,7 @@ def host_test(host_id: int):
 
 @web_bp.post("/hosts/<int:host_id>/host-keys/forget")
 @login_required
+@requires("hosts.view")
 def host_forget_keys(host_id: int):
     host = _visible_host(host_id)
     try:
@@ -60,8 +62,8 @@ def host_forget_keys(host_id: int):
 
 
 def _visible_host(host_id: int) -> Host:
-    need("hosts.view")
-    host = get_or_404(Host, host_id)
+    """The host, 404 if it does not exist, 403 if the user may not view it (``access.require_host``)."""
+    host = visible_or_404(Host, host_id, "host")
     try:
         access.require_host(db.session(), current_user, host)
     except ApiError:

@@ -27,6 +27,7 @@ from server.core.models import (
     Task,
     utcnow,
 )
+from server.guards import MAX_ID
 from server.web import web_bp
 
 OUTPUT_TAIL = 64 * 1024  # characters of output shown per host; the API has all of it
@@ -65,9 +66,6 @@ def executions():
     ), (422 if error else 200)
 
 
-MAX_ID = 2**31 - 1
-
-
 def _load(execution_id: int, with_operations: bool = True) -> Execution:
     stmt = (
         select(Execution)
@@ -76,7 +74,7 @@ def _load(execution_id: int, with_operations: bool = True) -> Execution:
     )
     if with_operations:
         stmt = stmt.options(selectinload(Execution.operations).selectinload(Operation.steps))
-    ex = db.session.execute(stmt).scalar_one_or_none() if execution_id <= MAX_ID else None
+    ex = db.session.execute(stmt).scalar_one_or_none() if 0 < execution_id <= MAX_ID else None
     if ex is None or not access.can_view_execution(db.session(), current_user, ex):
         abort(404)  # like the API: whether an execution one may not see exists is not told
     return ex

@@ -16,16 +16,15 @@ from server.core import db
 from server.scheduling import schedules as svc
 from server.core.errors import ApiError, Forbidden, ValidationError
 from server.core.models import Blackout, Schedule, ScheduleFire, Task, utcnow
+from server.guards import requires, visible_or_404
 from server.web import web_bp
 
 FIRES_PER_PAGE = 50
 
 
 def _schedule(schedule_id: int) -> Schedule:
-    s = db.session.get(Schedule, schedule_id)
-    if s is None or "view" not in access.task_permissions(db.session(), current_user, s.task):
-        abort(404)
-    return s
+    return visible_or_404(Schedule, schedule_id, "schedule",
+                          lambda s: "view" in access.task_permissions(db.session(), current_user, s.task))
 
 
 def _schedulable_tasks() -> list[Task]:
@@ -195,19 +194,19 @@ def schedule_delete(schedule_id: int):
 
 @web_bp.post("/scheduler/pause")
 @login_required
+@requires("schedules.admin")
 def scheduler_pause():
     return _set_paused(True)
 
 
 @web_bp.post("/scheduler/resume")
 @login_required
+@requires("schedules.admin")
 def scheduler_resume():
     return _set_paused(False)
 
 
 def _set_paused(paused: bool):
-    if not access.has(current_user, "schedules.admin"):
-        abort(403)
     try:
         svc.set_paused(db.session(), current_user, paused, request.form.get("reason") or None)
         db.session.commit()
@@ -245,12 +244,9 @@ def blackouts():
 
 @web_bp.post("/blackouts/<int:blackout_id>/delete")
 @login_required
+@requires("schedules.admin")
 def blackout_delete(blackout_id: int):
-    if not access.has(current_user, "schedules.admin"):
-        abort(403)
-    b = db.session.get(Blackout, blackout_id)
-    if b is None:
-        abort(404)
+    b = visible_or_404(Blackout, blackout_id, "blackout")
     svc.delete_blackout(db.session(), b, current_user)
     db.session.commit()
     flash(f"Blackout “{b.name}” deleted.", "success")
