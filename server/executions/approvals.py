@@ -1,7 +1,7 @@
 """Approval flows: four eyes, levels 1-3, expiry, and "what was approved is what runs".
 
 Approval belongs to the task: every run a user requests of a task that a policy puts
-under approval is created ``waiting_approval`` by ``executions.request_execution``,
+under approval is created ``waiting_approval`` by ``request.request_execution``,
 whoever asks (admins and authors included), and calls ``on_requested`` here: the
 approvers of every level (from the policies that put the task under approval) and a
 per-component digest of what will run are snapshotted into ``Execution.approval_plan``.
@@ -15,8 +15,8 @@ waiting request made by ``start_dry_run``; the runner gives it no password or AP
 and it is never retried or relaunched into a live run.
 
 The approval binds the execution's fingerprint (task definition, playbook content,
-variables, targets, credential). It is compared with the task as it is now when an
-approver approves, and again by the worker just before the run (``verify_before_run``);
+variables, targets, credential; computed in ``fingerprint.py``). It is compared with the
+task as it is now when an approver approves, and again by the worker just before the run (``verify_before_run``);
 a difference refuses the run with a reason naming what changed.
 
 Schedules on a task under approval need one approval (``request_schedule_approval``);
@@ -27,8 +27,6 @@ Functions here never commit: the caller commits (API view, worker, scheduler loo
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,83 +36,30 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from server.people import access
 from server.core import audit
-from server.executions import request as executions, jobs
-from server.reporting import notify
 from server.core.errors import Conflict, Forbidden, ValidationError
-from server.core.models import Approval, Execution, Schedule, Task, User, utcnow
+from server.core.models import (
+    EXECUTION_FINAL,
+    OPERATION_OPEN,
+    Approval,
+    Execution,
+    ExecutionStatus,
+    OperationStatus,
+    Schedule,
+    Task,
+    User,
+    utcnow,
+)
+from server.executions import jobs
+from server.executions.fingerprint import current_snapshot, explain_change, parts, target_hosts
+from server.people import access
+from server.reporting import notify
 
 log = logging.getLogger(__name__)
 
 MAX_COMMENT = 2000
 DECISIONS = ("approved", "rejected")
 DRY_RUN_TRIGGER = "dry_run"
-
-
-# ---------------------------------------------------------------- what an approval binds
-
-
-@dataclass
-class Snapshot:
-    """The task as it would run now: its fingerprint and a digest per component."""
-
-    fingerprint: str | None
-    parts: dict[str, str]
-    error: str | None = None
-
-
-def _h(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def fingerprint_parts(task: Task, content_hash: str, run_vars: dict[str, Any], hosts: list) -> dict[str, str]:
-    """Per-component digests mirroring ``executions.fingerprint``, to say *what* changed."""
-    cred = task.credential
-    return {
-        "task definition": _h([task.kind, task.playbook, task.become, task.timeout_s]),
-        ("playbook content" if task.kind == "playbook" else "commands"): _h([task.commands, content_hash]),
-        "task variables": _h(task.vars),
-        "run variables": _h(run_vars),
-        "target hosts": _h([[h.name, h.address, h.port, h.protocol, h.vars] for h in hosts]),
-        "credential": _h([cred.id, cred.version] if cred else None),
-    }
-
-
-def _reload(session: Session, task: Task) -> None:
-    """Read the task and what it targets afresh (long-lived sessions may hold stale copies)."""
-    session.refresh(task)
-    if task.credential is not None:
-        session.refresh(task.credential)
-    for host in task.hosts:
-        session.refresh(host)
-    for group in task.groups:
-        session.refresh(group)
-        for host in group.hosts:
-            session.refresh(host)
-
-
-def current_snapshot(session: Session, task: Task, run_vars: dict[str, Any] | None, limit_hosts: list[str] | None) -> Snapshot:
-    _reload(session, task)
-    run_vars = run_vars or {}
-    try:
-        _revision, chash = executions.revision_of(task)
-    except ValidationError as err:
-        return Snapshot(None, {}, f"the playbook can no longer be used: {err.message}")
-    except OSError as err:
-        return Snapshot(None, {}, f"the playbook can no longer be read: {err}")
-    hosts = executions.target_hosts(task, limit_hosts)
-    return Snapshot(
-        executions.fingerprint(task, chash, run_vars, hosts),
-        fingerprint_parts(task, chash, run_vars, hosts),
-    )
-
-
-def explain_change(before: dict[str, str] | None, after: dict[str, str]) -> str:
-    changed = [name for name, digest in after.items() if (before or {}).get(name) != digest]
-    if before and changed:
-        return ", ".join(changed)
-    return "the task definition, playbook content, variables, targets or credential"
 
 
 # ---------------------------------------------------------------- plans and notifications
@@ -134,7 +79,7 @@ def level_approver_ids(plan: dict[str, Any] | None, level: int) -> list[int]:
 
 
 def _notify(session: Session, event: str, **kw: Any) -> None:
-    """Tell the notification module (if installed) without letting it break the decision."""
+    """Tell the notification module without letting a broken channel break the decision."""
     try:
         notify.emit(session, event, **kw)
     except Exception:  # noqa: BLE001 - a broken channel must not block approvals
@@ -196,8 +141,8 @@ def on_requested(session: Session, ex: Execution, rules: access.RunRules, *, dry
         raise ValidationError("'dry_run' must be true or false", field="dry_run")
     if dry_run and ex.task.kind != "playbook":
         raise ValidationError("a dry run is available for playbook tasks only", field="dry_run")
-    hosts = executions.target_hosts(ex.task, ex.limit_hosts)
-    ex.approval_plan = _plan(rules, fingerprint_parts(ex.task, ex.content_hash or "", ex.vars or {}, hosts))
+    hosts = target_hosts(ex.task, ex.limit_hosts)
+    ex.approval_plan = _plan(rules, parts(ex.task, ex.content_hash or "", ex.vars or {}, hosts))
     ex.approval_level = plan_levels(ex.approval_plan)[0]
     session.flush()
     if dry_run:
@@ -221,18 +166,18 @@ def start_dry_run(session: Session, ex: Execution, user: User | None) -> Executi
         raise Forbidden("only the requester or an approver of this request may start its dry run")
     if ex.task.kind != "playbook":
         raise ValidationError("a dry run is available for playbook tasks only", field="dry_run")
-    if ex.status != "waiting_approval":
+    if ex.status != ExecutionStatus.WAITING_APPROVAL:
         raise Conflict(f"execution {ex.id} is {ex.status}, not waiting for approval")
     if ex.approval_plan is None or ex.check_mode or ex.trigger == DRY_RUN_TRIGGER:
         raise Conflict(f"execution {ex.id} is not an approval request")
     current = dry_run_of(session, ex)
-    if current is not None and current.status in ("queued", "running"):
+    if current is not None and current.status not in EXECUTION_FINAL:
         return current
     now = utcnow()
     dry = Execution(
         task_id=ex.task_id,
         task=ex.task,
-        status="queued",
+        status=ExecutionStatus.QUEUED,
         trigger=DRY_RUN_TRIGGER,
         requested_by_id=user.id if user else None,
         reason=f"dry run for the approval of execution {ex.id}",
@@ -275,7 +220,7 @@ def _eligible(user: User, plan: dict[str, Any] | None, level: int) -> bool:
 
 def may_decide(session: Session, ex: Execution, user: User, *, any_level: bool = False) -> str | None:
     """None if ``user`` may decide the request's current level now, else why not."""
-    if ex.status != "waiting_approval":
+    if ex.status != ExecutionStatus.WAITING_APPROVAL:
         return f"execution {ex.id} is {ex.status}, not waiting for approval"
     if not user.is_active:
         return "your account is disabled"
@@ -315,7 +260,7 @@ def _cas(session: Session, ex: Execution, level: int, **values: Any) -> None:
     """Move a waiting request on only if nobody else did meanwhile (two approvers at once)."""
     res = session.execute(
         update(Execution)
-        .where(Execution.id == ex.id, Execution.status == "waiting_approval", Execution.approval_level == level)
+        .where(Execution.id == ex.id, Execution.status == ExecutionStatus.WAITING_APPROVAL, Execution.approval_level == level)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
@@ -342,14 +287,14 @@ def decide(session: Session, ex: Execution, user: User, decision: str, comment: 
         return Outcome(ex, status=ex.status, refused=ex.message)
     why = may_decide(session, ex, user)
     if why is not None:
-        if ex.status != "waiting_approval":
+        if ex.status != ExecutionStatus.WAITING_APPROVAL:
             raise Conflict(why)
         raise Forbidden(why)
     level = ex.approval_level
     approval = Approval(execution_id=ex.id, level=level, approver_id=user.id, decision=decision,
                         comment=comment, fingerprint=ex.fingerprint)
     if decision == "rejected":
-        _cas(session, ex, level, status="rejected", finished_at=utcnow(),
+        _cas(session, ex, level, status=ExecutionStatus.REJECTED, finished_at=utcnow(),
              message=f"rejected by {user.username} at level {level}" + (f": {comment}" if comment else ""))
         session.add(approval)
         audit.record(session, "approval.reject", actor=user.username, target=ex, level=level, comment=comment,
@@ -364,7 +309,7 @@ def decide(session: Session, ex: Execution, user: User, decision: str, comment: 
             f"refused: {explain_change((ex.approval_plan or {}).get('parts'), snap.parts)} changed since the "
             "request was made; request the run again for a new approval"
         )
-        close(session, ex, "failed", reason, actor=user.username, action="approval.invalidated")
+        close(session, ex, ExecutionStatus.FAILED, reason, actor=user.username, action="approval.invalidated")
         return Outcome(ex, status=ex.status, refused=reason)
 
     later = [lv for lv in plan_levels(ex.approval_plan) if lv > level]
@@ -377,7 +322,7 @@ def decide(session: Session, ex: Execution, user: User, decision: str, comment: 
                 f"level {later[0]} to decide")
         return Outcome(ex, status=ex.status)
     now = utcnow()
-    _cas(session, ex, level, status="queued", queued_at=now)
+    _cas(session, ex, level, status=ExecutionStatus.QUEUED, queued_at=now)
     session.add(approval)
     audit.record(session, "approval.approve", actor=user.username, target=ex, level=level, comment=comment,
                  final=True, task=ex.task.name, fingerprint=ex.fingerprint)
@@ -393,14 +338,14 @@ def decide(session: Session, ex: Execution, user: User, decision: str, comment: 
 def expire_if_due(session: Session, ex: Execution, now: datetime | None = None) -> bool:
     """Lazily expire one request whose time ran out; True if it is (now) expired."""
     now = now or utcnow()
-    if ex.status != "waiting_approval" or ex.approval_expires_at is None or ex.approval_expires_at > now:
-        return ex.status == "expired"
+    if ex.status != ExecutionStatus.WAITING_APPROVAL or ex.approval_expires_at is None or ex.approval_expires_at > now:
+        return ex.status == ExecutionStatus.EXPIRED
     try:
-        close(session, ex, "expired",
+        close(session, ex, ExecutionStatus.EXPIRED,
               f"no decision before {ex.approval_expires_at.isoformat()}; request the run again",
               action="approval.expire")
     except Conflict:
-        return ex.status == "expired"  # someone else decided or expired it first
+        return ex.status == ExecutionStatus.EXPIRED  # someone else decided or expired it first
     return True
 
 
@@ -409,7 +354,7 @@ def expire_due(session: Session, now: datetime | None = None) -> int:
     now = now or utcnow()
     due = session.execute(
         select(Execution).where(
-            Execution.status == "waiting_approval",
+            Execution.status == ExecutionStatus.WAITING_APPROVAL,
             Execution.approval_expires_at.is_not(None),
             Execution.approval_expires_at <= now,
         ).order_by(Execution.id)
@@ -468,12 +413,12 @@ def verify_before_run(session: Session, ex: Execution) -> str | None:
 def refuse(session: Session, ex: Execution, reason: str) -> None:
     """Mark a claimed execution failed because ``verify_before_run`` refused it."""
     now = utcnow()
-    ex.status = "failed"
+    ex.status = ExecutionStatus.FAILED
     ex.message = reason
     ex.finished_at = now
     for op in ex.operations:
-        if op.status in ("pending", "running"):
-            op.status = "skipped"
+        if op.status in OPERATION_OPEN:
+            op.status = OperationStatus.SKIPPED
             op.message = reason
     audit.record(session, "execution.refused", actor="system", target=ex, task=ex.task.name, reason=reason)
 
@@ -481,7 +426,7 @@ def refuse(session: Session, ex: Execution, reason: str) -> None:
 # ---------------------------------------------------------------- schedules
 
 
-def schedule_requires_approval(session: Session, task: Task, user: User | None = None) -> bool:
+def schedule_requires_approval(session: Session, task: Task) -> bool:
     """Whether a schedule on ``task`` needs an approval: some policy puts the task under approval
     (schedules run without a requesting user, so any such policy applies)."""
     return access.task_approval_rules(session, task).requires_approval
@@ -642,7 +587,7 @@ def pending_executions(session: Session) -> list[Execution]:
     expire_due(session)
     return list(
         session.execute(
-            select(Execution).where(Execution.status == "waiting_approval").order_by(Execution.created_at, Execution.id)
+            select(Execution).where(Execution.status == ExecutionStatus.WAITING_APPROVAL).order_by(Execution.created_at, Execution.id)
         ).scalars()
     )
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from server.executions.request import target_hosts
-from server.core.models import Execution, Operation, Task
+from server.core.models import Execution, ExecutionStatus, Operation, Task
+from server.executions.fingerprint import target_hosts
 
 
 def lock_task(session: Session, task_id: int) -> None:
@@ -38,7 +38,7 @@ def blocker(session: Session, ex: Execution) -> int | None:
     running = list(
         session.execute(
             select(Execution)
-            .where(Execution.task_id == ex.task_id, Execution.status == "running", Execution.id != ex.id)
+            .where(Execution.task_id == ex.task_id, Execution.status == ExecutionStatus.RUNNING, Execution.id != ex.id)
             .order_by(Execution.id)
         ).scalars()
     )

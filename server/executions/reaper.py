@@ -12,7 +12,7 @@ worker, changes nothing twice. It:
   most one run, so a duplicate job is harmless;
 * starts executions waiting for a concurrent run of their task to end;
 * prunes raw output older than the retention period, in batches;
-* expires approval requests, when ``server.executions.approvals`` offers ``expire_due``.
+* expires approval requests whose time ran out (``approvals.expire_due``).
 
 Besides, without the lock, each worker's thread ends the local leftovers of runs whose
 worker process died (``procs.reap_orphans``): an ``ansible-playbook`` orphaned by a
@@ -31,13 +31,14 @@ from flask import Flask
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from server.executions import approvals, concurrency, jobs
 from server.core import audit, db
+from server.core.models import OPERATION_OPEN, Execution, ExecutionStatus, Operation, OperationStatus, Step, utcnow
+from server.core.redis_conn import redis
+from server.executions import approvals, concurrency, jobs
+from server.executions.fingerprint import fingerprint, revision_of, target_hosts
+from server.executions.request import request_execution
 from server.reporting import notify
 from server.runs import procs
-from server.executions.request import fingerprint, revision_of, target_hosts
-from server.core.models import Execution, Operation, Step, utcnow
-from server.core.redis_conn import redis
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def mark_lost(session: Session, now: datetime, lost_after_s: float) -> list[int]
         and_(Execution.heartbeat_at.is_(None), Execution.started_at.is_(None)),
     )
     ids = list(
-        session.execute(select(Execution.id).where(Execution.status == "running", stale).order_by(Execution.id)).scalars()
+        session.execute(select(Execution.id).where(Execution.status == ExecutionStatus.RUNNING, stale).order_by(Execution.id)).scalars()
     )
     session.rollback()
     lost: list[int] = []
@@ -103,17 +104,17 @@ def _mark_one_lost(session: Session, ex_id: int, now: datetime, cutoff: datetime
     message = f"worker lost: no heartbeat for more than {int((now - cutoff).total_seconds())} s"
     changed = session.execute(
         update(Execution)
-        .where(Execution.id == ex_id, Execution.status == "running", stale)
+        .where(Execution.id == ex_id, Execution.status == ExecutionStatus.RUNNING, stale)
         # cancel_requested: should that worker still be alive (a network partition), it stops.
-        .values(status="lost", finished_at=now, message=message, cancel_requested=True)
+        .values(status=ExecutionStatus.LOST, finished_at=now, message=message, cancel_requested=True)
         .execution_options(synchronize_session=False)
     ).rowcount
     if not changed:
         return False  # the worker finished (or another sweep won) in the meantime
     session.execute(
         update(Operation)
-        .where(Operation.execution_id == ex_id, Operation.status.in_(("pending", "running")))
-        .values(status="failed", finished_at=now, message="the worker was lost before this host finished")
+        .where(Operation.execution_id == ex_id, Operation.status.in_(OPERATION_OPEN))
+        .values(status=OperationStatus.FAILED, finished_at=now, message="the worker was lost before this host finished")
         .execution_options(synchronize_session=False)
     )
     ex = session.get(Execution, ex_id, populate_existing=True)
@@ -156,8 +157,6 @@ def retry_lost(session: Session, parent: Execution) -> Execution | None:
     if not same:
         audit.record(session, "execution.retry_skipped", actor=ACTOR, target=parent, reason=why)
         return None
-    from server.executions.request import request_execution
-
     child = request_execution(
         session,
         task,
@@ -231,7 +230,7 @@ def requeue(session: Session, now: datetime, cfg: ReaperConfig) -> list[int]:
     grace = now - timedelta(seconds=cfg.requeue_grace_s)
     queued = list(
         session.execute(
-            select(Execution).where(Execution.status == "queued").order_by(Execution.created_at, Execution.id)
+            select(Execution).where(Execution.status == ExecutionStatus.QUEUED).order_by(Execution.created_at, Execution.id)
         ).scalars()
     )
     pushed: list[int] = []
@@ -264,7 +263,7 @@ def release_waiting(session: Session, task_id: int) -> list[int]:
     pushed: list[int] = []
     waiting = list(session.execute(
         select(Execution)
-        .where(Execution.task_id == task_id, Execution.status == "queued")
+        .where(Execution.task_id == task_id, Execution.status == ExecutionStatus.QUEUED)
         .order_by(Execution.created_at, Execution.id)
     ).scalars())
     held = _Jobs(conn, queue_key, [ex.id for ex in waiting])
@@ -333,9 +332,9 @@ def prune_output(session: Session, now: datetime, cfg: ReaperConfig) -> int:
 
 
 def expire_approvals(session: Session, now: datetime) -> int:
-    result = approvals.expire_due(session, now)
+    expired = approvals.expire_due(session, now)
     session.commit()
-    return len(result) if isinstance(result, (list, tuple, set)) else int(result or 0)
+    return expired
 
 
 # ------------------------------------------------------------------ the sweep

@@ -1,6 +1,6 @@
 """Relaunch: a new execution of a finished one, optionally limited to the hosts that failed.
 
-It goes through ``executions.request_execution`` like every other trigger, so access
+It goes through ``request.request_execution`` like every other trigger, so access
 rules, reasons and approvals apply to the relaunch exactly as to a fresh run. A dry run
 (check mode, for approvers) is never relaunched: that would turn it into a live run.
 """
@@ -11,15 +11,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.people import access
 from server.core import audit
-from server.executions.approvals import DRY_RUN_TRIGGER
 from server.core.errors import Conflict, NotFound, ValidationError
+from server.core.models import EXECUTION_RELAUNCHABLE, OPERATION_OK, Execution, Operation, User
+from server.executions.approvals import DRY_RUN_TRIGGER
 from server.executions.request import request_execution
-from server.core.models import Execution, Operation, User
-
-RELAUNCHABLE = frozenset({"succeeded", "failed", "cancelled", "timed_out", "lost"})
-OK_OPERATION = frozenset({"succeeded", "skipped"})
+from server.people import access
 
 
 def failed_hosts(session: Session, ex: Execution) -> list[str]:
@@ -27,7 +24,7 @@ def failed_hosts(session: Session, ex: Execution) -> list[str]:
     return list(
         session.execute(
             select(Operation.host_name)
-            .where(Operation.execution_id == ex.id, Operation.status.not_in(OK_OPERATION))
+            .where(Operation.execution_id == ex.id, Operation.status.not_in(OPERATION_OK))
             .order_by(Operation.host_name)
         ).scalars()
     )
@@ -43,7 +40,7 @@ def relaunch(session: Session, parent: Execution, user: User, *, failed_only: An
     if parent.check_mode or parent.trigger == DRY_RUN_TRIGGER:
         raise Conflict(f"execution {parent.id} is a dry run (check mode) for an approval request; it cannot be "
                        "relaunched as a live run: request a new run of the task")
-    if parent.status not in RELAUNCHABLE:
+    if parent.status not in EXECUTION_RELAUNCHABLE:
         raise Conflict(f"execution {parent.id} is {parent.status}; only finished executions can be relaunched")
     if failed_only:
         hosts: list[str] | None = failed_hosts(session, parent)

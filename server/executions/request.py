@@ -7,66 +7,32 @@ request, made only by ``approvals.start_dry_run``; this path refuses that trigge
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from flask import current_app
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from server.people import access
 from server.core import audit, validation
-from server.executions import jobs
-from server.catalog import playbooks
 from server.core.errors import ApiError, Conflict, ValidationError
-from server.core.models import EXECUTION_FINAL, OPERATION_FINAL, Execution, Host, Operation, Task, User, utcnow
+from server.core.models import (
+    EXECUTION_FINAL,
+    EXECUTION_NOT_STARTED,
+    OPERATION_FINAL,
+    Execution,
+    ExecutionStatus,
+    Operation,
+    OperationStatus,
+    Task,
+    User,
+    utcnow,
+)
+from server.executions import approvals, jobs
+from server.executions.fingerprint import fingerprint, revision_of, target_hosts
+from server.people import access
 
 MAX_REASON = 2000
-
-
-def target_hosts(task: Task, limit: list[str] | None = None) -> list[Host]:
-    """The task's hosts: named hosts plus members of its groups, de-duplicated, by name."""
-    hosts = {h.id: h for h in task.hosts}
-    for group in task.groups:
-        for h in group.hosts:
-            hosts.setdefault(h.id, h)
-    result = sorted(hosts.values(), key=lambda h: h.name)
-    if limit is not None:
-        wanted = set(limit)
-        result = [h for h in result if h.name in wanted]
-    return result
-
-
-def revision_of(task: Task) -> tuple[str | None, str]:
-    """(git commit or None, content hash) of what the task will run."""
-    if task.kind == "commands":
-        return None, playbooks.commands_hash(task.commands or [])
-    settings = current_app.config["TM"]
-    path = playbooks.resolve(settings.playbook_dir, task.playbook or "")
-    roles = [settings.playbook_dir / "roles", settings.playbook_dir.parent / "roles"]
-    return playbooks.git_commit(settings.playbook_dir), playbooks.content_hash(path, roles)
-
-
-def fingerprint(task: Task, content_hash: str, run_vars: dict[str, Any], hosts: list[Host]) -> str:
-    """What an approval binds: definition, content, variables, targets and credential."""
-    cred = task.credential
-    doc = {
-        "task": task.id,
-        "kind": task.kind,
-        "commands": task.commands,
-        "playbook": task.playbook,
-        "content": content_hash,
-        "task_vars": task.vars,
-        "run_vars": run_vars,
-        "become": task.become,
-        "timeout_s": task.timeout_s,
-        "hosts": [[h.name, h.address, h.port, h.protocol, h.vars] for h in hosts],
-        "credential": [cred.id, cred.version] if cred else None,
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def validate_run_input(run_vars: Any, reason: Any) -> tuple[dict[str, Any], str | None]:
@@ -122,8 +88,6 @@ def _prepare(session: Session, req: RunRequest, revisions: dict[int, tuple[str |
     """Validate one request and build its Execution (not added to the session yet)."""
     run_vars, reason = validate_run_input(req.run_vars, req.reason)
     task, user, trigger = req.task, req.user, req.trigger
-    from server.executions import approvals  # late import: approvals uses this module
-
     if trigger == approvals.DRY_RUN_TRIGGER:
         raise ValidationError("a dry run is started only for an approval request (approvals.start_dry_run)",
                               field="trigger")
@@ -157,11 +121,11 @@ def _prepare(session: Session, req: RunRequest, revisions: dict[int, tuple[str |
         created_at=now,
     )
     if rules.requires_approval:
-        ex.status = "waiting_approval"
+        ex.status = ExecutionStatus.WAITING_APPROVAL
         ex.approval_level = rules.levels[0] if rules.levels else 1
         ex.approval_expires_at = now + timedelta(seconds=rules.approval_ttl_s)
     else:
-        ex.status = "queued"
+        ex.status = ExecutionStatus.QUEUED
         ex.queued_at = now
     return _Prepared(req, ex, rules, user.username if user else "scheduler", len(hosts))
 
@@ -180,13 +144,11 @@ def _create(session: Session, prepared: list[_Prepared], enqueue: bool) -> None:
         for p in prepared
     ])
     for p in prepared:
-        if p.ex.status == "waiting_approval":
-            from server.executions import approvals  # late import: approvals uses this module
-
+        if p.ex.status == ExecutionStatus.WAITING_APPROVAL:
             approvals.on_requested(session, p.ex, p.rules, dry_run=p.req.dry_run)
         elif p.req.dry_run:
             raise ValidationError("'dry_run' applies to runs that need approval; this one does not", field="dry_run")
-        if p.ex.status == "queued" and enqueue:
+        if p.ex.status == ExecutionStatus.QUEUED and enqueue:
             jobs.enqueue_after_commit(session, p.ex.id)
 
 
@@ -254,8 +216,8 @@ def cancel_execution(session: Session, ex: Execution, user: User | None) -> Exec
     now = utcnow()
     done = session.execute(
         update(Execution)
-        .where(Execution.id == ex.id, Execution.status.in_(("queued", "waiting_approval")))
-        .values(status="cancelled", finished_at=now, cancel_requested=True,
+        .where(Execution.id == ex.id, Execution.status.in_(EXECUTION_NOT_STARTED))
+        .values(status=ExecutionStatus.CANCELLED, finished_at=now, cancel_requested=True,
                 message=f"cancelled by {actor or 'system'} before it started")
         .execution_options(synchronize_session=False)
     ).rowcount
@@ -263,7 +225,7 @@ def cancel_execution(session: Session, ex: Execution, user: User | None) -> Exec
         session.execute(
             update(Operation)
             .where(Operation.execution_id == ex.id, Operation.status.not_in(OPERATION_FINAL))
-            .values(status="cancelled", finished_at=now)
+            .values(status=OperationStatus.CANCELLED, finished_at=now)
             .execution_options(synchronize_session=False)
         )
     else:

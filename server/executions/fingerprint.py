@@ -1,0 +1,151 @@
+"""What an approval binds: the run's targets and content, and their fingerprint.
+
+An execution stores ``fingerprint(...)`` when it is requested; an approval stores the one it
+approved; a schedule stores the one its approval covered. They are compared with a fresh
+fingerprint of the task as it is now when an approver decides, by the worker just before the
+run (``approvals.verify_before_run``), when a schedule fires and when a lost run is retried.
+``parts(...)`` names which component differs so that the refusal can say *what* changed.
+
+Both come from one list of inputs (``_inputs``) and one table that gives each input its
+part (``PARTS``), so a new input cannot enter the fingerprint without a part that reports it.
+
+The fingerprint formula is kept exactly as released (a SHA-256 over the JSON of the inputs),
+rather than recomputed as a hash of the parts: fingerprints are persisted (``Execution.
+fingerprint``, ``Approval.fingerprint``, ``Schedule.approved_fingerprint``) and compared with
+fresh ones across deploys. A new formula would refuse every run approved before the upgrade
+and suspend every approved schedule. The parts stored in approval plans are kept as released
+for the same reason (they are compared to say what changed).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from flask import current_app
+from sqlalchemy.orm import Session
+
+from server.catalog import playbooks
+from server.core.errors import ValidationError
+from server.core.models import Host, Task
+
+# Part name -> the inputs it covers. A part with one input digests that input's value, one with
+# several digests the list of their values in this order (as released). "task" (the task's id)
+# is in no part: a run or a schedule never changes task, so it cannot be what changed.
+PARTS: dict[str, tuple[str, ...]] = {
+    "task definition": ("kind", "playbook", "become", "timeout_s"),
+    "content": ("commands", "content"),  # shown as "playbook content" or "commands"
+    "task variables": ("task_vars",),
+    "run variables": ("run_vars",),
+    "target hosts": ("hosts",),
+    "credential": ("credential",),
+}
+IDENTITY = ("task",)
+
+
+def target_hosts(task: Task, limit: list[str] | None = None) -> list[Host]:
+    """The task's hosts: named hosts plus members of its groups, de-duplicated, by name."""
+    hosts = {h.id: h for h in task.hosts}
+    for group in task.groups:
+        for h in group.hosts:
+            hosts.setdefault(h.id, h)
+    result = sorted(hosts.values(), key=lambda h: h.name)
+    if limit is not None:
+        wanted = set(limit)
+        result = [h for h in result if h.name in wanted]
+    return result
+
+
+def revision_of(task: Task) -> tuple[str | None, str]:
+    """(git commit or None, content hash) of what the task will run."""
+    if task.kind == "commands":
+        return None, playbooks.commands_hash(task.commands or [])
+    settings = current_app.config["TM"]
+    path = playbooks.resolve(settings.playbook_dir, task.playbook or "")
+    roles = [settings.playbook_dir / "roles", settings.playbook_dir.parent / "roles"]
+    return playbooks.git_commit(settings.playbook_dir), playbooks.content_hash(path, roles)
+
+
+def _inputs(task: Task, content_hash: str, run_vars: dict[str, Any], hosts: list[Host]) -> dict[str, Any]:
+    """Everything an approval binds: definition, content, variables, targets and credential."""
+    cred = task.credential
+    return {
+        "task": task.id,
+        "kind": task.kind,
+        "commands": task.commands,
+        "playbook": task.playbook,
+        "content": content_hash,
+        "task_vars": task.vars,
+        "run_vars": run_vars,
+        "become": task.become,
+        "timeout_s": task.timeout_s,
+        "hosts": [[h.name, h.address, h.port, h.protocol, h.vars] for h in hosts],
+        "credential": [cred.id, cred.version] if cred else None,
+    }
+
+
+def _sha(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fingerprint(task: Task, content_hash: str, run_vars: dict[str, Any], hosts: list[Host]) -> str:
+    """The digest of all the inputs (the released formula; see the module docstring)."""
+    return _sha(_inputs(task, content_hash, run_vars, hosts))
+
+
+def parts(task: Task, content_hash: str, run_vars: dict[str, Any], hosts: list[Host]) -> dict[str, str]:
+    """A short digest per named component, to say which one changed."""
+    doc = _inputs(task, content_hash, run_vars, hosts)
+    result = {}
+    for name, keys in PARTS.items():
+        value = doc[keys[0]] if len(keys) == 1 else [doc[k] for k in keys]
+        if name == "content":
+            name = "playbook content" if task.kind == "playbook" else "commands"
+        result[name] = _sha(value)[:16]
+    return result
+
+
+@dataclass
+class Snapshot:
+    """The task as it would run now: its fingerprint and a digest per component."""
+
+    fingerprint: str | None
+    parts: dict[str, str]
+    error: str | None = None
+
+
+def _reload(session: Session, task: Task) -> None:
+    """Read the task and what it targets afresh (long-lived sessions may hold stale copies)."""
+    session.refresh(task)
+    if task.credential is not None:
+        session.refresh(task.credential)
+    for host in task.hosts:
+        session.refresh(host)
+    for group in task.groups:
+        session.refresh(group)
+        for host in group.hosts:
+            session.refresh(host)
+
+
+def current_snapshot(session: Session, task: Task, run_vars: dict[str, Any] | None,
+                     limit_hosts: list[str] | None) -> Snapshot:
+    """Fingerprint and parts of ``task`` as stored now, or why it can no longer run."""
+    _reload(session, task)
+    run_vars = run_vars or {}
+    try:
+        _revision, chash = revision_of(task)
+    except ValidationError as err:
+        return Snapshot(None, {}, f"the playbook can no longer be used: {err.message}")
+    except OSError as err:
+        return Snapshot(None, {}, f"the playbook can no longer be read: {err}")
+    hosts = target_hosts(task, limit_hosts)
+    return Snapshot(fingerprint(task, chash, run_vars, hosts), parts(task, chash, run_vars, hosts))
+
+
+def explain_change(before: dict[str, str] | None, after: dict[str, str]) -> str:
+    """The names of the parts that differ, for a refusal message."""
+    changed = [name for name, digest in after.items() if (before or {}).get(name) != digest]
+    if before and changed:
+        return ", ".join(changed)
+    return "the task definition, playbook content, variables, targets or credential"
