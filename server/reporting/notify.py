@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import current_app, has_app_context
@@ -26,14 +26,23 @@ from sqlalchemy.orm import Session
 
 from server.core import audit
 from server.core.errors import Conflict, ValidationError
-from server.core.models import Execution, NotificationChannel, NotificationDelivery, Operation, utcnow
+from server.core.models import (
+    EXECUTION_FAILED,
+    OPERATION_FAILED,
+    Execution,
+    ExecutionStatus,
+    NotificationChannel,
+    NotificationDelivery,
+    Operation,
+    OperationStatus,
+    utcnow,
+)
 from server.core.vault import vault
 
 log = logging.getLogger(__name__)
 
 EVENTS = ("execution.failed", "execution.succeeded", "approval.requested", "approval.decided", "schedule.missed")
 DEFAULT_EVENTS = ["execution.failed"]
-FAILED_STATUSES = frozenset({"failed", "timed_out", "lost"})
 # Seconds to wait after the 1st, 2nd, ... failed attempt; after the last one the delivery is failed.
 BACKOFF_S = (30, 120, 600, 1800, 3600)
 MAX_ATTEMPTS = len(BACKOFF_S) + 1
@@ -216,13 +225,13 @@ def _fmt_time(dt: datetime | None) -> str:
     return dt.isoformat(timespec="seconds") if dt else "-"
 
 
-def _execution_message(event: str, ex: Execution) -> tuple[str, str]:
+def _execution_message(ex: Execution) -> tuple[str, str]:
     task_name = ex.task.name if ex.task else f"task {ex.task_id}"
     status = ex.status.replace("_", " ").upper()
     title = f"[Task Manager] {status}: {task_name} (execution #{ex.id})"
     ops = list(ex.operations or [])
-    bad = [op for op in ops if op.status in ("failed", "unreachable")]
-    good = sum(1 for op in ops if op.status == "succeeded")
+    bad = [op for op in ops if op.status in OPERATION_FAILED]
+    good = sum(1 for op in ops if op.status == OperationStatus.SUCCEEDED)
     lines = [
         f"Task: {task_name}",
         f"Execution: #{ex.id} — {ex.status}",
@@ -250,7 +259,7 @@ def render(event: str, context: dict[str, Any]) -> tuple[str, str]:
     decision, approver, comment, reason, message."""
     ex: Execution | None = context.get("execution")
     if event in ("execution.failed", "execution.succeeded") and ex is not None:
-        return _execution_message(event, ex)
+        return _execution_message(ex)
     extra = []
     for key in ("decision", "approver", "comment", "reason", "due_at", "message"):
         value = context.get(key)
@@ -318,9 +327,9 @@ def emit(session: Session, event: str, **context: Any) -> list[NotificationDeliv
 
 def execution_finished(session: Session, ex: Execution) -> list[NotificationDelivery]:
     """Call after an execution reached a final status (in the same transaction)."""
-    if ex.status == "succeeded":
+    if ex.status == ExecutionStatus.SUCCEEDED:
         return emit(session, "execution.succeeded", execution=ex)
-    if ex.status in FAILED_STATUSES:
+    if ex.status in EXECUTION_FAILED:
         return emit(session, "execution.failed", execution=ex)
     return []
 
@@ -463,9 +472,3 @@ def stop_thread(timeout_s: float = 10.0) -> None:
     _stop.set()
     if _thread is not None:
         _thread.join(timeout_s)
-
-
-def events_for(names: Iterable[str]) -> list[str]:
-    """Known events among ``names``, in canonical order (for forms)."""
-    wanted = set(names)
-    return [e for e in EVENTS if e in wanted]

@@ -20,11 +20,16 @@ from server.people import access
 from server.core.dates import parse_moment
 from server.core.errors import ValidationError
 from server.core.models import (
-    EXECUTION_FINAL,
+    EXECUTION_FAILED,
+    EXECUTION_OPEN,
+    EXECUTION_RELAUNCHABLE,
     EXECUTION_STATUSES,
+    OPERATION_FAILED,
     OPERATION_STATUSES,
     Execution,
+    ExecutionStatus,
     Operation,
+    OperationStatus,
     Task,
     User,
     utcnow,
@@ -34,8 +39,11 @@ PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 TRIGGERS = ("manual", "schedule")  # relaunches are manual runs with a parent
-FAILED_EXECUTION = ("failed", "timed_out", "lost")
-FAILED_OPERATION = ("failed", "unreachable")
+# Parameter lists in a fixed order (the sets' own order changes with each process's str hashes).
+FAILED_EXECUTION = sorted(EXECUTION_FAILED)
+FAILED_OPERATION = sorted(OPERATION_FAILED)
+FINISHED_RUN = sorted(EXECUTION_RELAUNCHABLE)  # final and not a refused request: a run to count
+IN_FLIGHT = sorted(EXECUTION_OPEN)
 CSV_BATCH = 1000          # executions per query
 CSV_OPS_PER_BATCH = 5000  # operations per query (batches of whole executions)
 
@@ -238,16 +246,16 @@ def status_counts(session: Session, task_ids: set[int] | None, now: datetime, ta
 
 def task_success(session: Session, task_ids: set[int] | None, since: datetime, limit: int = 50) -> list[dict[str, Any]]:
     """Per task over the window: finished runs, successes, failures, rate, mean duration."""
-    finished = Execution.status.in_(sorted(EXECUTION_FINAL - {"rejected", "expired"}))
+    finished = Execution.status.in_(FINISHED_RUN)
     dur = seconds_between(session, Execution.started_at, Execution.finished_at)
     stmt = (
         select(
             Execution.task_id,
             Task.name,
             func.count().label("runs"),
-            func.sum(case((Execution.status == "succeeded", 1), else_=0)).label("ok"),
+            func.sum(case((Execution.status == ExecutionStatus.SUCCEEDED, 1), else_=0)).label("ok"),
             func.sum(case((Execution.status.in_(FAILED_EXECUTION), 1), else_=0)).label("bad"),
-            func.avg(case((Execution.status == "succeeded", dur), else_=None)).label("avg_s"),
+            func.avg(case((Execution.status == ExecutionStatus.SUCCEEDED, dur), else_=None)).label("avg_s"),
             func.max(Execution.id).label("last_id"),
         )
         .join(Task, Task.id == Execution.task_id)
@@ -321,7 +329,7 @@ def active_executions(session: Session, task_ids: set[int] | None, limit: int = 
     stmt = (
         select(Execution)
         .options(joinedload(Execution.task))
-        .where(Execution.status.in_(("running", "queued", "waiting_approval")),
+        .where(Execution.status.in_(IN_FLIGHT),
                *_execution_conditions(Filters(task_ids=task_ids)))
         .order_by(Execution.id.desc())
         .limit(limit)
@@ -378,7 +386,7 @@ def host_report(session: Session, user: User, host: str, window: str = "30d", no
     )
     counts = {status: n for status, n in session.execute(stmt)}
     total = sum(counts.values())
-    ok = counts.get("succeeded", 0)
+    ok = counts.get(OperationStatus.SUCCEEDED, 0)
     bad = sum(counts.get(s, 0) for s in FAILED_OPERATION)
     return {"window": window, "counts": counts, "total": total, "succeeded": ok, "failed": bad,
             "rate": ok / (ok + bad) if ok + bad else None}
@@ -402,7 +410,7 @@ def host_summary(session: Session, user: User, since: datetime, limit: int = 200
 
     For viewers who see every task, the window becomes an execution-id range and the
     counts come straight from the (host_name, status, execution_id) index, without
-    joining executions row by row (3x faster on a million operations)."""
+    joining executions row by row."""
     task_ids = access.visible_task_ids(session, user)
     stmt = select(Operation.host_name, Operation.status, func.count().label("n"),
                   func.max(Operation.execution_id).label("last_id"))
@@ -425,7 +433,7 @@ def host_summary(session: Session, user: User, since: datetime, limit: int = 200
                                                "last_id": 0})
         h["runs"] += r.n
         h["last_id"] = max(h["last_id"], r.last_id or 0)
-        if r.status == "succeeded":
+        if r.status == OperationStatus.SUCCEEDED:
             h["succeeded"] += r.n
         elif r.status in FAILED_OPERATION:
             h["failed"] += r.n

@@ -50,7 +50,7 @@ from server.executions import approvals, jobs
 from server.core import audit, db
 from server.reporting import notify
 from server.executions.request import RunRequest, request_executions
-from server.core.models import Group, Schedule, ScheduleFire, Task, TZDateTime, utcnow
+from server.core.models import ExecutionStatus, Group, Schedule, ScheduleFire, Task, TZDateTime, utcnow
 from server.scheduling.schedules import (
     CHANGED_CHANNEL,
     HEARTBEAT_PREFIX,
@@ -260,7 +260,7 @@ def _process(session: Session, schedules: list[Schedule], now: datetime,
             continue
         links.append({"fid": fire.id, "eid": ex.id})
         set_committed_value(fire, "execution_id", ex.id)
-        if ex.status == "queued":
+        if ex.status == ExecutionStatus.QUEUED:
             to_enqueue.append((ex.id, plan.schedule.task.timeout_s or 3600))
     entries: list[tuple[str, dict[str, Any]]] = []  # the schedules' audit rows, appended together
     for plan, mine in zip(plans, mine_by_plan):
@@ -445,10 +445,9 @@ def _gc_paused() -> Iterator[None]:
     """No cyclic garbage collection during a tick.
 
     A burst allocates hundreds of thousands of short-lived objects, which sets off full
-    collections that walk the whole heap (the app, SQLAlchemy's mappers and caches): 70-150 ms
-    each, a quarter of a 1,000-fire burst's CPU, measured. A tick leaves almost no cycles
-    (about 700 objects after 1,000 fires; reference counting frees the rest), so collection
-    simply waits until the tick is over.
+    collections that walk the whole heap (the app, SQLAlchemy's mappers and caches), a large
+    share of a burst's CPU. A tick leaves almost no cycles (reference counting frees the
+    rest), so collection simply waits until the tick is over.
     """
     enabled = gc.isenabled()
     gc.disable()
