@@ -89,16 +89,16 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
         rc = runner_config(prep, ex, timeout_s)
         rc.env[procs.MARK_ENV] = mark = procs.marker(ex.id)  # finds this run's processes (procs.py)
         layout = _layout(prep, rc)
-        try:
+        try:  # never unconfined: no sandbox, no run
             sandbox.check(layout)
+            command = list(rc.command)
+            if prep.ssh_key:  # ssh-agent inside the sandbox reads the key from a fifo only it can open
+                fifo = str(private_dir / "agent" / "key")  # set first: drained even if writing fails
+                _write_key(fifo, prep.ssh_key)
+                command = rc.wrap_args_with_ssh_agent(command, fifo)
+            rc.command = sandbox.argv(layout, command)
         except sandbox.SandboxError as exc:
             return recorder.finish(None, timeout_s, failure=str(exc))
-        command = list(rc.command)
-        if prep.ssh_key:  # ssh-agent inside the sandbox reads the key from a fifo only it can open
-            fifo = str(private_dir / "agent" / "key")  # set first: drained even if writing fails
-            _write_key(fifo, prep.ssh_key)
-            command = rc.wrap_args_with_ssh_agent(command, fifo)
-        rc.command = sandbox.argv(layout, command)
         runner = SandboxedRunner(config=rc, event_handler=recorder.event_handler,
                                  cancel_callback=recorder.cancel_callback)
         spawned = time.monotonic()

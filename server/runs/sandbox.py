@@ -24,7 +24,6 @@ directory writable inside, a symlink planted there would make the worker overwri
 """
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import subprocess
@@ -44,6 +43,7 @@ ETC_FILES = ("passwd", "group", "nsswitch.conf", "hosts", "host.conf", "resolv.c
              "ca-certificates", "ca-certificates.conf", "pki", "alternatives", "krb5.conf", "krb5.conf.d",
              "os-release", "debian_version", "mime.types", "python3", "python3.11", "hostname")
 PROBE_TIMEOUT_S = 10
+_probed = False  # a sandbox was made once in this process (check)
 
 
 class SandboxError(RuntimeError):
@@ -177,21 +177,17 @@ def argv(layout: Layout, command: list[str]) -> list[str]:
     return args + list(command)
 
 
-@functools.lru_cache(maxsize=1)
-def _probe_ok() -> bool:
-    return True
-
-
 def check(layout: Layout) -> None:
     """Make a throw-away sandbox like the run's; raise SandboxError with bubblewrap's words.
 
     Only success is remembered: a worker whose namespaces are refused keeps failing its runs
     with the reason until someone fixes the machine, then recovers without a restart.
     """
-    if _probe_ok.cache_info().currsize:
+    global _probed
+    if _probed:
         return
     proc = subprocess.run(argv(layout, ["/bin/true"]), capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
                           env={"PATH": "/usr/bin:/bin"}, check=False)
     if proc.returncode != 0:
         raise SandboxError(f"could not create the run's sandbox: {(proc.stderr or proc.stdout).strip()[:500]}")
-    _probe_ok()
+    _probed = True
