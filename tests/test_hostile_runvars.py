@@ -9,48 +9,16 @@ the listener never hears from the run and the token appears nowhere in its outpu
 from __future__ import annotations
 
 import socket
-import threading
 import uuid
 
 import pytest
 from sqlalchemy import update
 
 from server.core.models import Execution
+from tests.loopback import Listener
 
 pytestmark = pytest.mark.slow
 TOKEN = f"api-token-canary-{uuid.uuid4().hex}"
-
-
-class Listener(threading.Thread):
-    """Accepts connections on 127.0.0.1 and keeps what they send."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.received: list[bytes] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.settimeout(2)
-                try:
-                    self.received.append(conn.recv(65536))
-                except OSError:
-                    self.received.append(b"")
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(timeout=5)
-        self.sock.close()
 
 
 @pytest.fixture

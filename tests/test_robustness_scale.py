@@ -3,53 +3,21 @@ execution exactly once (SQLite or PostgreSQL, per ``TM_TEST_DB``)."""
 from __future__ import annotations
 
 import collections
-import socket
-import threading
 import time
 import uuid
 
 from sqlalchemy import select
 
 from server.core.models import AuditLog, Execution
+from tests.loopback import Listener
 from tests.test_robustness_e2e import Workers, wait_for, workers  # noqa: F401  (fixture)
 
 N_WORKERS = 3
 N_EXECUTIONS = 30
 
 
-class Ledger(threading.Thread):
-    """One line per connection on a loopback port: what the runs did outside their sandboxes
-    (a file would stay in each run's private /tmp)."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.lines: list[str] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                data = b""
-                while chunk := conn.recv(4096):
-                    data += chunk
-                self.lines.append(data.decode())
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(timeout=5)
-        self.sock.close()
-
-
 def test_three_workers_thirty_executions_each_runs_once(api, session, workers):  # noqa: F811
-    ledger = Ledger()
+    ledger = Listener()  # a run's file writes would stay in its sandbox: the ledger is on loopback
     ledger.start()
     send = ("python3 -c 'import socket,sys; "
             f"socket.create_connection((\"127.0.0.1\", {ledger.port})).sendall(sys.argv[1].encode())'")
@@ -97,7 +65,7 @@ def test_three_workers_thirty_executions_each_runs_once(api, session, workers): 
         select(AuditLog.target_id).where(AuditLog.action == "execution.start")).scalars())
     assert sorted(starts) == sorted(str(i) for i in ids) and set(starts.values()) == {1}
     ledger.stop()
-    lines = ledger.lines
+    lines = [data.decode() for data in ledger.received]
     per_task = collections.Counter(line.split("-")[1] for line in lines)
     assert len(lines) == N_EXECUTIONS and set(per_task.values()) == {3}, per_task
     # The work really was shared, and every worker stayed alive.
