@@ -93,7 +93,7 @@ def seed(engine, n_exec: int, n_hosts: int, n_tasks: int) -> dict:
         task_id = 1 + (i % n_tasks)
         trigger = "schedule" if i % 3 else "manual"
         executions.append((i, task_id, status, trigger, 1 if trigger == "manual" else None, ts(created), ts(created),
-                           ts(started), ts(finished), n_hosts, n_hosts, "abc123", False, 0, False, 1, "{}"))
+                           ts(started), ts(finished), n_hosts, n_hosts, "abc123", False, False, 1, "{}"))
         bad_hosts = set()
         if status in ("failed", "timed_out"):
             bad_hosts = set(rng.sample(sorted(flaky), 2)) | {rng.choice(hosts)}
@@ -124,10 +124,10 @@ def seed(engine, n_exec: int, n_hosts: int, n_tasks: int) -> dict:
              "retry_attempts, retry_delay_s, retry_on_lost, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
              task_rows)
         exec_cols = ("id, task_id, status, trigger, requested_by_id, created_at, queued_at, started_at, finished_at, "
-                     "host_count, hosts_done, revision, check_mode, approval_level, cancel_requested, attempt, vars")
+                     "host_count, hosts_done, revision, check_mode, cancel_requested, attempt, vars")
         op_cols = "id, execution_id, host_id, host_name, status, rc, stdout, stderr, message, started_at, finished_at"
         if dialect == "sqlite":
-            many(f"INSERT INTO executions ({exec_cols}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", executions)
+            many(f"INSERT INTO executions ({exec_cols}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", executions)
             many(f"INSERT INTO operations ({op_cols}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", operations)
         else:
             with cur.copy(f"COPY executions ({exec_cols}) FROM STDIN") as cp:

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from resource_factories import credential, host, make_playbook_dir, task
 from server.executions import approvals, jobs
-from server.core.models import Approval, AuditLog, Execution, Host, NotificationDelivery, Schedule, Task, utcnow
+from server.core.models import Approval, ApprovalRequest, AuditLog, Execution, Host, NotificationDelivery, Schedule, Task, utcnow
 
 
 @pytest.fixture
@@ -140,8 +140,8 @@ def test_requests_expire_lazily_and_by_the_sweep(world, session):
     ex = session.get(Execution, first)
     assert timedelta(seconds=3590) < ex.approval_expires_at - ex.created_at <= timedelta(seconds=3600)
     # Lazily: the approver acts after the deadline.
-    session.execute(Execution.__table__.update().where(Execution.id == first)
-                    .values(approval_expires_at=utcnow() - timedelta(seconds=1)))
+    session.execute(ApprovalRequest.__table__.update().where(ApprovalRequest.execution_id == first)
+                    .values(expires_at=utcnow() - timedelta(seconds=1)))
     session.commit()
     session.expire_all()  # the test shares the request's session
     status, err = w["ann"].post(f"/api/v1/executions/{first}/approve")
@@ -365,22 +365,22 @@ def test_unchanged_task_keeps_its_fingerprint(world, session):
     ex_id = request_run(world["olga"], world["task"]["id"], vars={"b": 2, "a": [1, {"x": None}]})
     ex = session.get(Execution, ex_id)
     snap = approvals.current_snapshot(session, ex.task, ex.vars, ex.limit_hosts)
-    assert snap.error is None and snap.fingerprint == ex.fingerprint and snap.parts == ex.approval_plan["parts"]
-    assert approvals.explain_change(ex.approval_plan["parts"], snap.parts).startswith("the task definition")
+    assert snap.error is None and snap.fingerprint == ex.fingerprint and snap.parts == ex.approval.parts
+    assert approvals.explain_change(ex.approval.parts, snap.parts).startswith("the task definition")
 
 
 def test_reading_an_execution_expires_an_overdue_request(world, session):
     w = world
     ex_id = request_run(w["olga"], w["task"]["id"])
-    session.execute(Execution.__table__.update().where(Execution.id == ex_id)
-                    .values(approval_expires_at=utcnow() - timedelta(minutes=5)))
+    session.execute(ApprovalRequest.__table__.update().where(ApprovalRequest.execution_id == ex_id)
+                    .values(expires_at=utcnow() - timedelta(minutes=5)))
     session.commit()
     session.expire_all()
     status, body = w["olga"].get(f"/api/v1/executions/{ex_id}")
     assert status == 200 and body["status"] == "expired" and "no decision before" in body["message"]
     later = request_run(w["olga"], w["task"]["id"])
-    session.execute(Execution.__table__.update().where(Execution.id == later)
-                    .values(approval_expires_at=utcnow() - timedelta(seconds=1)))
+    session.execute(ApprovalRequest.__table__.update().where(ApprovalRequest.execution_id == later)
+                    .values(expires_at=utcnow() - timedelta(seconds=1)))
     session.commit()
     session.expire_all()
     status, page = w["olga"].get("/api/v1/executions?status=waiting_approval")

@@ -80,7 +80,7 @@ def test_admin_and_author_requests_wait_for_approval_like_anyone_elses(gated, se
         assert status == 202 and body["status"] == "waiting_approval", (who, body)
         ex = session.get(Execution, body["id"])
         # The approvers are the policy's, whoever asked.
-        assert ex.queued_at is None and ex.approval_plan["levels"] == {"1": [session.execute(
+        assert ex.queued_at is None and ex.approval.levels == {"1": [session.execute(
             select(User.id).where(User.username == "ann")).scalar_one()]}, who
     status, inbox = gated["ann"].get("/api/v1/approvals")
     assert status == 200 and sorted(i["requested_by"] for i in inbox["items"]) == ["admin", "alice", "olga"]

@@ -216,7 +216,7 @@ def _samples(session) -> dict[str, Any]:
                        created_by_id=users["r-operator"].id)
         session.add(sch)
         session.flush()
-    if sch.approval_status != "pending" or (sch.approval_plan or {}).get("decided_by"):
+    if sch.approval_status != "pending" or approvals.decisions(session, sch):
         approvals.request_schedule_approval(session, sch, users["r-operator"])
     chan = one(NotificationChannel, name="m-chan")
     if chan is None:

@@ -15,37 +15,17 @@ from server.people import access
 from server.executions import approvals
 from server.core import db
 from server.core.errors import Forbidden, NotFound, ValidationError
-from server.executions.request import target_hosts
-from server.core.models import Approval, Execution, Schedule, User
+from server.core.models import Approval, ApprovalRequest, ApprovalStatus, Execution, ExecutionStatus, Schedule, User
 from server.api import api_bp, json_body, me
 from server.api.common import iso, page_of
 from server.guards import visible_or_404
-from server.api.executions import execution_dict
+from server.api.executions import approval_levels, decision_dict, execution_dict
 from server.api.openapi import DATETIME, describe, register_schema
 
 STATUSES = ("pending", "decided", "all")
 SCOPES = ("decide", "mine", "all")
 
 
-def _names(ids: list[int]) -> list[str]:
-    if not ids:
-        return []
-    rows = db.session.execute(select(User.id, User.username).where(User.id.in_(ids))).all()
-    by_id = dict(rows)
-    return [by_id[i] for i in ids if i in by_id]
-
-
-def _decision_dict(a: Approval) -> dict[str, Any]:
-    return {"level": a.level, "approver": a.approver.username, "decision": a.decision, "comment": a.comment,
-            "at": iso(a.created_at)}
-
-
-def _levels(plan: dict[str, Any] | None, decided: list[Approval]) -> list[dict[str, Any]]:
-    return [
-        {"level": lv, "approvers": _names(approvals.level_approver_ids(plan, lv)) or ["any approver"],
-         "decision": next((_decision_dict(a) for a in reversed(decided) if a.level == lv), None)}
-        for lv in approvals.plan_levels(plan)
-    ]
 
 
 def dry_run_dict(ex: Execution) -> dict[str, Any] | None:
@@ -69,6 +49,7 @@ def dry_run_dict(ex: Execution) -> dict[str, Any] | None:
 
 def execution_request_dict(ex: Execution, user: User) -> dict[str, Any]:
     s = db.session()
+    req = ex.approval
     decided = approvals.decisions(s, ex)
     why_not = approvals.may_decide(s, ex, user)
     return {
@@ -82,14 +63,14 @@ def execution_request_dict(ex: Execution, user: User) -> dict[str, Any]:
         "requested_by": ex.requested_by.username if ex.requested_by else None,
         "reason": ex.reason,
         "vars": ex.vars or {},
-        "hosts": [h.name for h in target_hosts(ex.task, ex.limit_hosts)],
+        "hosts": list(req.hosts) if req else [],
         "revision": ex.revision,
         "fingerprint": ex.fingerprint,
         "created_at": iso(ex.created_at),
         "expires_at": iso(ex.approval_expires_at),
         "level": ex.approval_level,
-        "levels": _levels(ex.approval_plan, decided),
-        "decisions": [_decision_dict(a) for a in decided],
+        "levels": approval_levels(req),
+        "decisions": [decision_dict(a) for a in decided],
         "can_decide": why_not is None,
         "why_not": why_not,
         "message": ex.message,
@@ -100,10 +81,10 @@ def execution_request_dict(ex: Execution, user: User) -> dict[str, Any]:
 
 def schedule_request_dict(sch: Schedule, user: User) -> dict[str, Any]:
     s = db.session()
-    plan = sch.approval_plan or {}
+    req = approvals.request_of(s, sch)
     decided = approvals.decisions(s, sch)
-    why_not = approvals.may_decide_schedule(s, sch, user)
-    requester = s.get(User, plan.get("requested_by")) if plan.get("requested_by") else None
+    why_not = approvals.may_decide(s, sch, user)
+    requester = req.requested_by if req else None
     return {
         "kind": "schedule",
         "id": sch.id,
@@ -115,13 +96,13 @@ def schedule_request_dict(sch: Schedule, user: User) -> dict[str, Any]:
         "cron": sch.cron,
         "timezone": sch.timezone,
         "vars": sch.vars or {},
-        "hosts": [h.name for h in target_hosts(sch.task)],
-        "fingerprint": plan.get("fingerprint"),
-        "created_at": plan.get("requested_at"),
+        "hosts": list(req.hosts) if req else [],
+        "fingerprint": req.fingerprint if req else None,
+        "created_at": iso(req.created_at) if req else None,
         "expires_at": None,
-        "level": int(plan.get("level") or 1),
-        "levels": _levels(plan, decided),
-        "decisions": [_decision_dict(a) for a in decided],
+        "level": req.level if req else 1,
+        "levels": approval_levels(req),
+        "decisions": [decision_dict(a) for a in decided],
         "can_decide": why_not is None,
         "why_not": why_not,
         "suspended_reason": sch.suspended_reason,
@@ -150,22 +131,23 @@ def list_approvals():
         raise Forbidden("only admins and auditors may list every approval request")
     approvals.expire_due(s)
     s.commit()
-    query = select(Execution).where(Execution.approval_plan.is_not(None), Execution.trigger != approvals.DRY_RUN_TRIGGER)
+    query = select(Execution).join(ApprovalRequest, ApprovalRequest.execution_id == Execution.id).where(
+        Execution.trigger != approvals.DRY_RUN_TRIGGER)
     if status == "pending":
-        query = query.where(Execution.status == "waiting_approval")
+        query = query.where(Execution.status == ExecutionStatus.WAITING_APPROVAL)
     elif status == "decided":
-        query = query.where(Execution.status != "waiting_approval")
+        query = query.where(Execution.status != ExecutionStatus.WAITING_APPROVAL)
     if scope == "mine":
         query = query.where(Execution.requested_by_id == user.id)
     elif scope == "decide" and user.role != "admin":
         if status == "pending":
-            ids = [ex.id for ex in s.execute(query).scalars() if approvals.involves(ex, user)]
+            ids = [ex.id for ex in s.execute(query).scalars() if approvals.involves(s, ex, user)]
             query = query.where(Execution.id.in_(ids))
         else:
             took_part = exists().where(Approval.execution_id == Execution.id, Approval.approver_id == user.id)
             if status == "all":
-                waiting = [ex.id for ex in s.execute(query.where(Execution.status == "waiting_approval")).scalars()
-                           if approvals.involves(ex, user)]
+                waiting = [ex.id for ex in s.execute(query.where(Execution.status == ExecutionStatus.WAITING_APPROVAL))
+                           .scalars() if approvals.involves(s, ex, user)]
                 query = query.where(took_part | Execution.id.in_(waiting))
             else:
                 query = query.where(took_part)
@@ -173,11 +155,11 @@ def list_approvals():
     page = page_of(query)
     items = [execution_request_dict(ex, user) for ex in page.items]
     if status in ("pending", "all") and page.page == 1:
-        squery = select(Schedule).where(Schedule.approval_status == "pending").order_by(Schedule.id)
+        squery = select(Schedule).where(Schedule.approval_status == ApprovalStatus.PENDING).order_by(Schedule.id)
         for sch in s.execute(squery).scalars():
-            plan = sch.approval_plan or {}
-            if (scope == "all" or (scope == "mine" and plan.get("requested_by") == user.id)
-                    or (scope == "decide" and approvals.involves(sch, user))):
+            req = approvals.request_of(s, sch)
+            if (scope == "all" or (scope == "mine" and req is not None and req.requested_by_id == user.id)
+                    or (scope == "decide" and approvals.involves(s, sch, user))):
                 items.append(schedule_request_dict(sch, user))
     body = page.envelope(items)
     body["total"] = page.total + (len(items) - len(page.items))
@@ -188,7 +170,7 @@ def _request_execution(execution_id: int) -> Execution:
     """The execution if the user may see it or is one of its approvers."""
     user = me()
     return visible_or_404(Execution, execution_id, "execution", lambda ex: bool(
-        access.can_view_execution(db.session(), user, ex) or (ex.approval_plan and approvals.involves(ex, user))))
+        access.can_view_execution(db.session(), user, ex) or approvals.involves(db.session(), ex, user)))
 
 
 def _comment() -> Any:
@@ -212,7 +194,7 @@ def _answer(outcome: approvals.Outcome, body: dict[str, Any]):
 def get_execution_approval(execution_id: int):
     """The approval state of one execution: levels, decisions, dry-run result."""
     ex = _request_execution(execution_id)
-    if ex.approval_plan is None:
+    if ex.approval is None:
         raise NotFound(f"execution {execution_id} did not need approval")
     if approvals.expire_if_due(db.session(), ex):
         db.session.commit()
@@ -256,7 +238,7 @@ def _request_schedule(schedule_id: int) -> Schedule:
     user = me()
     return visible_or_404(Schedule, schedule_id, "schedule", lambda sch: bool(
         "view" in access.task_permissions(db.session(), user, sch.task)
-        or (sch.approval_plan and approvals.involves(sch, user))))
+        or approvals.involves(db.session(), sch, user)))
 
 
 @api_bp.get("/schedules/<int:schedule_id>/approval")
@@ -273,7 +255,7 @@ def _decide_schedule(schedule_id: int, decision: str):
     user = me()
     comment = _comment()
     sch = _request_schedule(schedule_id)
-    outcome = approvals.decide_schedule(db.session(), sch, user, decision, comment)
+    outcome = approvals.decide(db.session(), sch, user, decision, comment)
     return _answer(outcome, schedule_request_dict(sch, user))
 
 

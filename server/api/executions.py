@@ -14,7 +14,15 @@ from server.people.access import can_view_execution, filter_executions, require_
 from server.core.errors import Forbidden, ValidationError
 from server.executions.relaunch import relaunch
 from server.executions.request import MAX_REASON, cancel_execution, request_execution
-from server.core.models import EXECUTION_STATUSES, OPERATION_STATUSES, Execution, Operation, Task
+from server.core.models import (
+    EXECUTION_STATUSES,
+    OPERATION_STATUSES,
+    Approval,
+    ApprovalRequest,
+    Execution,
+    Operation,
+    Task,
+)
 from server.core.pagination import text_arg
 from server.core.validation import Fields, name_list, text, variables
 from server.api import api_bp, json_body, me
@@ -78,9 +86,34 @@ def operation_dict(op: Operation) -> dict[str, Any]:
     }
 
 
+def decision_dict(a: Approval) -> dict[str, Any]:
+    return {"level": a.level, "approver": a.approver.username, "decision": a.decision, "comment": a.comment,
+            "at": iso(a.created_at)}
+
+
+def approval_levels(req: ApprovalRequest | None) -> list[dict[str, Any]]:
+    """Per level: who may decide it (names, or "any approver") and its decision, if any."""
+    if req is None:
+        return []
+    return [
+        {"level": row["level"], "approvers": row["approvers"] or ["any approver"],
+         "decision": decision_dict(row["decision"]) if row["decision"] else None}
+        for row in approvals.level_rows(db.session(), req)
+    ]
+
+
+def approval_summary(ex: Execution) -> dict[str, Any] | None:
+    """Who must approve a waiting run, level by level, and who approved a finished one."""
+    req = ex.approval
+    if req is None:
+        return None
+    return {"status": req.status, "level": req.level, "hosts": list(req.hosts), "levels": approval_levels(req)}
+
+
 def execution_detail(ex: Execution) -> dict[str, Any]:
     body = execution_dict(ex)
     body["operations"] = [operation_dict(op) for op in ex.operations]
+    body["approval"] = approval_summary(ex)
     return body
 
 
@@ -224,4 +257,9 @@ register_schema("Operation", {"type": "object", "properties": {
     "started_at": DATETIME, "finished_at": DATETIME,
     "steps": {"type": "array", "items": {"$ref": "#/components/schemas/Step"}}}})
 register_schema("ExecutionDetail", {"type": "object", "properties": {
-    **_EX_PROPS, "operations": {"type": "array", "items": {"$ref": "#/components/schemas/Operation"}}}})
+    **_EX_PROPS, "operations": {"type": "array", "items": {"$ref": "#/components/schemas/Operation"}},
+    "approval": {"type": ["object", "null"], "description": "for a run that needed approval: its request's "
+                 "status, current level, the hosts it was asked for, and per level the approvers and the decision",
+                 "properties": {"status": {"type": "string"}, "level": {"type": "integer"},
+                                "hosts": {"type": "array", "items": {"type": "string"}},
+                                "levels": {"type": "array"}}}}})

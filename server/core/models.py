@@ -302,11 +302,6 @@ class Execution(Base):
     content_hash: Mapped[str | None] = mapped_column(String(64))
     fingerprint: Mapped[str | None] = mapped_column(String(64))  # what an approval binds
     check_mode: Mapped[bool] = mapped_column(Boolean, default=False)
-    # Approval progress
-    approval_level: Mapped[int] = mapped_column(Integer, default=0)
-    approval_expires_at: Mapped[datetime | None] = mapped_column(TZDateTime)
-    # Snapshot at request time: {"levels": {"1": [user ids]}, "parts": {component: hash}} (approvals.py)
-    approval_plan: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Worker lease: a live worker refreshes heartbeat_at; the reaper marks stale ones lost.
     worker_name: Mapped[str | None] = mapped_column(String(255))
     heartbeat_at: Mapped[datetime | None] = mapped_column(TZDateTime)
@@ -321,6 +316,19 @@ class Execution(Base):
     operations: Mapped[list["Operation"]] = relationship(
         back_populates="execution", order_by="Operation.host_name", cascade="all, delete-orphan"
     )
+    # The approval request of a run that needed one (loaded with the run: pages and the API show it).
+    approval: Mapped["ApprovalRequest | None"] = relationship(
+        back_populates="execution", lazy="selectin", cascade="all, delete-orphan"
+    )
+
+    @property
+    def approval_level(self) -> int:
+        """The level to decide now (the last one decided once closed); 0 without approval."""
+        return self.approval.level if self.approval is not None else 0
+
+    @property
+    def approval_expires_at(self) -> datetime | None:
+        return self.approval.expires_at if self.approval is not None else None
 
     @property
     def duration_s(self) -> float | None:
@@ -390,7 +398,6 @@ class Schedule(Base):
     last_fire_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     approved_fingerprint: Mapped[str | None] = mapped_column(String(64))
     approval_status: Mapped[str | None] = mapped_column(String(20))  # None, pending, approved, rejected
-    approval_plan: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # levels + parts, as on Execution
     suspended_reason: Mapped[str | None] = mapped_column(Text)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
@@ -457,11 +464,63 @@ class PolicyApprover(Base):
     user: Mapped[User] = relationship()
 
 
+class ApprovalStatus(StrEnum):
+    """Where an approval request is."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    REFUSED = "refused"  # the task changed before the last approval
+    RENEWED = "renewed"  # a schedule's request replaced by a new one (its task changed)
+    CANCELLED = "cancelled"  # the run was cancelled while waiting
+
+
+class ApprovalRequest(Base):
+    """One request for approval, of a run or of a schedule, stored the same way for both.
+
+    What was asked is snapshotted when it is asked: the approvers of each level, the
+    fingerprint and its parts (``executions/fingerprint.py``), the hosts the run will touch.
+    ``level`` is the level to decide now (the last one decided once closed). A run has at
+    most one request; a schedule gets a new one each time it must be approved again, the
+    latest being the current one. Decisions are ``Approval`` rows (``approvals.py``).
+    """
+
+    __tablename__ = "approval_requests"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    execution_id: Mapped[int | None] = mapped_column(
+        ForeignKey("executions.id", ondelete="CASCADE"), unique=True)
+    schedule_id: Mapped[int | None] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(20), default=ApprovalStatus.PENDING.value, index=True)
+    level: Mapped[int] = mapped_column(Integer, default=1)
+    levels: Mapped[dict[str, list[int]]] = mapped_column(JSON, default=dict)  # {"1": [user ids]}; [] = any approver
+    parts: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)  # component -> digest
+    policies: Mapped[list[int]] = mapped_column(JSON, default=list)
+    hosts: Mapped[list[str]] = mapped_column(JSON, default=list)
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    requested_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    execution: Mapped[Execution | None] = relationship(back_populates="approval")
+    schedule: Mapped[Schedule | None] = relationship()
+    requested_by: Mapped[User | None] = relationship()
+    decisions: Mapped[list["Approval"]] = relationship(
+        back_populates="request", order_by="Approval.id", cascade="all, delete-orphan"
+    )
+
+    @property
+    def task(self) -> Task:
+        return self.execution.task if self.execution is not None else self.schedule.task  # type: ignore[union-attr]
+
+
 class Approval(Base):
-    """One approver's decision on one level of an execution (or a schedule) request."""
+    """One approver's decision on one level of an approval request. ``execution_id`` or
+    ``schedule_id`` repeat the request's subject, so a list of decisions links without a join."""
 
     __tablename__ = "approvals"
     id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("approval_requests.id", ondelete="CASCADE"), index=True)
     execution_id: Mapped[int | None] = mapped_column(ForeignKey("executions.id", ondelete="CASCADE"), index=True)
     schedule_id: Mapped[int | None] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"), index=True)
     level: Mapped[int] = mapped_column(Integer)
@@ -471,6 +530,7 @@ class Approval(Base):
     fingerprint: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     approver: Mapped[User] = relationship()
+    request: Mapped[ApprovalRequest] = relationship(back_populates="decisions")
 
 
 class AuditLog(Base):

@@ -2,26 +2,27 @@
 
 Approval belongs to the task: every run a user requests of a task that a policy puts
 under approval is created ``waiting_approval`` by ``request.request_execution``,
-whoever asks (admins and authors included), and calls ``on_requested`` here: the
-approvers of every level (from the policies that put the task under approval) and a
-per-component digest of what will run are snapshotted into ``Execution.approval_plan``.
-Levels are decided in order, one approval per level suffices, any rejection ends the
-request, and nobody ever decides their own request (admins included); a request that
-only its requester could approve is refused up front (``require_someone_else``). The
-last approval queues the run.
+whoever asks (admins and authors included), and a schedule on such a task waits before
+its first fire (``request_schedule_approval``). Both wait on an ``ApprovalRequest``
+(models.py), stored and decided the same way: the approvers of every level (from the
+policies that put the task under approval), the fingerprint and its parts, and the hosts
+the run will touch are snapshotted when it is asked. Levels are decided in order, one
+approval per level suffices, any rejection ends the request, and nobody ever decides
+their own request (admins included); a request that only its requester could approve is
+refused up front (``require_someone_else``). ``decide`` is the one path for both: what
+differs is only what the last decision does to its subject (a run is queued or closed,
+a schedule may fire or not).
 
 A dry run (check mode, ``trigger == DRY_RUN_TRIGGER``) exists only as a copy of a
 waiting request made by ``start_dry_run``; the runner gives it no password or API secret,
 and it is never retried or relaunched into a live run.
 
-The approval binds the execution's fingerprint (task definition, playbook content,
-variables, targets, credential; computed in ``fingerprint.py``). It is compared with the
-task as it is now when an approver approves, and again by the worker just before the run (``verify_before_run``);
-a difference refuses the run with a reason naming what changed.
-
-Schedules on a task under approval need one approval (``request_schedule_approval``);
-their runs then carry the approved fingerprint and ``check_schedule_fire`` suspends the
-schedule when the task no longer matches it.
+The approval binds the fingerprint (task definition, playbook content, variables,
+targets, credential; computed in ``fingerprint.py``). It is compared with the task as it
+is now when an approver approves, by the worker just before the run
+(``verify_before_run``), and for a schedule at each fire (``check_schedule_fire``, which
+suspends the schedule and asks again); a difference refuses with a reason naming what
+changed.
 
 Functions here never commit: the caller commits (API view, worker, scheduler loop).
 """
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import combinations
 from typing import Any
 
@@ -42,6 +43,8 @@ from server.core.models import (
     EXECUTION_FINAL,
     OPERATION_OPEN,
     Approval,
+    ApprovalRequest,
+    ApprovalStatus,
     Execution,
     ExecutionStatus,
     OperationStatus,
@@ -61,21 +64,50 @@ MAX_COMMENT = 2000
 DECISIONS = ("approved", "rejected")
 DRY_RUN_TRIGGER = "dry_run"
 
+Subject = Execution | Schedule  # what an approval request is about
 
-# ---------------------------------------------------------------- plans and notifications
+
+# ---------------------------------------------------------------- requests
 
 
-def _plan(rules: access.RunRules, snap_parts: dict[str, str], **extra: Any) -> dict[str, Any]:
+def _open(rules: access.RunRules, snap_parts: dict[str, str], fingerprint: str | None, hosts: list[str],
+          requester_id: int | None, **subject: Any) -> ApprovalRequest:
+    """A new pending request with its snapshot of approvers, parts and hosts."""
     levels = {str(level): list(ids) for level, ids in sorted(rules.approvers.items())} or {"1": []}
-    return {"levels": levels, "parts": snap_parts, "policies": list(rules.policy_ids), **extra}
+    return ApprovalRequest(
+        status=ApprovalStatus.PENDING, level=min(int(lv) for lv in levels), levels=levels, parts=snap_parts,
+        policies=list(rules.policy_ids), hosts=hosts, fingerprint=fingerprint,
+        requested_by_id=requester_id, created_at=utcnow(), **subject,
+    )
 
 
-def plan_levels(plan: dict[str, Any] | None) -> list[int]:
-    return sorted(int(level) for level in ((plan or {}).get("levels") or {"1": []}))
+def request_of(session: Session, subject: Subject) -> ApprovalRequest | None:
+    """The run's request, or the schedule's current (latest) one."""
+    if isinstance(subject, Execution):
+        return subject.approval
+    return session.execute(
+        select(ApprovalRequest).where(ApprovalRequest.schedule_id == subject.id)
+        .order_by(ApprovalRequest.id.desc()).limit(1)
+    ).scalar_one_or_none()
 
 
-def level_approver_ids(plan: dict[str, Any] | None, level: int) -> list[int]:
-    return list(((plan or {}).get("levels") or {}).get(str(level)) or [])
+def levels_of(req: ApprovalRequest | None) -> list[int]:
+    return sorted(int(level) for level in ((req.levels if req else None) or {"1": []}))
+
+
+def approver_ids(req: ApprovalRequest | None, level: int) -> list[int]:
+    return list(((req.levels if req else None) or {}).get(str(level)) or [])
+
+
+def level_rows(session: Session, req: ApprovalRequest) -> list[dict[str, Any]]:
+    """Per level: who may decide it (names; [] = any approver) and its decision, if any."""
+    named = {uid for lv in levels_of(req) for uid in approver_ids(req, lv)}
+    names = dict(session.execute(select(User.id, User.username).where(User.id.in_(named))).all()) if named else {}
+    return [
+        {"level": lv, "approvers": [names[i] for i in approver_ids(req, lv) if i in names],
+         "decision": next((a for a in reversed(req.decisions) if a.level == lv), None)}
+        for lv in levels_of(req)
+    ]
 
 
 def _notify(session: Session, event: str, **kw: Any) -> None:
@@ -84,6 +116,18 @@ def _notify(session: Session, event: str, **kw: Any) -> None:
         notify.emit(session, event, **kw)
     except Exception:  # noqa: BLE001 - a broken channel must not block approvals
         log.exception("notification %s failed", event)
+
+
+def _about(req: ApprovalRequest) -> dict[str, Any]:
+    """The request's subject as the notification and audit calls name it."""
+    return {"execution": req.execution} if req.execution is not None else {"schedule": req.schedule}
+
+
+def _record(session: Session, req: ApprovalRequest, verb: str, actor: str, **detail: Any) -> None:
+    """Audit a step of a request: ``approval.<verb>`` for runs, ``schedule.<verb>`` for schedules."""
+    subject: Subject = req.execution if req.execution is not None else req.schedule  # type: ignore[assignment]
+    prefix = "approval" if req.execution is not None else "schedule"
+    audit.record(session, f"{prefix}.{verb}", actor=actor, target=subject, task=req.task.name, **detail)
 
 
 # ---------------------------------------------------------------- requesting
@@ -142,8 +186,9 @@ def on_requested(session: Session, ex: Execution, rules: access.RunRules, *, dry
     if dry_run and ex.task.kind != "playbook":
         raise ValidationError("a dry run is available for playbook tasks only", field="dry_run")
     hosts = target_hosts(ex.task, ex.limit_hosts)
-    ex.approval_plan = _plan(rules, parts(ex.task, ex.content_hash or "", ex.vars or {}, hosts))
-    ex.approval_level = plan_levels(ex.approval_plan)[0]
+    ex.approval = _open(rules, parts(ex.task, ex.content_hash or "", ex.vars or {}, hosts), ex.fingerprint,
+                        [h.name for h in hosts], ex.requested_by_id,
+                        expires_at=ex.created_at + timedelta(seconds=rules.approval_ttl_s))
     session.flush()
     if dry_run:
         start_dry_run(session, ex, ex.requested_by)
@@ -162,13 +207,13 @@ def dry_run_of(session: Session, ex: Execution) -> Execution | None:
 
 def start_dry_run(session: Session, ex: Execution, user: User | None) -> Execution:
     """Queue a check-mode (``--check --diff``) copy of a waiting request for the approvers to inspect."""
-    if user is not None and user.id != ex.requested_by_id and not involves(ex, user):
+    if user is not None and user.id != ex.requested_by_id and not involves(session, ex, user):
         raise Forbidden("only the requester or an approver of this request may start its dry run")
     if ex.task.kind != "playbook":
         raise ValidationError("a dry run is available for playbook tasks only", field="dry_run")
     if ex.status != ExecutionStatus.WAITING_APPROVAL:
         raise Conflict(f"execution {ex.id} is {ex.status}, not waiting for approval")
-    if ex.approval_plan is None or ex.check_mode or ex.trigger == DRY_RUN_TRIGGER:
+    if ex.approval is None or ex.check_mode or ex.trigger == DRY_RUN_TRIGGER:
         raise Conflict(f"execution {ex.id} is not an approval request")
     current = dry_run_of(session, ex)
     if current is not None and current.status not in EXECUTION_FINAL:
@@ -200,17 +245,11 @@ def start_dry_run(session: Session, ex: Execution, user: User | None) -> Executi
     return dry
 
 
-# ---------------------------------------------------------------- deciding on executions
+# ---------------------------------------------------------------- deciding
 
 
-def _decided_by(session: Session, ex: Execution) -> list[Approval]:
-    return list(
-        session.execute(select(Approval).where(Approval.execution_id == ex.id).order_by(Approval.id)).scalars()
-    )
-
-
-def _eligible(user: User, plan: dict[str, Any] | None, level: int) -> bool:
-    listed = level_approver_ids(plan, level)
+def _eligible(user: User, req: ApprovalRequest | None, level: int) -> bool:
+    listed = approver_ids(req, level)
     if user.role == "admin":
         return True  # admins may stand in for any level (still never for their own request)
     if listed:
@@ -218,20 +257,35 @@ def _eligible(user: User, plan: dict[str, Any] | None, level: int) -> bool:
     return user.role == "approver"  # a level without named approvers: any approver
 
 
-def may_decide(session: Session, ex: Execution, user: User, *, any_level: bool = False) -> str | None:
-    """None if ``user`` may decide the request's current level now, else why not."""
-    if ex.status != ExecutionStatus.WAITING_APPROVAL:
-        return f"execution {ex.id} is {ex.status}, not waiting for approval"
+def _not_waiting(subject: Subject, req: ApprovalRequest | None) -> str | None:
+    """Why the request can no longer be decided, or None while it waits."""
+    if isinstance(subject, Execution):
+        if subject.status != ExecutionStatus.WAITING_APPROVAL or req is None:
+            return f"execution {subject.id} is {subject.status}, not waiting for approval"
+    elif subject.approval_status != ApprovalStatus.PENDING or req is None:
+        return f"schedule {subject.id} is not waiting for approval"
+    if req.status != ApprovalStatus.PENDING:
+        return f"this request is {req.status}, not waiting for approval"
+    return None
+
+
+def may_decide(session: Session, subject: Subject, user: User, *, any_level: bool = False) -> str | None:
+    """None if ``user`` may decide the request's current level now (``any_level``: some level), else why not."""
+    req = request_of(session, subject)
+    why = _not_waiting(subject, req)
+    if why is not None or req is None:
+        return why
     if not user.is_active:
         return "your account is disabled"
-    if ex.requested_by_id == user.id:
+    own = {req.requested_by_id, subject.created_by_id if isinstance(subject, Schedule) else None}
+    if user.id in own:
         return "nobody may decide their own request"
-    earlier = [a for a in _decided_by(session, ex) if a.approver_id == user.id]
+    earlier = [a for a in req.decisions if a.approver_id == user.id]
     if earlier:
         return f"you already decided level {earlier[0].level} of this request; another person must decide the next level"
-    levels = plan_levels(ex.approval_plan) if any_level else [ex.approval_level]
-    if not any(_eligible(user, ex.approval_plan, level) for level in levels):
-        return f"you are not an approver for level {ex.approval_level} of this request"
+    levels = levels_of(req) if any_level else [req.level]
+    if not any(_eligible(user, req, level) for level in levels):
+        return f"you are not an approver for level {req.level} of this request"
     return None
 
 
@@ -256,80 +310,131 @@ class Outcome:
     refused: str | None = None
 
 
-def _cas(session: Session, ex: Execution, level: int, **values: Any) -> None:
-    """Move a waiting request on only if nobody else did meanwhile (two approvers at once)."""
+def _claim(session: Session, req: ApprovalRequest, level: int, **values: Any) -> None:
+    """Move a pending request on only if nobody else did meanwhile (two approvers at once):
+    a conditional UPDATE, which also holds the row until the caller commits."""
+    res = session.execute(
+        update(ApprovalRequest)
+        .where(ApprovalRequest.id == req.id, ApprovalRequest.status == ApprovalStatus.PENDING,
+               ApprovalRequest.level == level)
+        .values(level=level, **values)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(req)
+    if res.rowcount != 1:
+        raise Conflict(f"this request was decided by someone else meanwhile (now {req.status}, level {req.level})")
+
+
+def _close_run(session: Session, ex: Execution, **values: Any) -> None:
+    """Move a waiting run on only if it still waits (it may have been cancelled meanwhile)."""
     res = session.execute(
         update(Execution)
-        .where(Execution.id == ex.id, Execution.status == ExecutionStatus.WAITING_APPROVAL, Execution.approval_level == level)
+        .where(Execution.id == ex.id, Execution.status == ExecutionStatus.WAITING_APPROVAL)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    if res.rowcount != 1:
-        session.refresh(ex)
-        raise Conflict(f"execution {ex.id} was decided by someone else meanwhile (now {ex.status})")
     session.refresh(ex)
+    if res.rowcount != 1:
+        raise Conflict(f"execution {ex.id} was decided by someone else meanwhile (now {ex.status})")
 
 
 def close(session: Session, ex: Execution, status: str, message: str, *, actor: str = "system", action: str) -> None:
-    """End a waiting request (expired, rejected, refused)."""
-    now = utcnow()
-    _cas(session, ex, ex.approval_level, status=status, finished_at=now, message=message)
+    """End a waiting run's request (expired, refused)."""
+    req = ex.approval
+    if req is not None:
+        closed = ApprovalStatus.EXPIRED if status == ExecutionStatus.EXPIRED else ApprovalStatus.REFUSED
+        _claim(session, req, req.level, status=closed, closed_at=utcnow())
+    _close_run(session, ex, status=status, finished_at=utcnow(), message=message)
     audit.record(session, action, actor=actor, target=ex, task=ex.task.name, status=status, message=message)
     _notify(session, "approval.decided", execution=ex, decision=status, approver=actor, message=message)
 
 
-def decide(session: Session, ex: Execution, user: User, decision: str, comment: Any = None) -> Outcome:
-    """Approve or reject the current level of a waiting request."""
+def _outcome(req: ApprovalRequest, refused: str | None = None) -> Outcome:
+    if req.execution is not None:
+        return Outcome(req.execution, status=req.execution.status, refused=refused)
+    schedule = req.schedule
+    return Outcome(schedule=schedule, status=(schedule.approval_status or "") if schedule else "", refused=refused)
+
+
+def decide(session: Session, subject: Subject, user: User, decision: str, comment: Any = None) -> Outcome:
+    """Approve or reject the current level of a waiting request (a run's or a schedule's)."""
     if decision not in DECISIONS:
         raise ValidationError("decision must be 'approved' or 'rejected'", field="decision")
     comment = _validate_comment(comment)
-    if expire_if_due(session, ex):
-        return Outcome(ex, status=ex.status, refused=ex.message)
-    why = may_decide(session, ex, user)
-    if why is not None:
-        if ex.status != ExecutionStatus.WAITING_APPROVAL:
-            raise Conflict(why)
-        raise Forbidden(why)
-    level = ex.approval_level
-    approval = Approval(execution_id=ex.id, level=level, approver_id=user.id, decision=decision,
-                        comment=comment, fingerprint=ex.fingerprint)
+    if isinstance(subject, Execution) and expire_if_due(session, subject):
+        return Outcome(subject, status=subject.status, refused=subject.message)
+    req = request_of(session, subject)
+    why = may_decide(session, subject, user)
+    if why is not None or req is None:
+        raise (Conflict if _not_waiting(subject, req) else Forbidden)(why)
+    level = req.level
+    _claim(session, req, level)
     if decision == "rejected":
-        _cas(session, ex, level, status=ExecutionStatus.REJECTED, finished_at=utcnow(),
-             message=f"rejected by {user.username} at level {level}" + (f": {comment}" if comment else ""))
-        session.add(approval)
-        audit.record(session, "approval.reject", actor=user.username, target=ex, level=level, comment=comment,
-                     task=ex.task.name)
-        _notify(session, "approval.decided", execution=ex, decision="rejected", approver=user.username,
-                comment=comment)
-        return Outcome(ex, status=ex.status)
-
-    snap = current_snapshot(session, ex.task, ex.vars, ex.limit_hosts)
-    if snap.error or snap.fingerprint != ex.fingerprint:
-        reason = snap.error or (
-            f"refused: {explain_change((ex.approval_plan or {}).get('parts'), snap.parts)} changed since the "
-            "request was made; request the run again for a new approval"
-        )
-        close(session, ex, ExecutionStatus.FAILED, reason, actor=user.username, action="approval.invalidated")
-        return Outcome(ex, status=ex.status, refused=reason)
-
-    later = [lv for lv in plan_levels(ex.approval_plan) if lv > level]
+        return _reject(session, req, _record_decision(req, user, decision, comment), user)
+    snap = current_snapshot(session, req.task, subject.vars, req.execution.limit_hosts if req.execution else None)
+    if snap.error or snap.fingerprint != req.fingerprint:
+        return _refuse_changed(session, req, user, snap.error, explain_change(req.parts, snap.parts))
+    _record_decision(req, user, decision, comment)
+    later = [lv for lv in levels_of(req) if lv > level]
     if later:
-        _cas(session, ex, level, approval_level=later[0])
-        session.add(approval)
-        audit.record(session, "approval.approve", actor=user.username, target=ex, level=level, comment=comment,
-                     next_level=later[0], task=ex.task.name, fingerprint=ex.fingerprint)
-        _notify(session, "approval.requested", execution=ex, message=f"level {level} approved by {user.username}; "
-                f"level {later[0]} to decide")
-        return Outcome(ex, status=ex.status)
-    now = utcnow()
-    _cas(session, ex, level, status=ExecutionStatus.QUEUED, queued_at=now)
-    session.add(approval)
-    audit.record(session, "approval.approve", actor=user.username, target=ex, level=level, comment=comment,
-                 final=True, task=ex.task.name, fingerprint=ex.fingerprint)
-    session.flush()
-    jobs.enqueue_after_commit(session, ex.id)
-    _notify(session, "approval.decided", execution=ex, decision="approved", approver=user.username, comment=comment)
-    return Outcome(ex, status=ex.status)
+        req.level = later[0]
+        _record(session, req, "approve", user.username, level=level, comment=comment, next_level=later[0],
+                fingerprint=req.fingerprint)
+        _notify(session, "approval.requested", **_about(req),
+                message=f"level {level} approved by {user.username}; level {later[0]} to decide")
+        return _outcome(req)
+    req.status, req.closed_at = ApprovalStatus.APPROVED, utcnow()
+    if req.execution is not None:
+        _close_run(session, req.execution, status=ExecutionStatus.QUEUED, queued_at=utcnow())
+        session.flush()
+        jobs.enqueue_after_commit(session, req.execution.id)
+    elif req.schedule is not None:
+        req.schedule.approval_status = ApprovalStatus.APPROVED
+        req.schedule.approved_fingerprint = req.fingerprint
+        req.schedule.suspended_reason = None
+    _record(session, req, "approve", user.username, level=level, comment=comment, final=True,
+            fingerprint=req.fingerprint)
+    _notify(session, "approval.decided", **_about(req), decision="approved", approver=user.username, comment=comment)
+    return _outcome(req)
+
+
+def _record_decision(req: ApprovalRequest, user: User, decision: str, comment: str | None) -> Approval:
+    """Add the decision on the request's current level (the session adds it with the request)."""
+    approval = Approval(execution_id=req.execution_id, schedule_id=req.schedule_id, level=req.level,
+                        approver_id=user.id, approver=user, decision=decision, comment=comment,
+                        fingerprint=req.fingerprint)
+    req.decisions.append(approval)
+    return approval
+
+
+def _reject(session: Session, req: ApprovalRequest, approval: Approval, user: User) -> Outcome:
+    """Any rejection ends the request: the run is closed, the schedule does not fire."""
+    level, comment = approval.level, approval.comment
+    req.status, req.closed_at = ApprovalStatus.REJECTED, utcnow()
+    if req.execution is not None:
+        _close_run(session, req.execution, status=ExecutionStatus.REJECTED, finished_at=utcnow(),
+                   message=f"rejected by {user.username} at level {level}" + (f": {comment}" if comment else ""))
+    elif req.schedule is not None:
+        req.schedule.approval_status = ApprovalStatus.REJECTED
+    _record(session, req, "reject", user.username, level=level, comment=comment)
+    _notify(session, "approval.decided", **_about(req), decision="rejected", approver=user.username, comment=comment)
+    return _outcome(req)
+
+
+def _refuse_changed(session: Session, req: ApprovalRequest, user: User, error: str | None, what: str) -> Outcome:
+    """The task no longer matches the request (``what`` changed) or cannot run (``error``):
+    a run is refused (request it again), a schedule's request is renewed for the task as it is now."""
+    if req.execution is not None:
+        reason = error or f"refused: {what} changed since the request was made; request the run again for a new approval"
+        close(session, req.execution, ExecutionStatus.FAILED, reason, actor=user.username,
+              action="approval.invalidated")
+        return _outcome(req, reason)
+    reason = error or (f"refused: {what} changed since the approval was requested; "
+                       "the request was renewed for the current definition")
+    if req.schedule is not None and not error:
+        request_schedule_approval(session, req.schedule, req.requested_by, strict=False)
+    _record(session, req, "approval_invalidated", user.username, reason=reason)
+    return _outcome(req, reason)
 
 
 # ---------------------------------------------------------------- expiry
@@ -338,11 +443,12 @@ def decide(session: Session, ex: Execution, user: User, decision: str, comment: 
 def expire_if_due(session: Session, ex: Execution, now: datetime | None = None) -> bool:
     """Lazily expire one request whose time ran out; True if it is (now) expired."""
     now = now or utcnow()
-    if ex.status != ExecutionStatus.WAITING_APPROVAL or ex.approval_expires_at is None or ex.approval_expires_at > now:
+    expires_at = ex.approval_expires_at
+    if ex.status != ExecutionStatus.WAITING_APPROVAL or expires_at is None or expires_at > now:
         return ex.status == ExecutionStatus.EXPIRED
     try:
         close(session, ex, ExecutionStatus.EXPIRED,
-              f"no decision before {ex.approval_expires_at.isoformat()}; request the run again",
+              f"no decision before {expires_at.isoformat()}; request the run again",
               action="approval.expire")
     except Conflict:
         return ex.status == ExecutionStatus.EXPIRED  # someone else decided or expired it first
@@ -353,10 +459,11 @@ def expire_due(session: Session, now: datetime | None = None) -> int:
     """The periodic sweep (scheduler loop): expire every overdue request. The caller commits."""
     now = now or utcnow()
     due = session.execute(
-        select(Execution).where(
+        select(Execution).join(ApprovalRequest, ApprovalRequest.execution_id == Execution.id).where(
             Execution.status == ExecutionStatus.WAITING_APPROVAL,
-            Execution.approval_expires_at.is_not(None),
-            Execution.approval_expires_at <= now,
+            ApprovalRequest.status == ApprovalStatus.PENDING,
+            ApprovalRequest.expires_at.is_not(None),
+            ApprovalRequest.expires_at <= now,
         ).order_by(Execution.id)
     ).scalars().all()
     return sum(1 for ex in due if expire_if_due(session, ex, now))
@@ -376,22 +483,25 @@ def verify_before_run(session: Session, ex: Execution) -> str | None:
     Only runs bound by an approval (an approved request, a dry run of one, a run of an
     approved schedule) are checked: what runs must be what was approved.
     """
+    bound: ApprovalRequest | None = None
     bound_by = None
     if ex.check_mode and ex.trigger == DRY_RUN_TRIGGER:
-        bound_by = "request"
-    elif ex.approval_plan is not None:
-        approved = {a.level for a in _decided_by(session, ex) if a.decision == "approved" and a.fingerprint == ex.fingerprint}
-        missing = [lv for lv in plan_levels(ex.approval_plan) if lv not in approved]
+        parent = session.get(Execution, ex.parent_id) if ex.parent_id else None
+        bound, bound_by = (parent.approval if parent else None), "request"
+    elif ex.approval is not None:
+        approved = {a.level for a in ex.approval.decisions
+                    if a.decision == "approved" and a.fingerprint == ex.fingerprint}
+        missing = [lv for lv in levels_of(ex.approval) if lv not in approved]
         if missing:
             return f"refused: execution {ex.id} lacks approval for level(s) {', '.join(map(str, missing))}"
-        bound_by = "approval"
+        bound, bound_by = ex.approval, "approval"
     schedule = session.get(Schedule, ex.schedule_id) if ex.schedule_id else None
     if schedule is not None and schedule.approval_status is not None:
-        if schedule.approval_status != "approved":
+        if schedule.approval_status != ApprovalStatus.APPROVED:
             return f"refused: schedule {schedule.id} is {schedule.approval_status}, not approved"
         if ex.fingerprint != schedule.approved_fingerprint:
             return f"refused: this run does not match what was approved for schedule {schedule.id}"
-        bound_by = "schedule"
+        bound, bound_by = request_of(session, schedule), "schedule"
     if bound_by is None:
         return None
     snap = current_snapshot(session, ex.task, ex.vars, ex.limit_hosts)
@@ -399,11 +509,7 @@ def verify_before_run(session: Session, ex: Execution) -> str | None:
         return f"refused: {snap.error}"
     if snap.fingerprint == ex.fingerprint:
         return None
-    before = (schedule.approval_plan if bound_by == "schedule" and schedule else ex.approval_plan) or {}
-    if bound_by == "request":
-        parent = session.get(Execution, ex.parent_id) if ex.parent_id else None
-        before = (parent.approval_plan if parent else None) or {}
-    what = explain_change(before.get("parts"), snap.parts)
+    what = explain_change(bound.parts if bound else None, snap.parts)
     reason = f"refused: {what} changed since it was approved; a new approval is needed"
     if bound_by == "schedule" and schedule is not None:
         _refuse_schedule_change(session, schedule, reason)
@@ -432,6 +538,12 @@ def schedule_requires_approval(session: Session, task: Task) -> bool:
     return access.task_approval_rules(session, task).requires_approval
 
 
+def _retire(req: ApprovalRequest | None, status: ApprovalStatus) -> None:
+    """Close a schedule's pending request that a new one replaces (or that is no longer needed)."""
+    if req is not None and req.status == ApprovalStatus.PENDING:
+        req.status, req.closed_at = status, utcnow()
+
+
 def request_schedule_approval(session: Session, schedule: Schedule, user: User | None, *, strict: bool = True) -> bool:
     """Call after creating or changing a schedule (once flushed). True if it now waits for approval;
     until approved, ``check_schedule_fire`` keeps it from firing.
@@ -440,11 +552,12 @@ def request_schedule_approval(session: Session, schedule: Schedule, user: User |
     by the system (the task changed) waits anyway and its audit row says it is stuck."""
     task = schedule.task or session.get(Task, schedule.task_id)
     rules = access.task_approval_rules(session, task)
+    current = request_of(session, schedule)
     if not rules.requires_approval:
         if schedule.approval_status is not None:
             schedule.approval_status = None
             schedule.approved_fingerprint = None
-            schedule.approval_plan = None
+            _retire(current, ApprovalStatus.CANCELLED)
         return False
     snap = current_snapshot(session, task, schedule.vars, None)
     if snap.error:
@@ -454,12 +567,12 @@ def request_schedule_approval(session: Session, schedule: Schedule, user: User |
     if stuck and strict and user is not None:
         raise ValidationError(no_approver_message(task, stuck, "a schedule"),
                               code="no_approver", field="task")
-    schedule.approval_status = "pending"
+    _retire(current, ApprovalStatus.RENEWED)
+    schedule.approval_status = ApprovalStatus.PENDING
     schedule.approved_fingerprint = None
-    schedule.approval_plan = _plan(
-        rules, snap.parts, fingerprint=snap.fingerprint, level=plan_levels(_plan(rules, {}))[0],
-        requested_by=user.id if user else None, requested_at=utcnow().isoformat(),
-    )
+    session.add(_open(rules, snap.parts, snap.fingerprint, [h.name for h in target_hosts(task)],
+                      user.id if user else None,
+                      schedule=schedule, schedule_id=schedule.id))
     session.flush()
     audit.record(session, "schedule.approval_request", actor=user.username if user else "system", target=schedule,
                  task=task.name, **({"no_approver": stuck} if stuck else {}))
@@ -488,116 +601,51 @@ def check_schedule_fire(session: Session, schedule: Schedule, ex: Execution | No
         return f"schedule {schedule.id} needs approval: task '{task.name}' now requires approval"
     if schedule.suspended_reason:
         return f"schedule {schedule.id} is suspended: {schedule.suspended_reason}"
-    if schedule.approval_status != "approved":
+    if schedule.approval_status != ApprovalStatus.APPROVED:
         return f"schedule {schedule.id} is {schedule.approval_status} approval"
     snap = current_snapshot(session, task, schedule.vars, None)
     fingerprint = ex.fingerprint if ex is not None else snap.fingerprint
     if snap.error or fingerprint != schedule.approved_fingerprint:
-        what = snap.error or explain_change((schedule.approval_plan or {}).get("parts"), snap.parts)
+        req = request_of(session, schedule)
+        what = snap.error or explain_change(req.parts if req else None, snap.parts)
         reason = f"suspended: {what} changed since the schedule was approved; it needs a new approval"
         _suspend(session, schedule, reason)
         return reason
     return None
 
 
-def _schedule_decisions(session: Session, schedule: Schedule) -> list[Approval]:
-    return list(
-        session.execute(select(Approval).where(Approval.schedule_id == schedule.id).order_by(Approval.id)).scalars()
-    )
-
-
-def may_decide_schedule(session: Session, schedule: Schedule, user: User) -> str | None:
-    plan = schedule.approval_plan or {}
-    if schedule.approval_status != "pending":
-        return f"schedule {schedule.id} is not waiting for approval"
-    if not user.is_active:
-        return "your account is disabled"
-    if user.id in (plan.get("requested_by"), schedule.created_by_id):
-        return "nobody may decide their own request"
-    if user.id in (plan.get("decided_by") or []):
-        return "you already decided a level of this request; another person must decide the next level"
-    level = int(plan.get("level") or 1)
-    if not _eligible(user, plan, level):
-        return f"you are not an approver for level {level} of this schedule"
-    return None
-
-
-def decide_schedule(session: Session, schedule: Schedule, user: User, decision: str, comment: Any = None) -> Outcome:
-    if decision not in DECISIONS:
-        raise ValidationError("decision must be 'approved' or 'rejected'", field="decision")
-    comment = _validate_comment(comment)
-    # Serialise deciders: a no-op UPDATE takes the row lock (PostgreSQL) / write lock (SQLite), then re-read.
-    session.execute(
-        update(Schedule).where(Schedule.id == schedule.id).values(id=Schedule.id)
-        .execution_options(synchronize_session=False)
-    )
-    session.refresh(schedule)
-    why = may_decide_schedule(session, schedule, user)
-    if why is not None:
-        raise (Conflict if schedule.approval_status != "pending" else Forbidden)(why)
-    plan = dict(schedule.approval_plan or {})
-    level = int(plan.get("level") or 1)
-    approval = Approval(schedule_id=schedule.id, level=level, approver_id=user.id, decision=decision,
-                        comment=comment, fingerprint=plan.get("fingerprint"))
-    if decision == "rejected":
-        session.add(approval)
-        schedule.approval_status = "rejected"
-        audit.record(session, "schedule.reject", actor=user.username, target=schedule, level=level, comment=comment)
-        _notify(session, "approval.decided", schedule=schedule, decision="rejected", approver=user.username,
-                comment=comment, title=f"[Task Manager] schedule #{schedule.id} was rejected")
-        return Outcome(schedule=schedule, status="rejected")
-    snap = current_snapshot(session, schedule.task, schedule.vars, None)
-    if snap.error or snap.fingerprint != plan.get("fingerprint"):
-        reason = snap.error or (
-            f"refused: {explain_change(plan.get('parts'), snap.parts)} changed since the approval was requested; "
-            "the request was renewed for the current definition"
-        )
-        if not snap.error:
-            request_schedule_approval(session, schedule, session.get(User, plan.get("requested_by") or 0),
-                                      strict=False)
-        audit.record(session, "schedule.approval_invalidated", actor=user.username, target=schedule, reason=reason)
-        return Outcome(schedule=schedule, status=schedule.approval_status or "", refused=reason)
-    session.add(approval)
-    plan["decided_by"] = [*(plan.get("decided_by") or []), user.id]
-    schedule.approval_plan = plan
-    later = [lv for lv in plan_levels(plan) if lv > level]
-    if later:
-        plan["level"] = later[0]
-        schedule.approval_plan = dict(plan)
-        audit.record(session, "schedule.approve", actor=user.username, target=schedule, level=level,
-                     comment=comment, next_level=later[0])
-        _notify(session, "approval.requested", schedule=schedule,
-                title=f"[Task Manager] schedule #{schedule.id} needs approval (level {later[0]})")
-        return Outcome(schedule=schedule, status="pending")
-    schedule.approval_status = "approved"
-    schedule.approved_fingerprint = plan.get("fingerprint")
-    schedule.suspended_reason = None
-    audit.record(session, "schedule.approve", actor=user.username, target=schedule, level=level, comment=comment,
-                 final=True, fingerprint=schedule.approved_fingerprint)
-    _notify(session, "approval.decided", schedule=schedule, decision="approved", approver=user.username,
-            comment=comment, title=f"[Task Manager] schedule #{schedule.id} was approved")
-    return Outcome(schedule=schedule, status="approved")
-
-
 # ---------------------------------------------------------------- listing
 
 
-def pending_executions(session: Session) -> list[Execution]:
-    """Every waiting request, after expiring the overdue ones."""
+def pending_requests(session: Session) -> list[ApprovalRequest]:
+    """Every request still waiting (runs and schedules), oldest first, after expiring the overdue ones."""
     expire_due(session)
-    return list(
-        session.execute(
-            select(Execution).where(Execution.status == ExecutionStatus.WAITING_APPROVAL).order_by(Execution.created_at, Execution.id)
+    return [
+        req for req in session.execute(
+            select(ApprovalRequest).where(ApprovalRequest.status == ApprovalStatus.PENDING)
+            .order_by(ApprovalRequest.created_at, ApprovalRequest.id)
         ).scalars()
-    )
+        if _not_waiting(req.execution or req.schedule, req) is None  # type: ignore[arg-type]
+    ]
 
 
-def involves(ex_or_schedule: Execution | Schedule, user: User) -> bool:
+def pending_executions(session: Session) -> list[Execution]:
+    """Every waiting run request."""
+    return [req.execution for req in pending_requests(session) if req.execution is not None]
+
+
+def involves(session: Session, subject: Subject | ApprovalRequest, user: User) -> bool:
     """Whether ``user`` is named (or, for unnamed levels, eligible) on any level of the request."""
-    plan = ex_or_schedule.approval_plan
-    return any(_eligible(user, plan, level) for level in plan_levels(plan))
+    req = subject if isinstance(subject, ApprovalRequest) else request_of(session, subject)
+    return req is not None and any(_eligible(user, req, level) for level in levels_of(req))
 
 
-def decisions(session: Session, obj: Execution | Schedule) -> list[Approval]:
-    return _decided_by(session, obj) if isinstance(obj, Execution) else _schedule_decisions(session, obj)
+def decisions(session: Session, subject: Subject) -> list[Approval]:
+    req = request_of(session, subject)
+    return list(req.decisions) if req is not None else []
 
+
+def waiting_for(session: Session, user: User) -> list[ApprovalRequest]:
+    """The requests ``user`` may decide now (the navigation's badge, the inbox)."""
+    return [req for req in pending_requests(session)
+            if may_decide(session, req.execution or req.schedule, user) is None]  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ request, made only by ``approvals.start_dry_run``; this path refuses that trigge
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import update
@@ -20,6 +20,8 @@ from server.core.models import (
     EXECUTION_FINAL,
     EXECUTION_NOT_STARTED,
     OPERATION_FINAL,
+    ApprovalRequest,
+    ApprovalStatus,
     Execution,
     ExecutionStatus,
     Operation,
@@ -121,9 +123,7 @@ def _prepare(session: Session, req: RunRequest, revisions: dict[int, tuple[str |
         created_at=now,
     )
     if rules.requires_approval:
-        ex.status = ExecutionStatus.WAITING_APPROVAL
-        ex.approval_level = rules.levels[0] if rules.levels else 1
-        ex.approval_expires_at = now + timedelta(seconds=rules.approval_ttl_s)
+        ex.status = ExecutionStatus.WAITING_APPROVAL  # approvals.on_requested opens its request
     else:
         ex.status = ExecutionStatus.QUEUED
         ex.queued_at = now
@@ -228,6 +228,12 @@ def cancel_execution(session: Session, ex: Execution, user: User | None) -> Exec
             .values(status=OperationStatus.CANCELLED, finished_at=now)
             .execution_options(synchronize_session=False)
         )
+        session.execute(
+            update(ApprovalRequest)
+            .where(ApprovalRequest.execution_id == ex.id, ApprovalRequest.status == ApprovalStatus.PENDING)
+            .values(status=ApprovalStatus.CANCELLED, closed_at=now)
+            .execution_options(synchronize_session=False)
+        )
     else:
         session.refresh(ex)
         previous = ex.status
@@ -237,6 +243,8 @@ def cancel_execution(session: Session, ex: Execution, user: User | None) -> Exec
             return ex  # asked before; the worker is on it
         ex.cancel_requested = True
         session.flush()
+    if done and ex.approval is not None:
+        session.expire(ex.approval)
     session.expire(ex)
     audit.record(session, "execution.cancel", actor=actor, target=ex, task=ex.task.name, previous=previous,
                  immediate=bool(done))
