@@ -213,3 +213,45 @@ def test_approver_decides_in_the_browser(live_url, flow, session):
     session.expire_all()
     ex = session.get(Execution, ex_id)
     assert ex.status == "queued"
+
+
+def test_a_run_names_its_approvers_and_the_approval_page_shows_the_requested_hosts(app, api, flow, session):
+    """Who must approve (level by level) while it waits, a badge for the approver whose turn it
+    is, who approved once done; the hosts are the request's, not the task's current ones."""
+    ex_id = flow["ex"]
+    olga, ann, ben = (web_login(app, name) for name in ("olga", "ann", "ben"))
+
+    def badge(client) -> str | None:
+        found = re.search(r'id="approvals-waiting"[^>]*>(\d+)<', client.get("/tasks").get_data(as_text=True))
+        return found.group(1) if found else None
+
+    def levels(client) -> list[str]:
+        page = client.get(f"/executions/{ex_id}").get_data(as_text=True)
+        items = re.findall(r'<li data-level="\d">(.*?)</li>', page, re.S)
+        return [" ".join(re.sub(r"<[^>]+>", " ", item).split()) for item in items]
+
+    assert badge(ann) == "1" and badge(ben) is None and badge(olga) is None
+    assert levels(olga) == ["Level 1: waiting for ann", "Level 2: then ben"]
+    status, body = api.get(f"/api/v1/executions/{ex_id}")
+    assert body["approval"]["hosts"] == ["app1"] and [lv["approvers"] for lv in body["approval"]["levels"]] == [
+        ["ann"], ["ben"]] and body["approval"]["levels"][0]["decision"] is None
+
+    # The task gains a host after the request: the approval page still shows what was asked.
+    host(api, "app2")
+    assert api.patch(f"/api/v1/tasks/{flow['task']['id']}", {"hosts": ["app1", "app2"]})[0] == 200
+    page = ann.get(f"/approvals/{ex_id}").get_data(as_text=True)
+    assert re.search(r'id="request-hosts">app1 \(1\)<', page), page
+    assert api.patch(f"/api/v1/tasks/{flow['task']['id']}", {"hosts": ["app1"]})[0] == 200
+
+    for client in (ann, ben):
+        token = form_token(client, f"/approvals/{ex_id}")
+        resp = client.post(f"/approvals/{ex_id}/decide", data={"decision": "approve", "csrf_token": token})
+        assert resp.status_code == 302
+    session.expire_all()
+    assert session.get(Execution, ex_id).status == "queued"
+    assert badge(ben) is None
+    done = levels(olga)
+    assert done[0].startswith("Level 1: approved by ann") and done[1].startswith("Level 2: approved by ben"), done
+    status, body = api.get(f"/api/v1/executions/{ex_id}")
+    assert [lv["decision"]["approver"] for lv in body["approval"]["levels"]] == ["ann", "ben"]
+    assert body["approval"]["status"] == "approved"

@@ -646,6 +646,14 @@ def decisions(session: Session, subject: Subject) -> list[Approval]:
 
 
 def waiting_for(session: Session, user: User) -> list[ApprovalRequest]:
-    """The requests ``user`` may decide now (the navigation's badge, the inbox)."""
-    return [req for req in pending_requests(session)
+    """The requests ``user`` may decide now (the navigation's badge). Read-only: overdue
+    requests are left out rather than expired (pages must not write)."""
+    now = utcnow()
+    pending = session.execute(
+        select(ApprovalRequest).where(
+            ApprovalRequest.status == ApprovalStatus.PENDING,
+            or_(ApprovalRequest.expires_at.is_(None), ApprovalRequest.expires_at > now),
+        ).order_by(ApprovalRequest.id)
+    ).scalars()
+    return [req for req in pending
             if may_decide(session, req.execution or req.schedule, user) is None]  # type: ignore[arg-type]

@@ -2,6 +2,8 @@
 its levels, the dry-run result per host, and the approve / reject form."""
 from __future__ import annotations
 
+from typing import Any
+
 from flask import abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import select
@@ -19,6 +21,16 @@ RECENT = 50
 
 def _me() -> User:
     return current_user._get_current_object()
+
+
+@web_bp.app_context_processor
+def approvals_context() -> dict[str, Any]:
+    """For every page: how many requests wait for the signed-in user's decision (the
+    navigation's badge), and a request's levels for the execution page."""
+    if not current_user.is_authenticated:
+        return {}
+    return {"approvals_waiting": len(approvals.waiting_for(db.session(), _me())),
+            "approval_rows": lambda req: approvals.level_rows(db.session(), req)}
 
 
 @web_bp.get("/approvals")
