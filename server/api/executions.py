@@ -20,6 +20,7 @@ from server.core.models import (
     Approval,
     ApprovalRequest,
     Execution,
+    ExecutionStatus,
     Operation,
     Task,
 )
@@ -204,7 +205,7 @@ def cancel_execution_view(execution_id: int):
         raise Forbidden(f"you may not cancel executions of task '{ex.task.name}'")
     cancel_execution(db.session(), ex, user)
     db.session.commit()
-    return jsonify(execution_dict(ex)), (200 if ex.status == "cancelled" else 202)
+    return jsonify(execution_dict(ex)), (200 if ex.status == ExecutionStatus.CANCELLED else 202)
 
 
 @api_bp.post("/executions/<int:execution_id>/relaunch")
@@ -228,7 +229,8 @@ register_schema("RunRequest", {"type": "object", "additionalProperties": False, 
     "limit": {"type": "array", "items": {"type": "string"}, "description": "run only on these of its hosts"},
     "dry_run": {"type": "boolean", "description": "for runs needing approval: approve a check-mode run first"}}})
 register_schema("Accepted", {"type": "object", "required": ["id", "status"], "properties": {
-    "id": {"type": "integer"}, "status": {"type": "string", "enum": ["queued", "waiting_approval"]},
+    "id": {"type": "integer"},
+    "status": {"type": "string", "enum": [ExecutionStatus.QUEUED, ExecutionStatus.WAITING_APPROVAL]},
     "url": {"type": "string"}}})
 _EX_PROPS = {
     "id": {"type": "integer"}, "task": {"type": "string"}, "task_id": {"type": "integer"},

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from server.catalog import playbooks
 from server.core import db
-from server.core.models import Execution, Operation, Step, utcnow
+from server.core.models import OPERATION_FAILED, Execution, ExecutionStatus, Operation, OperationStatus, Step, utcnow
 from server.runs import hostkeys
 
 log = logging.getLogger(__name__)
@@ -37,14 +37,14 @@ MAX_OPERATION_OUTPUT = 1024 * 1024
 MAX_MESSAGE = 4000
 TRUNCATED = "\n[... output truncated ...]\n"
 STEP_EVENTS = {
-    "runner_on_ok": "succeeded",
-    "runner_on_failed": "failed",
-    "runner_on_unreachable": "unreachable",
-    "runner_on_skipped": "skipped",
+    "runner_on_ok": OperationStatus.SUCCEEDED,
+    "runner_on_failed": OperationStatus.FAILED,
+    "runner_on_unreachable": OperationStatus.UNREACHABLE,
+    "runner_on_skipped": OperationStatus.SKIPPED,
 }
 ITEM_EVENTS = {"runner_item_on_ok", "runner_item_on_failed", "runner_item_on_skipped"}
 # a host whose operation ends in one of these fails the execution
-HOST_FAILED = ("failed", "unreachable", "cancelled")
+HOST_FAILED = (OperationStatus.FAILED, OperationStatus.UNREACHABLE, OperationStatus.CANCELLED)
 
 
 @dataclass
@@ -260,14 +260,14 @@ class Recorder:
 
     def _new_step(self, st: HostState, name: str, started: datetime) -> Step:
         op = st.op
-        if op.status == "pending":
-            op.status = "running"
+        if op.status == OperationStatus.PENDING:
+            op.status = OperationStatus.RUNNING
             op.started_at = started
         step = Step(
             operation_id=op.id,
             seq=st.seq_base + len(st.steps) + 1,
             name=name[:500],
-            status="running",
+            status=OperationStatus.RUNNING,
             started_at=started,
             changed=False,
         )
@@ -299,18 +299,18 @@ class Recorder:
             errs = [_text(r.get("stderr")) for r in res["results"] if isinstance(r, dict)]
             stdout = "\n".join(o for o in outs if o) or None
             stderr = "\n".join(e for e in errs if e) or None
-        if stdout is None and status == "succeeded" and msg and data.get("task_action") in (
+        if stdout is None and status == OperationStatus.SUCCEEDED and msg and data.get("task_action") in (
                 "debug", "ansible.builtin.debug", "assert", "ansible.builtin.assert", "fail", "ansible.builtin.fail"):
             stdout = msg
-        if status in ("failed", "unreachable") and not stderr and msg:
+        if status in OPERATION_FAILED and not stderr and msg:
             stderr = msg
         stdout = _join(stdout, _diff_text(res)) or None  # --diff (dry runs for approvers)
         duration = data.get("duration")
         self._record(st, step, status, res.get("rc"), stdout, stderr, msg, changed=bool(res.get("changed")),
                      duration=float(duration) if isinstance(duration, (int, float)) else None,
                      ignore_errors=bool(data.get("ignore_errors")))
-        if status == "unreachable":
-            self._host_done(st, final="unreachable")
+        if status == OperationStatus.UNREACHABLE:
+            self._host_done(st, final=OperationStatus.UNREACHABLE)
         elif st.failed:
             self._host_done(st, final=None)  # a rescue block may still take over: final at the end
 
@@ -332,10 +332,10 @@ class Recorder:
             op.rc = step.rc  # the last rc, or the rc of the step that failed the host
         op.stdout = _clip(_join(op.stdout, stdout), MAX_OPERATION_OUTPUT)
         op.stderr = _clip(_join(op.stderr, stderr), MAX_OPERATION_OUTPUT)
-        if status == "unreachable":
+        if status == OperationStatus.UNREACHABLE:
             st.unreachable = True
             op.message = _clip(hostkeys.explain(msg or stderr or "host unreachable"), MAX_MESSAGE)
-        elif status == "failed" and not ignore_errors:
+        elif status == OperationStatus.FAILED and not ignore_errors:
             st.failed = True
             if st.first_failure is None:
                 st.first_failure = _clip(f"{step.name}: {msg or stderr or 'failed'}", MAX_MESSAGE)
@@ -369,10 +369,10 @@ class Recorder:
                 st.op.started_at = began
         st.commands_done.add(index)
         duration = (ended - began).total_seconds() if began and ended else None
-        msg = "non-zero return code" if status == "failed" else None  # as ansible.builtin.raw says it
+        msg = "non-zero return code" if status == OperationStatus.FAILED else None  # as ansible.builtin.raw says it
         self._record(st, step, status, result.get("rc"), _text(result.get("stdout")), _text(result.get("stderr")),
-                     msg, changed=status == "succeeded", duration=duration)
-        if status == "succeeded":
+                     msg, changed=status == OperationStatus.SUCCEEDED, duration=duration)
+        if status == OperationStatus.SUCCEEDED:
             self._start_command(st, index + 1, ended or _now())  # the next line starts now
 
     def _command_progress(self, line: str) -> None:
@@ -393,23 +393,24 @@ class Recorder:
                 self._command_result(st, result)
         status = STEP_EVENTS[kind]
         msg = _text(res.get("msg"))
-        if not st.command_steps and status != "skipped":  # it failed before the first line ran
+        if not st.command_steps and status != OperationStatus.SKIPPED:  # it failed before the first line ran
             self._start_command(st, 0, _now())
         for index, step in st.command_steps.items():
             if index not in st.commands_done:  # no result of its own (an error Ansible raised)
                 st.commands_done.add(index)
-                self._record(st, step, "failed" if status == "succeeded" else status, None, None, msg, msg,
+                failed = OperationStatus.FAILED if status == OperationStatus.SUCCEEDED else status
+                self._record(st, step, failed, None, None, msg, msg,
                              changed=False, duration=None)
         if st.unreachable:
-            self._host_done(st, final="unreachable")
-        elif st.failed or status == "failed":
+            self._host_done(st, final=OperationStatus.UNREACHABLE)
+        elif st.failed or status == OperationStatus.FAILED:
             st.failed = True
             st.op.message = st.op.message or _clip(msg or "failed", MAX_MESSAGE)
-            self._host_done(st, final="failed")
-        elif status == "skipped" or all(s.status == "skipped" for s in st.steps):
+            self._host_done(st, final=OperationStatus.FAILED)
+        elif status == OperationStatus.SKIPPED or all(s.status == OperationStatus.SKIPPED for s in st.steps):
             self._host_done(st, final=None)  # check mode: finish() says skipped
         else:
-            self._host_done(st, final="succeeded")
+            self._host_done(st, final=OperationStatus.SUCCEEDED)
 
     def _item(self, st: HostState, kind: str, data: dict[str, Any], event: dict[str, Any]) -> None:
         """Loop items: their output shows on the step while the loop runs."""
@@ -446,8 +447,8 @@ class Recorder:
         for name, st in self.hosts.items():
             op = st.op
             for step in st.steps:
-                if step.status == "running":
-                    step.status = "cancelled" if cancelled else "failed"
+                if step.status == OperationStatus.RUNNING:
+                    step.status = OperationStatus.CANCELLED if cancelled else OperationStatus.FAILED
                     if timed_out:
                         step.stderr = _join(step.stderr, f"timed out after {timeout_s} s")
                     if step.started_at is not None:
@@ -455,35 +456,35 @@ class Recorder:
             if st.final:
                 continue
             if name in dark or st.unreachable:
-                status = "unreachable"
+                status = OperationStatus.UNREACHABLE
             elif name in failures or st.failed:
-                status = "failed"
+                status = OperationStatus.FAILED
             elif cancelled:
-                status = "cancelled"
+                status = OperationStatus.CANCELLED
                 op.message = op.message or "cancelled before this host finished"
             elif timed_out:
-                status = "failed" if st.steps else "cancelled"
+                status = OperationStatus.FAILED if st.steps else OperationStatus.CANCELLED
                 op.message = op.message or f"the execution timed out after {timeout_s} s"
             elif self.stats is None and (rc or failure):
-                status = "failed"
+                status = OperationStatus.FAILED
                 op.message = op.message or _clip(
                     f"ansible-playbook stopped before finishing this host: {error_text or f'exit status {rc}'}",
                     MAX_MESSAGE)
-            elif not st.steps or all(s.status == "skipped" for s in st.steps):
-                status = "skipped"
+            elif not st.steps or all(s.status == OperationStatus.SKIPPED for s in st.steps):
+                status = OperationStatus.SKIPPED
                 op.message = op.message or ("no task ran on this host" if not st.steps else "every task was skipped")
             else:
-                status = "succeeded"
+                status = OperationStatus.SUCCEEDED
             op.status = status
-            if op.started_at is not None or status not in ("skipped", "cancelled"):
+            if op.started_at is not None or status not in (OperationStatus.SKIPPED, OperationStatus.CANCELLED):
                 op.finished_at = op.finished_at or now
             if not st.done:
                 st.done = True
         self.ex.hosts_done = len(self.hosts)
         if cancelled:
-            return RunResult("cancelled", "cancelled on request", rc)
+            return RunResult(ExecutionStatus.CANCELLED, "cancelled on request", rc)
         if timed_out:
-            return RunResult("timed_out", f"timed out after {timeout_s} s", rc)
+            return RunResult(ExecutionStatus.TIMED_OUT, f"timed out after {timeout_s} s", rc)
         # without a stats event ansible-playbook stopped early: its error explains the hosts' failures
         return outcome((st.op for st in self.hosts.values()), rc=rc,
                        exit_ok=(rc in (0, None) or self.stats is not None) and not failure,
@@ -503,15 +504,16 @@ def outcome(ops: Iterable[Operation], *, rc: int | None = None, exit_ok: bool = 
     ops = list(ops)
     bad = Counter(op.status for op in ops if op.status in HOST_FAILED)
     if not bad and exit_ok:
-        return RunResult("succeeded", None, rc)
+        return RunResult(ExecutionStatus.SUCCEEDED, None, rc)
     if not bad:
-        return RunResult("failed", _clip(error or f"ansible-playbook exited with status {rc}", MAX_MESSAGE), rc)
+        error = error or f"ansible-playbook exited with status {rc}"
+        return RunResult(ExecutionStatus.FAILED, _clip(error, MAX_MESSAGE), rc)
     message = f"{', '.join(f'{v} {k}' for k, v in sorted(bad.items()))} of {len(ops)} hosts"
     if note:
         message = f"{message} ({note})"
     if error:
         message = _clip(f"{message}: {error}", MAX_MESSAGE)
-    return RunResult("failed", message, rc)
+    return RunResult(ExecutionStatus.FAILED, message, rc)
 
 
 def by_inventory_name(ops: dict[str, Operation], names: dict[str, str]) -> dict[str, Operation]:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from server.core import audit, db
 from server.core.config import Settings
-from server.core.models import Execution, Host, Operation
+from server.core.models import Execution, ExecutionStatus, Host, Operation, OperationStatus
 from server.runs import recorder, runner
 
 ACTOR = "worker"
@@ -54,8 +54,8 @@ def run_with_retries(
     started = time.monotonic()
     result = run(session, ex, hosts, ops, settings)
     attempt = 1
-    while attempt < attempts and result.status in ("succeeded", "failed"):
-        retry = [h for h in hosts if ops[h.name].status == "unreachable"]
+    while attempt < attempts and result.status in (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED):
+        retry = [h for h in hosts if ops[h.name].status == OperationStatus.UNREACHABLE]
         if not retry:
             break
         remaining = budget - (time.monotonic() - started) - delay
@@ -66,12 +66,12 @@ def run_with_retries(
             break
         session.commit()  # the attempt's results are visible while we wait
         if _wait(ex.id, delay):
-            return runner.RunResult("cancelled", "cancelled on request")
+            return runner.RunResult(ExecutionStatus.CANCELLED, "cancelled on request")
         attempt += 1
         for h in retry:
             op = ops[h.name]
             op.message = f"unreachable on attempt {attempt - 1}: {op.message or 'unreachable'}; retrying"
-            op.status, op.finished_at = "pending", None
+            op.status, op.finished_at = OperationStatus.PENDING, None
         ex.hosts_done = max(0, (ex.hosts_done or 0) - len(retry))
         audit.record(session, "execution.retry_hosts", actor=ACTOR, target=ex, attempt=attempt,
                      of=attempts, hosts=[h.name for h in retry])
@@ -81,11 +81,11 @@ def run_with_retries(
         ex.hosts_done = ex.host_count
         for h in retry:
             op = ops[h.name]
-            if op.status == "succeeded":
+            if op.status == OperationStatus.SUCCEEDED:
                 op.message = f"succeeded on attempt {attempt} of {attempts} (unreachable before)"
-            elif op.status == "unreachable":
+            elif op.status == OperationStatus.UNREACHABLE:
                 op.message = _note(op.message, f"unreachable on {attempt} attempts")
-    if attempt == 1 or result.status in ("cancelled", "timed_out"):
+    if attempt == 1 or result.status in (ExecutionStatus.CANCELLED, ExecutionStatus.TIMED_OUT):
         return result
     return recorder.outcome(ops.values(), note=f"after {attempt} attempts")
 

@@ -21,8 +21,8 @@ from server.core import audit, db
 from server.reporting import notify
 from server.runs import retries, runner
 from server.core.config import Settings
-from server.executions.request import target_hosts
-from server.core.models import Execution, Operation, Step, utcnow
+from server.executions.fingerprint import target_hosts
+from server.core.models import OPERATION_OPEN, Execution, ExecutionStatus, Operation, OperationStatus, Step, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class Heartbeat:
                 with db.engine().begin() as conn:
                     conn.execute(
                         update(Execution)
-                        .where(Execution.id == self.execution_id, Execution.status == "running")
+                        .where(Execution.id == self.execution_id, Execution.status == ExecutionStatus.RUNNING)
                         .values(heartbeat_at=utcnow())
                     )
             except Exception:  # noqa: BLE001 - the next beat tries again
@@ -121,19 +121,19 @@ def _claim(session: Session, execution_id: int) -> Execution | str:
     session.rollback()
     if row is None:
         return "no such execution"
-    if row.status != "queued":
+    if row.status != ExecutionStatus.QUEUED:
         return f"not queued ({row.status})"
     concurrency.lock_task(session, row.task_id)  # first statement of the claim transaction
     ex = session.get(Execution, execution_id, populate_existing=True)
-    if ex is None or ex.status != "queued":
+    if ex is None or ex.status != ExecutionStatus.QUEUED:
         session.rollback()
         return "claimed elsewhere"
     now = utcnow()
     if ex.cancel_requested:
-        ex.status = "cancelled"
+        ex.status = ExecutionStatus.CANCELLED
         ex.finished_at = now
         ex.message = "cancelled before it started"
-        audit.record(session, "execution.finish", actor=ACTOR, target=ex, status="cancelled", hosts=0)
+        audit.record(session, "execution.finish", actor=ACTOR, target=ex, status=ExecutionStatus.CANCELLED, hosts=0)
         session.commit()
         return "cancelled before start"
     blocking = concurrency.blocker(session, ex)
@@ -142,8 +142,8 @@ def _claim(session: Session, execution_id: int) -> Execution | str:
         return f"waits for execution {blocking}"
     claimed = session.execute(
         update(Execution)
-        .where(Execution.id == execution_id, Execution.status == "queued")
-        .values(status="running", worker_name=_worker_name(), started_at=now, heartbeat_at=now)
+        .where(Execution.id == execution_id, Execution.status == ExecutionStatus.QUEUED)
+        .values(status=ExecutionStatus.RUNNING, worker_name=_worker_name(), started_at=now, heartbeat_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount
     if claimed != 1:
@@ -168,7 +168,7 @@ def _run(app: Flask, execution_id: int) -> str:
     for host in hosts:
         op = existing.get(host.name)
         if op is None:
-            op = Operation(host_id=host.id, host_name=host.name, status="pending")
+            op = Operation(host_id=host.id, host_name=host.name, status=OperationStatus.PENDING)
             ex.operations.append(op)
         ops[host.name] = op
     ex.host_count = len(hosts)
@@ -188,14 +188,14 @@ def _run(app: Flask, execution_id: int) -> str:
     try:
         with Heartbeat(ex.id):
             if not hosts:
-                result = runner.RunResult("failed", "the task has no target hosts")
+                result = runner.RunResult(ExecutionStatus.FAILED, "the task has no target hosts")
             else:
                 result = retries.run_with_retries(session, ex, hosts, ops, settings)  # unreachable hosts again
             session.commit()  # the last batch of operations and steps
     except Exception as exc:  # noqa: BLE001 - a bug or a lost database: record it, never hang
         log.exception("execution %s: the run failed", ex.id)
         session.rollback()
-        result = runner.RunResult("failed", f"internal error in the worker: {type(exc).__name__}")
+        result = runner.RunResult(ExecutionStatus.FAILED, f"internal error in the worker: {type(exc).__name__}")
         _fail_unfinished(session, ex, result.message or "internal error")
         session.commit()
     _finish(session, ex, result)
@@ -217,12 +217,13 @@ def _fail_unfinished(session: Session, ex: Execution, message: str) -> None:
     now = utcnow()
     ops = session.execute(select(Operation).where(Operation.execution_id == ex.id)).scalars().all()
     for op in ops:
-        if op.status in ("pending", "running"):
-            op.status = "failed"
+        if op.status in OPERATION_OPEN:
+            op.status = OperationStatus.FAILED
             op.message = message
             op.finished_at = now
-            for step in session.execute(select(Step).where(Step.operation_id == op.id, Step.status == "running")).scalars():
-                step.status = "failed"
+            running = select(Step).where(Step.operation_id == op.id, Step.status == OperationStatus.RUNNING)
+            for step in session.execute(running).scalars():
+                step.status = OperationStatus.FAILED
     ex.hosts_done = ex.host_count
 
 
@@ -236,7 +237,7 @@ def _finish(session: Session, ex: Execution, result: runner.RunResult) -> None:
     def write(with_notify: bool) -> bool:
         done = session.execute(
             update(Execution)
-            .where(Execution.id == ex.id, Execution.status == "running")
+            .where(Execution.id == ex.id, Execution.status == ExecutionStatus.RUNNING)
             .values(status=result.status, finished_at=now, message=result.message, hosts_done=ex.host_count)
             .execution_options(synchronize_session=False)
         ).rowcount
@@ -244,7 +245,7 @@ def _finish(session: Session, ex: Execution, result: runner.RunResult) -> None:
             return False
         session.refresh(ex)
         audit.record(session, "execution.finish", actor=ACTOR, target=ex, task=ex.task.name, status=result.status,
-                     outcome="ok" if result.status == "succeeded" else "failed", operations=counts,
+                     outcome="ok" if result.status == ExecutionStatus.SUCCEEDED else "failed", operations=counts,
                      message=result.message)
         if with_notify:
             _notify(session, ex)

@@ -9,8 +9,11 @@ from typing import Any, Sequence
 
 from markupsafe import Markup, escape
 
-STATUS_ORDER = ("succeeded", "failed", "timed_out", "lost", "cancelled", "rejected", "expired",
-                "running", "queued", "waiting_approval")
+from server.core.models import ExecutionStatus as S
+
+# Stacking order of the status bars: outcomes first, then what is still on its way.
+STATUS_ORDER = (S.SUCCEEDED, S.FAILED, S.TIMED_OUT, S.LOST, S.CANCELLED, S.REJECTED, S.EXPIRED,
+                S.RUNNING, S.QUEUED, S.WAITING_APPROVAL)
 
 
 def _fmt(value: float) -> str:

@@ -16,9 +16,10 @@ from sqlalchemy.orm import selectinload
 from server.catalog import playbooks
 from server.catalog.tasks import create_task, delete_task, update_task
 from server.core import db
-from server.core.models import Credential, Execution, Group, Host, Task
+from server.core.models import Credential, Execution, ExecutionStatus, Group, Host, Task
 from server.core.pagination import like_pattern
-from server.executions.request import request_execution, target_hosts
+from server.executions.fingerprint import target_hosts
+from server.executions.request import request_execution
 from server.guards import requires, visible_or_404
 from server.people import access
 from server.web import web_bp
@@ -215,7 +216,7 @@ def task_run(task_id: int):
     ex, errors = save(run)
     if errors:
         return _task_page(visible_or_404(Task, task_id, "task"), perms, errors, 422)
-    if ex.status == "waiting_approval":
+    if ex.status == ExecutionStatus.WAITING_APPROVAL:
         flash(f"Execution #{ex.id} is waiting for approval.", "warning")
     else:
         flash(f"Execution #{ex.id} queued.", "success")
