@@ -266,12 +266,6 @@ def test_record_many_chains_a_batch_and_a_rolled_back_savepoint_keeps_the_chain(
 # --- the tail: a truncation stays visible after later writes ----------------------------------
 
 
-@pytest.fixture
-def live(live_server):
-    """conftest's live server under this file's name."""
-    return live_server
-
-
 def _failed_logins(base: str, n: int) -> None:
     import requests
 
@@ -286,15 +280,15 @@ def _gap_rows(session) -> list[AuditLog]:
                            .order_by(AuditLog.id)).scalars().all()
 
 
-def test_truncated_tail_stays_detected_after_later_writes(trail, api, session, env, live):
+def test_truncated_tail_stays_detected_after_later_writes(trail, api, session, env, live_server):
     """Delete the newest rows in SQL, then anyone's failed logins (over HTTP) and other writes:
     the new rows do not chain onto the shortened log, and ``audit verify`` names the gap."""
     import requests
 
     kept = trail[-4]
     _sql(session, "DELETE FROM audit_log WHERE id > :i", i=kept.id)
-    _failed_logins(live, 5)
-    resp = requests.post(f"{live}/api/v1/users", json={"username": "late", "role": "operator",
+    _failed_logins(live_server, 5)
+    resp = requests.post(f"{live_server}/api/v1/users", json={"username": "late", "role": "operator",
                                                         "password": "late-password-1"},
                          headers={"Authorization": f"Bearer {api.token}"}, timeout=30)
     assert resp.status_code == 201, resp.text
@@ -313,14 +307,14 @@ def test_truncated_tail_stays_detected_after_later_writes(trail, api, session, e
     assert status == 200 and check["ok"] is False and f"rows after id {kept.id} are missing" in check["message"]
 
 
-def test_a_second_truncation_after_a_gap_is_a_second_gap(trail, session, env, live):
+def test_a_second_truncation_after_a_gap_is_a_second_gap(trail, session, env, live_server):
     kept = trail[-3]
     _sql(session, "DELETE FROM audit_log WHERE id > :i", i=kept.id)
-    _failed_logins(live, 2)
+    _failed_logins(live_server, 2)
     first_gap = _gap_rows(session)[0]
     newest = session.execute(select(func.max(AuditLog.id))).scalar()
     _sql(session, "DELETE FROM audit_log WHERE id = :i", i=newest)  # a login after the gap, removed too
-    _failed_logins(live, 4)
+    _failed_logins(live_server, 4)
     gaps = _gap_rows(session)
     assert [g.id for g in gaps][0] == first_gap.id and len(gaps) == 2
     assert gaps[1].detail["last_row"] == newest - 1 and gaps[1].detail["anchored_row"] == newest
@@ -330,17 +324,17 @@ def test_a_second_truncation_after_a_gap_is_a_second_gap(trail, session, env, li
     assert f"rows after id {newest - 1} are missing" in proc.stderr
 
 
-def test_an_edit_after_a_gap_is_still_found(trail, session, live):
+def test_an_edit_after_a_gap_is_still_found(trail, session, live_server):
     _sql(session, "DELETE FROM audit_log WHERE id > :i", i=trail[-2].id)
-    _failed_logins(live, 3)
+    _failed_logins(live_server, 3)
     victim = session.execute(select(func.max(AuditLog.id))).scalar()
     _sql(session, "UPDATE audit_log SET actor = 'nobody' WHERE id = :i", i=victim)
     check = audit.verify_trail(session)
     assert not check.ok and "are missing" in check.why and f"row {victim}:" in check.why and "altered" in check.why
 
 
-def test_an_untouched_trail_with_failed_logins_over_http_verifies(trail, session, env, live):
-    _failed_logins(live, 6)
+def test_an_untouched_trail_with_failed_logins_over_http_verifies(trail, session, env, live_server):
+    _failed_logins(live_server, 6)
     assert _gap_rows(session) == []
     logins = session.execute(select(func.count()).where(AuditLog.action == "auth.login", AuditLog.id > trail[-1].id))
     assert logins.scalar() >= 4

@@ -16,12 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import conftest
 from tests.conftest import ADMIN_PASSWORD
 from tests.sshlab import SSHLab
-
-# conftest's fixture, re-exported: test_robustness_ui still imports it from this module.
-live_server = conftest.live_server
 
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "test-output" / "screenshots"

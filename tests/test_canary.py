@@ -22,18 +22,10 @@ import uuid
 import zlib
 from pathlib import Path
 
-import pytest
 
 from tests.sshlab import SSHLab
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def env(env, monkeypatch, private_redis_url):
-    """The shared test environment with this process's private Redis (no concurrent flushes)."""
-    monkeypatch.setenv("TASKMANAGER_REDIS_URL", private_redis_url)
-    return {**env, "TASKMANAGER_REDIS_URL": private_redis_url}
 
 
 class ProcessSampler(threading.Thread):

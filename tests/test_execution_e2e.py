@@ -30,10 +30,8 @@ def lab():
 
 
 @pytest.fixture
-def env(env, tmp_path, monkeypatch, private_redis_url):
-    """The shared test environment with a private Redis and playbook directory (with a role)."""
-    monkeypatch.setenv("TASKMANAGER_REDIS_URL", private_redis_url)
-    env = {**env, "TASKMANAGER_REDIS_URL": private_redis_url}
+def env(env, tmp_path, monkeypatch):
+    """The shared test environment with a private playbook directory (with a role)."""
     pb = tmp_path / "playbooks"
     (pb / "roles" / "greet" / "tasks").mkdir(parents=True)
     (pb / "roles" / "greet" / "tasks" / "main.yml").write_text(

@@ -22,19 +22,6 @@ from tests.reportdata import make_task
 EXPORTS = ("/api/v1/reports/executions.csv", "/api/v1/reports/operations.csv", "/api/v1/audit/export.jsonl")
 
 
-@pytest.fixture
-def live(app):
-    """The app over real HTTP (werkzeug, threaded) on a free loopback port."""
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(10)
-
-
 def _history(session, executions: int = 1500, hosts: int = 8) -> None:
     """Enough rows that each export is megabytes: it cannot sit in the socket buffers."""
     task = make_task(session, "big-history")
@@ -83,7 +70,7 @@ def _wait_pool_idle(baseline: int, seconds: float = 15) -> int:
         time.sleep(0.1)
 
 
-def test_abandoned_exports_give_their_connections_back(api, session, live):
+def test_abandoned_exports_give_their_connections_back(api, session, live_server):
     """60 downloads from 4 clients, each abandoned midway: afterwards no connection is still
     checked out and ``/api/v1/me`` answers at once. Garbage collection is off while they
     run, so only a deterministic release counts."""
@@ -95,7 +82,7 @@ def test_abandoned_exports_give_their_connections_back(api, session, live):
     def client(n: int) -> None:
         try:
             for i in range(15):
-                _abandon(live + EXPORTS[(n + i) % len(EXPORTS)], api.token)
+                _abandon(live_server + EXPORTS[(n + i) % len(EXPORTS)], api.token)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -109,22 +96,22 @@ def test_abandoned_exports_give_their_connections_back(api, session, live):
         assert not errors, errors
         assert _wait_pool_idle(baseline) <= baseline, "an abandoned export still holds a database connection"
         started = time.monotonic()
-        me = requests.get(f"{live}/api/v1/me", headers={"Authorization": f"Bearer {api.token}"}, timeout=30)
+        me = requests.get(f"{live_server}/api/v1/me", headers={"Authorization": f"Bearer {api.token}"}, timeout=30)
         assert me.status_code == 200 and time.monotonic() - started < 5
     finally:
         gc.enable()
 
 
-def test_a_complete_export_still_has_every_row(api, session, live):
+def test_a_complete_export_still_has_every_row(api, session, live_server):
     _history(session, executions=300, hosts=3)
     session.close()
     baseline = db.engine().pool.checkedout()
     headers = {"Authorization": f"Bearer {api.token}"}
-    ops = requests.get(f"{live}/api/v1/reports/operations.csv", headers=headers, timeout=60)
+    ops = requests.get(f"{live_server}/api/v1/reports/operations.csv", headers=headers, timeout=60)
     assert ops.status_code == 200 and len(ops.text.strip().splitlines()) == 1 + 300 * 3
-    exe = requests.get(f"{live}/api/v1/reports/executions.csv", headers=headers, timeout=60)
+    exe = requests.get(f"{live_server}/api/v1/reports/executions.csv", headers=headers, timeout=60)
     assert exe.status_code == 200 and len(exe.text.strip().splitlines()) == 1 + 300
-    lines = requests.get(f"{live}/api/v1/audit/export.jsonl", headers=headers, timeout=60).text.splitlines()
+    lines = requests.get(f"{live_server}/api/v1/audit/export.jsonl", headers=headers, timeout=60).text.splitlines()
     assert len(lines) >= 6000 and all(line.startswith("{") for line in lines)
     assert _wait_pool_idle(baseline) <= baseline
 

@@ -29,12 +29,6 @@ def listener():
     lst.stop()
 
 
-@pytest.fixture
-def env(env, monkeypatch, private_redis_url):
-    monkeypatch.setenv("TASKMANAGER_REDIS_URL", private_redis_url)
-    return {**env, "TASKMANAGER_REDIS_URL": private_redis_url}
-
-
 def _closed_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

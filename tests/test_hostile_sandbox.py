@@ -34,12 +34,11 @@ def lab():
 
 
 @pytest.fixture
-def env(env, tmp_path, monkeypatch, private_redis_url):
+def env(env, tmp_path, monkeypatch):
     pb = tmp_path / "project"
     pb.mkdir()
     monkeypatch.setenv("TASKMANAGER_PLAYBOOK_DIR", str(pb))
-    monkeypatch.setenv("TASKMANAGER_REDIS_URL", private_redis_url)
-    return {**env, "TASKMANAGER_PLAYBOOK_DIR": str(pb), "TASKMANAGER_REDIS_URL": private_redis_url}
+    return {**env, "TASKMANAGER_PLAYBOOK_DIR": str(pb)}
 
 
 @pytest.fixture

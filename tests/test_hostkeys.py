@@ -9,16 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from tests.conftest import ADMIN_PASSWORD, REPO
 from tests.resource_factories import csrf_token
-
-
-@pytest.fixture
-def env(env, monkeypatch, private_redis_url):
-    monkeypatch.setenv("TASKMANAGER_REDIS_URL", private_redis_url)
-    return {**env, "TASKMANAGER_REDIS_URL": private_redis_url}
 
 
 def fingerprint(pub: Path) -> str:

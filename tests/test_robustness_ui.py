@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from server.core.models import AuditLog, Execution, Operation, utcnow
 from tests.conftest import ADMIN_PASSWORD
-from tests.test_browser import CHROMIUM, browser_page, live_server, pytestmark, shot  # noqa: F401  (fixtures)
+from tests.test_browser import CHROMIUM, browser_page, pytestmark, shot  # noqa: F401  (fixtures)
 from tests.test_robustness_reaper import make_execution, make_task
 
 

@@ -16,12 +16,6 @@ U = timezone.utc
 
 
 @pytest.fixture
-def live_url(live_server):
-    """conftest's live server under this file's name."""
-    return live_server
-
-
-@pytest.fixture
 def browser():
     from playwright.sync_api import sync_playwright
 
@@ -50,8 +44,8 @@ def task(session):
     return t
 
 
-def test_create_schedule_with_live_preview_pause_and_blackout(live_url, browser, session, admin_user, task):
-    page = login(browser, live_url, "admin")
+def test_create_schedule_with_live_preview_pause_and_blackout(live_server, browser, session, admin_user, task):
+    page = login(browser, live_server, "admin")
     page.click("nav >> text=Schedules")
     assert page.locator(".empty").is_visible()
     page.click("text=New schedule")
@@ -105,20 +99,20 @@ def test_create_schedule_with_live_preview_pause_and_blackout(live_url, browser,
     assert b.starts_at == datetime(2031, 5, 1, 20, tzinfo=U)
 
 
-def test_edit_form_errors_and_history(live_url, browser, session, admin_user, task):
+def test_edit_form_errors_and_history(live_server, browser, session, admin_user, task):
     s = Schedule(task=task, cron="0 * * * *", timezone="UTC", next_fire_at=datetime(2030, 1, 1, 10, tzinfo=U))
     session.add(s)
     session.commit()
     tick(session, datetime(2030, 1, 1, 12, 5, tzinfo=U))  # 10:00 and 11:00 missed, 12:00 fired
-    page = login(browser, live_url, "admin")
-    page.goto(f"{live_url}/schedules/{s.id}")
+    page = login(browser, live_server, "admin")
+    page.goto(f"{live_server}/schedules/{s.id}")
     rows = page.locator("#fires tbody tr").all_text_contents()
     assert [("fired" in r, "missed" in r) for r in rows] == [(True, False), (False, True), (False, True)]
     assert "superseded by the later instant" in rows[-1] and "backlog never runs" in rows[-1]
     page.click("#fires >> text=/#\\d+/")
     page.wait_for_url(re.compile(r"/executions/\d+"))
     # a server-side rejection comes back next to its field, nothing saved
-    page.goto(f"{live_url}/schedules/{s.id}")
+    page.goto(f"{live_server}/schedules/{s.id}")
     page.fill("#sch-timezone", "Mars/Olympus_Mons")
     page.evaluate("document.getElementById('schedule-form').noValidate = true")
     page.click("button:has-text('Save')")
@@ -134,10 +128,10 @@ def test_edit_form_errors_and_history(live_url, browser, session, admin_user, ta
     assert session.get(Schedule, s.id).enabled is False
 
 
-def test_operator_without_schedule_permission_cannot_create(live_url, browser, session, task):
+def test_operator_without_schedule_permission_cannot_create(live_server, browser, session, task):
     make_user(session, "olga", "operator")
-    page = login(browser, live_url, "olga")
-    resp = page.goto(f"{live_url}/schedules/new?task={task.id}")
+    page = login(browser, live_server, "olga")
+    resp = page.goto(f"{live_server}/schedules/new?task={task.id}")
     assert resp.status == 403
-    page.goto(f"{live_url}/schedules")
+    page.goto(f"{live_server}/schedules")
     assert page.locator("text=New schedule").count() == 0 and page.locator("#pause-all").count() == 0
