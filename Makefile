@@ -22,7 +22,7 @@ demo: system-test venv migrate
 test: system-test venv
 	bash tests/run.sh
 
-# ruff (also run by `make test`) and mypy on the packages pyproject.toml names.
+# ruff and mypy on the packages pyproject.toml names (both also run by `make test`).
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy

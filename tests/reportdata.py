@@ -40,7 +40,7 @@ def make_execution(
     )
     session.add(ex)
     session.flush()
-    for i, (name, op_status) in enumerate(sorted(hosts.items())):
+    for name, op_status in sorted(hosts.items()):
         err = (errors or {}).get(name)
         op = Operation(
             execution_id=ex.id, host_name=name, status=op_status,

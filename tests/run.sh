@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole suite: ruff first (any finding fails the run before a test starts), then every
-# test on SQLite, then the database-facing tests on PostgreSQL. mypy is configured in
-# pyproject.toml (`make lint`) but not part of this run yet: its baseline still has findings.
+# The whole suite: ruff, then mypy (on the packages pyproject.toml names), any finding of
+# either failing the run before a test starts; then every test on SQLite, then the
+# database-facing tests on PostgreSQL.
 # Redis needs nothing here: each pytest process starts its own redis-server (tests/conftest.py).
 # Uses the PostgreSQL on 127.0.0.1:5432 when it answers (trust auth); otherwise starts a
 # private one under /tmp for the run and stops it after.
@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 
 echo "== ruff =="
 .venv/bin/ruff check . || { echo "ruff: fix the findings above (many with \`.venv/bin/ruff check --fix .\`)"; exit 1; }
+echo "== mypy =="
+.venv/bin/mypy || { echo "mypy: fix the findings above (server/core, server/executions, server/runs)"; exit 1; }
 
 mkdir -p test-output
 private=$(mktemp -d /tmp/tm-test-services.XXXXXX)

@@ -153,7 +153,7 @@ def test_local_commands_are_confined(api, session, run_worker, env, decoy_agent)
     [op] = run.operations
     assert op.status == "succeeded", (op.message, [(s.name, s.stdout, s.stderr) for s in op.steps])
     assert len(op.steps) == len(names)
-    for name, step in zip(names, op.steps):
+    for name, step in zip(names, op.steps, strict=True):
         assert "SUCCEEDED" not in (step.stdout or ""), (name, step.stdout, step.stderr)
     assert not escape.exists()
     # It ran as nobody, in a PID namespace of its own.

@@ -299,7 +299,7 @@ def test_gives_up_after_the_last_attempt(app, session):
     notify.execution_finished(session, failed_execution(session))
     session.commit()
     now = utcnow()
-    for attempt in range(notify.MAX_ATTEMPTS):
+    for _attempt in range(notify.MAX_ATTEMPTS):
         assert notify.deliver_due(session, now) == 1
         now += timedelta(seconds=notify.BACKOFF_S[-1] + notify.CLAIM_LEASE_S + 1)
     row = session.execute(select(NotificationDelivery)).scalar_one()

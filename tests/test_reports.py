@@ -157,7 +157,7 @@ def test_csv_exports(api, history):
 
 def test_csv_is_streamed_in_batches_and_safe_for_spreadsheets(app, session, api, monkeypatch):
     task = make_task(session, "=HYPERLINK(\"http://evil\")")
-    for i in range(7):
+    for _ in range(7):
         make_execution(session, task, "succeeded", hosts={f"h{j}": "succeeded" for j in range(3)})
     session.commit()
     monkeypatch.setattr(reports, "CSV_BATCH", 2)

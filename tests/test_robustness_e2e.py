@@ -291,7 +291,7 @@ def test_redis_flushed_under_queued_executions(api, session, lab, workers):
     redis().flushdb()  # Redis loses every queued job (and the worker's registration)
 
     for ex_id in [busy, *queued]:
-        wait_for(lambda: execution(session, ex_id).status == "succeeded", 60, f"execution {ex_id}", workers, 0.1)
+        wait_for(lambda ex_id=ex_id: execution(session, ex_id).status == "succeeded", 60, f"execution {ex_id}", workers, 0.1)
     for ex_id in [busy, *queued]:
         assert starts(session, ex_id) == 1  # none lost, none run twice
 

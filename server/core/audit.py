@@ -26,11 +26,11 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import event, func, insert, select, text
 from sqlalchemy.orm import Session
@@ -64,7 +64,7 @@ def init_audit(secret_key: str, anchor_path: Path | str | None = None) -> None:
 
 def _digest(row: AuditLog | dict[str, Any]) -> str:
     """The row's HMAC: over its content and the previous row's hash (a row or its values)."""
-    get = row.get if isinstance(row, dict) else row.__getattribute__
+    get: Callable[[str], Any] = row.get if isinstance(row, dict) else row.__getattribute__
     body = json.dumps(
         {
             "ts": get("ts").astimezone(timezone.utc).isoformat(),
@@ -235,7 +235,9 @@ def _acknowledged(session: Session, anchor: dict[str, Any]) -> bool:
     detail = session.execute(
         select(AuditLog.detail).where(AuditLog.action == GAP_ACTION).order_by(AuditLog.id.desc()).limit(1)
     ).scalar()
-    return bool(detail) and detail.get("anchored_row") == anchor["id"] and detail.get("anchored_hash") == anchor["hash"]
+    if not detail:
+        return False
+    return bool(detail.get("anchored_row") == anchor["id"] and detail.get("anchored_hash") == anchor["hash"])
 
 
 # ---------------------------------------------------------------- head anchor
@@ -304,7 +306,7 @@ def anchors() -> list[tuple[str, dict[str, Any]]]:
     try:
         from server.core.redis_conn import redis
 
-        raw = redis().hgetall(_redis_key())
+        raw = cast(dict[bytes, bytes], redis().hgetall(_redis_key()))
         if raw:
             found.append(("redis", {"id": int(raw[b"id"]), "hash": raw[b"hash"].decode(), "mac": raw.get(b"mac", b"").decode()}))
     except Exception as exc:  # noqa: BLE001
@@ -318,7 +320,8 @@ def _after_commit(session: Session) -> None:
     forced = session.info.pop("audit_gap", None) is not None
     head = session.info.pop("audit_head", None)
     if head is not None:
-        _write_anchor(*head, force=forced)
+        row_id, row_hash = head
+        _write_anchor(row_id, row_hash, force=forced)
 
 
 @event.listens_for(Session, "after_rollback")
@@ -397,15 +400,15 @@ def verify_trail(session: Session) -> TrailCheck:
     walk = _walk(iter_rows(session))
     if walk.bad is not None:
         ok, bad, why = _verdict(walk.gaps, walk.bad, walk.why)
-        return TrailCheck(False, bad.id, why, 0)
+        return TrailCheck(False, bad.id if bad else None, why, 0)
     count = session.execute(select(func.count(AuditLog.id))).scalar() or 0
     tail = _anchor_problem(session)
-    if not walk.gaps and tail is None:
-        return TrailCheck(True, None, f"{count} rows verified", count)
     if not walk.gaps:
+        if tail is None:
+            return TrailCheck(True, None, f"{count} rows verified", count)
         return TrailCheck(False, tail[0], tail[1], count)
     _, bad, why = _verdict(walk.gaps, None, "")
-    return TrailCheck(False, bad.id, why + (f"; {tail[1]}" if tail else ""), count)
+    return TrailCheck(False, bad.id if bad else None, why + (f"; {tail[1]}" if tail else ""), count)
 
 
 def _anchor_problem(session: Session) -> tuple[int | None, str] | None:

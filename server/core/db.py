@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, cast
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlalchemy.orm import DeclarativeBase, Session, scoped_session, sessionmaker
 
 
@@ -111,3 +111,9 @@ def streamed(produce: Callable[[Session], Iterator[str]]) -> Iterator[str]:
             yield chunk
     finally:
         s.close()
+
+
+def rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched. ``Session.execute`` is typed as returning a
+    plain ``Result``; for such a statement it is a ``CursorResult``, which has the count."""
+    return cast(CursorResult[Any], result).rowcount

@@ -69,7 +69,7 @@ def ensure_embedded_redis(instance_dir: Path, socket_path: Path) -> subprocess.P
             return proc
         except Exception:
             if proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {proc.returncode}; see {data_dir / 'redis.log'}")
+                raise RuntimeError(f"redis-server exited with {proc.returncode}; see {data_dir / 'redis.log'}") from None
             time.sleep(0.05)
     proc.terminate()
     raise RuntimeError("redis-server did not start within 10 s")

@@ -37,7 +37,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from server.core import audit
+from server.core import audit, db
 from server.core.errors import Conflict, Forbidden, ValidationError
 from server.core.models import (
     EXECUTION_FINAL,
@@ -313,28 +313,28 @@ class Outcome:
 def _claim(session: Session, req: ApprovalRequest, level: int, **values: Any) -> None:
     """Move a pending request on only if nobody else did meanwhile (two approvers at once):
     a conditional UPDATE, which also holds the row until the caller commits."""
-    res = session.execute(
+    matched = db.rowcount(session.execute(
         update(ApprovalRequest)
         .where(ApprovalRequest.id == req.id, ApprovalRequest.status == ApprovalStatus.PENDING,
                ApprovalRequest.level == level)
         .values(level=level, **values)
         .execution_options(synchronize_session=False)
-    )
+    ))
     session.refresh(req)
-    if res.rowcount != 1:
+    if matched != 1:
         raise Conflict(f"this request was decided by someone else meanwhile (now {req.status}, level {req.level})")
 
 
 def _close_run(session: Session, ex: Execution, **values: Any) -> None:
     """Move a waiting run on only if it still waits (it may have been cancelled meanwhile)."""
-    res = session.execute(
+    matched = db.rowcount(session.execute(
         update(Execution)
         .where(Execution.id == ex.id, Execution.status == ExecutionStatus.WAITING_APPROVAL)
         .values(**values)
         .execution_options(synchronize_session=False)
-    )
+    ))
     session.refresh(ex)
-    if res.rowcount != 1:
+    if matched != 1:
         raise Conflict(f"execution {ex.id} was decided by someone else meanwhile (now {ex.status})")
 
 
@@ -366,7 +366,7 @@ def decide(session: Session, subject: Subject, user: User, decision: str, commen
     req = request_of(session, subject)
     why = may_decide(session, subject, user)
     if why is not None or req is None:
-        raise (Conflict if _not_waiting(subject, req) else Forbidden)(why)
+        raise (Conflict if _not_waiting(subject, req) else Forbidden)(why or "not waiting for approval")
     level = req.level
     _claim(session, req, level)
     if decision == "rejected":
@@ -550,7 +550,7 @@ def request_schedule_approval(session: Session, schedule: Schedule, user: User |
 
     A user's request that nobody else could approve is refused (422, ``strict``); a renewal
     by the system (the task changed) waits anyway and its audit row says it is stuck."""
-    task = schedule.task or session.get(Task, schedule.task_id)
+    task = schedule.task or session.get_one(Task, schedule.task_id)
     rules = access.task_approval_rules(session, task)
     current = request_of(session, schedule)
     if not rules.requires_approval:
@@ -574,8 +574,9 @@ def request_schedule_approval(session: Session, schedule: Schedule, user: User |
                       user.id if user else None,
                       schedule=schedule, schedule_id=schedule.id))
     session.flush()
+    detail: dict[str, Any] = {"no_approver": stuck} if stuck else {}
     audit.record(session, "schedule.approval_request", actor=user.username if user else "system", target=schedule,
-                 task=task.name, **({"no_approver": stuck} if stuck else {}))
+                 task=task.name, **detail)
     _notify(session, "approval.requested", schedule=schedule,
             title=f"[Task Manager] schedule #{schedule.id} of {task.name} needs approval",
             message=f"cron {schedule.cron} ({schedule.timezone})")
@@ -592,7 +593,7 @@ def _suspend(session: Session, schedule: Schedule, reason: str) -> None:
 def check_schedule_fire(session: Session, schedule: Schedule, ex: Execution | None = None) -> str | None:
     """Called by the scheduler for each due fire (before creating the run, or with it):
     None if the schedule may fire, else the reason (record the fire as suspended)."""
-    task = schedule.task or session.get(Task, schedule.task_id)
+    task = schedule.task or session.get_one(Task, schedule.task_id)
     if not schedule_requires_approval(session, task):
         return None
     if schedule.approval_status is None:

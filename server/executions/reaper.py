@@ -102,13 +102,13 @@ def mark_lost(session: Session, now: datetime, lost_after_s: float) -> list[int]
 
 def _mark_one_lost(session: Session, ex_id: int, now: datetime, cutoff: datetime, stale) -> bool:
     message = f"worker lost: no heartbeat for more than {int((now - cutoff).total_seconds())} s"
-    changed = session.execute(
+    changed = db.rowcount(session.execute(
         update(Execution)
         .where(Execution.id == ex_id, Execution.status == ExecutionStatus.RUNNING, stale)
         # cancel_requested: should that worker still be alive (a network partition), it stops.
         .values(status=ExecutionStatus.LOST, finished_at=now, message=message, cancel_requested=True)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    ))
     if not changed:
         return False  # the worker finished (or another sweep won) in the meantime
     session.execute(
@@ -117,7 +117,7 @@ def _mark_one_lost(session: Session, ex_id: int, now: datetime, cutoff: datetime
         .values(status=OperationStatus.FAILED, finished_at=now, message="the worker was lost before this host finished")
         .execution_options(synchronize_session=False)
     )
-    ex = session.get(Execution, ex_id, populate_existing=True)
+    ex = session.get_one(Execution, ex_id, populate_existing=True)
     audit.record(
         session,
         "execution.lost",
@@ -197,7 +197,7 @@ class _Jobs:
         pipe = conn.pipeline(transaction=False)
         for ex_id in execution_ids:
             pipe.hmget(f"rq:job:execution-{ex_id}", "status", "worker_name")
-        self.fields = dict(zip(execution_ids, pipe.execute()))
+        self.fields = dict(zip(execution_ids, pipe.execute(), strict=True))
 
     def pending(self, ex: Execution, now: datetime, lost_after_s: float) -> bool:
         """Whether Redis still holds a job that will (or does) run this execution."""

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from server.core import audit, validation
+from server.core import audit, db, validation
 from server.core.errors import ApiError, Conflict, ValidationError
 from server.core.models import (
     EXECUTION_FINAL,
@@ -96,7 +96,7 @@ def _prepare(session: Session, req: RunRequest, revisions: dict[int, tuple[str |
     rules = _rules_for(session, user, task)
     if rules.requires_reason and not reason:
         raise ValidationError("a reason is required to run this task", field="reason")
-    if rules.requires_approval:
+    if rules.requires_approval and user is not None:  # without a user the rules never require it (_rules_for)
         approvals.require_someone_else(session, task, rules, user)
     hosts = target_hosts(task, req.limit_hosts)
     if not hosts:
@@ -214,13 +214,13 @@ def cancel_execution(session: Session, ex: Execution, user: User | None) -> Exec
     if previous in EXECUTION_FINAL:
         raise Conflict(f"execution #{ex.id} is already {previous}", field="status")
     now = utcnow()
-    done = session.execute(
+    done = db.rowcount(session.execute(
         update(Execution)
         .where(Execution.id == ex.id, Execution.status.in_(EXECUTION_NOT_STARTED))
         .values(status=ExecutionStatus.CANCELLED, finished_at=now, cancel_requested=True,
                 message=f"cancelled by {actor or 'system'} before it started")
         .execution_options(synchronize_session=False)
-    ).rowcount
+    ))
     if done:
         session.execute(
             update(Operation)

@@ -65,7 +65,7 @@ class DatabaseCollector:
         hist = HistogramMetricFamily(
             "taskmanager_execution_duration_seconds", "Run time of finished executions (started to finished)"
         )
-        hist.add_metric([], [(str(float(b)), n) for b, n in zip(DURATION_BUCKETS, per_bucket)] + [("+Inf", total)],
+        hist.add_metric([], [(str(float(b)), n) for b, n in zip(DURATION_BUCKETS, per_bucket, strict=True)] + [("+Inf", total)],
                         sum_value=total_s)
         yield hist
 

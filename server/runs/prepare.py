@@ -283,6 +283,8 @@ class Once(str):
     pexpect sends ``answer + linesep``, which is where the secret is handed out.
     """
 
+    _secret: str
+
     def __new__(cls, secret: str) -> Once:
         obj = super().__new__(cls, "")
         obj._secret = secret

@@ -445,7 +445,7 @@ def test_connection(host: Host, credential: Credential | None, timeout: float = 
         return Result(False, f"cannot reach {host.address}:{port_of(host)}: {exc.strerror or exc}", {})
 
 
-test_connection.__test__ = False  # not a pytest test, despite the name
+test_connection.__test__ = False  # type: ignore[attr-defined]  # not a pytest test, despite the name
 
 
 def _secret(credential: Credential | None) -> str | None:
@@ -465,8 +465,8 @@ def _load_plugin(relpath: str, name: str):
     module = sys.modules.get(name)
     if module is None:
         spec = importlib.util.spec_from_file_location(name, PLUGIN_DIR / relpath)
+        assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
-        assert spec.loader is not None
         spec.loader.exec_module(module)
         sys.modules[name] = module
     return module

@@ -356,7 +356,8 @@ class Recorder:
         """One command line's outcome (a progress line or the task's ``tm_steps``)."""
         index = result.get("index")
         status = result.get("status")
-        if not isinstance(index, int) or index in st.commands_done or status not in STEP_EVENTS.values():
+        if (not isinstance(index, int) or index in st.commands_done or not isinstance(status, str)
+                or status not in STEP_EVENTS.values()):
             return
         began = _epoch(result.get("start"))
         ended = _epoch(result.get("end"))
@@ -387,7 +388,7 @@ class Recorder:
 
     def _finish_commands(self, st: HostState, kind: str, data: dict[str, Any]) -> None:
         """The host's tm_commands task ended: its result completes every step, and the host."""
-        res = data.get("res") if isinstance(data.get("res"), dict) else {}
+        res: dict[str, Any] = data["res"] if isinstance(data.get("res"), dict) else {}
         for result in res.get("tm_steps") or []:
             if isinstance(result, dict):
                 self._command_result(st, result)

@@ -140,12 +140,12 @@ def _claim(session: Session, execution_id: int) -> Execution | str:
     if blocking is not None:
         session.rollback()
         return f"waits for execution {blocking}"
-    claimed = session.execute(
+    claimed = db.rowcount(session.execute(
         update(Execution)
         .where(Execution.id == execution_id, Execution.status == ExecutionStatus.QUEUED)
         .values(status=ExecutionStatus.RUNNING, worker_name=_worker_name(), started_at=now, heartbeat_at=now)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    ))
     if claimed != 1:
         session.rollback()
         return "claimed elsewhere"
@@ -235,12 +235,12 @@ def _finish(session: Session, ex: Execution, result: runner.RunResult) -> None:
         counts[status] = counts.get(status, 0) + 1
 
     def write(with_notify: bool) -> bool:
-        done = session.execute(
+        done = db.rowcount(session.execute(
             update(Execution)
             .where(Execution.id == ex.id, Execution.status == ExecutionStatus.RUNNING)
             .values(status=result.status, finished_at=now, message=result.message, hosts_done=ex.host_count)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ))
         if done != 1:
             return False
         session.refresh(ex)

@@ -252,7 +252,7 @@ def _process(session: Session, schedules: list[Schedule], now: datetime,
                    scheduled_for=fire.due_at, run_vars=plan.schedule.vars)
         for plan, fire in runs
     ], enqueue=False)
-    for (plan, fire), ex in zip(runs, results):
+    for (plan, fire), ex in zip(runs, results, strict=True):
         if isinstance(ex, Exception):  # refused: recorded, the others go ahead
             fire.outcome = "error"
             fire.detail = getattr(ex, "message", None) or f"{type(ex).__name__}: {ex}"
@@ -263,7 +263,7 @@ def _process(session: Session, schedules: list[Schedule], now: datetime,
         if ex.status == ExecutionStatus.QUEUED:
             to_enqueue.append((ex.id, plan.schedule.task.timeout_s or 3600))
     entries: list[tuple[str, dict[str, Any]]] = []  # the schedules' audit rows, appended together
-    for plan, mine in zip(plans, mine_by_plan):
+    for plan, mine in zip(plans, mine_by_plan, strict=True):
         s = plan.schedule
         by_outcome: dict[str, list[ScheduleFire]] = {}
         for fire in mine:

@@ -100,7 +100,7 @@ def duration_line(points: Sequence[dict[str, Any]], *, key: str = "avg_s", width
     segment: list[str] = []
     segments: list[list[str]] = []
     label_every = max(1, len(points) // 8)
-    for i, (p, v) in enumerate(zip(points, values)):
+    for i, (p, v) in enumerate(zip(points, values, strict=True)):
         x = pad_l + i * step
         if v is None:
             if segment:
