@@ -101,20 +101,8 @@ def inventory_name(host: Host) -> str:
 
 
 def connection_vars(host: Host, credential: Credential | None) -> dict[str, Any]:
-    """Non-secret connection variables for one host (address, port, user, protocol)."""
-    protocol = host.protocol or "ssh"
-    out: dict[str, Any] = {"ansible_host": host.address or host.name}
-    if protocol == "local":
-        return {"ansible_connection": "local", **out}
-    if protocol == "ssh":
-        out["ansible_connection"] = "ssh"
-        out["ansible_port"] = host.port or 22
-        if credential is not None and credential.username:
-            out["ansible_user"] = credential.username
-        return out
-    extra = protocols.host_vars(host, credential)
-    out.update(extra)
-    return out
+    """Non-secret connection variables for one host: its protocol's (``protocols.Protocol``)."""
+    return protocols.protocol(host.protocol).host_vars(host, credential)
 
 
 def build_inventory(hosts: Iterable[Host], credential: Credential | None) -> dict[str, Any]:

@@ -157,9 +157,8 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         passwords[BECOME_PASS_PROMPT] = Once(become_password)
     if task.kind == "playbook":
         # the protocol playbooks' vars_prompt (API secrets): answered like Ansible's own prompts,
-        # with the secret only when an API-protocol host needs it (an ssh key stays with ssh-agent)
-        api_hosts = any((h.protocol or "ssh") not in ("ssh", "local", "x11") for h in hosts)
-        passwords.update(protocols.prompt_answers(credential if api_hosts and not preview else None))
+        # with the secret only when a protocol of the run needs it (an ssh key stays with ssh-agent)
+        passwords.update(protocols.prompt_answers(None if preview else credential, hosts))
     forks = max(1, min(len(hosts), settings.max_forks))
     known_hosts = private_dir / "ssh" / "known_hosts"
     hostkeys.seed(settings.instance_dir, hosts, known_hosts)
@@ -198,7 +197,8 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         # no pywinrm import at ansible-playbook start-up (see ansible_stubs/winrm)
         envvars["PYTHONPATH"] = str(STUBS_DIR)
     # shipped modules, module_utils, connection plugins and roles (non-secret)
-    extra = dict(protocols.ansible_env(Path(project_dir) if task.kind == "playbook" else settings.playbook_dir))
+    extra = dict(protocols.ansible_env(Path(project_dir) if task.kind == "playbook" else settings.playbook_dir,
+                                       hosts))
     more_roles = [r for r in str(extra.pop("ANSIBLE_ROLES_PATH", "")).split(os.pathsep) if r]
     envvars["ANSIBLE_ROLES_PATH"] = os.pathsep.join(dict.fromkeys(roles_path + more_roles))
     for k, v in extra.items():

@@ -34,7 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from server.core.errors import ValidationError
 from server.core.models import Credential, Host
@@ -53,32 +53,6 @@ SECRET_PROMPT = "Task Manager credential secret"
 SECRET_PROMPT_RE = r"(?:^|\x1b\[K)Task Manager credential secret:\s*$"
 
 
-@dataclass(frozen=True)
-class Protocol:
-    name: str
-    default_port: int | None
-    credential_kinds: tuple[str, ...]
-    runs_commands: bool  # can a ``commands`` task (raw lines) run on such a host?
-    summary: str  # what a task can do over it
-
-
-PROTOCOLS: dict[str, Protocol] = {
-    p.name: p
-    for p in (
-        Protocol("ssh", 22, ("ssh_key", "password"), True, "any playbook or command over OpenSSH"),
-        Protocol("local", None, (), True, "tasks on the Task Manager server itself"),
-        Protocol("winrm", 5986, ("password",), True,
-                 "PowerShell commands, Windows services and WMI/CIM queries over WinRM (pywinrm)"),
-        Protocol("telnet", 23, ("password",), True,
-                 "commands behind a login/password/shell prompt; every module on POSIX shells"),
-        Protocol("https", 443, ("token", "password"), False,
-                 "REST API calls (ansible.builtin.uri) with a bearer token or basic auth"),
-        Protocol("ldaps", 636, ("password",), False, "directory search, account check/unlock, attribute changes"),
-        Protocol("rdp", 3389, ("password",), False, "RDP service check: X.224 negotiation, security protocol, TLS certificate"),
-        Protocol("vnc", 5900, ("password",), False, "VNC service check: RFB version, security types, login, desktop"),
-        Protocol("x11", 22, ("ssh_key", "password"), True, "X clients on the target through SSH X11 forwarding"),
-    )
-}
 LOCAL_PROTOCOLS = frozenset({"https", "ldaps", "rdp", "vnc"})  # tasks run on the controller
 CONNECTION_PASSWORD_PROTOCOLS = frozenset({"ssh", "x11", "winrm", "telnet"})  # secret via --ask-pass
 WINRM_TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic")
@@ -106,12 +80,11 @@ def protocol(name: str | None) -> Protocol:
         raise ValidationError(f"unknown protocol {name!r}; one of {', '.join(PROTOCOLS)}", field="protocol") from None
 
 
-def ansible_env(playbook_dir: Path | None = None) -> dict[str, str]:
+def ansible_env(playbook_dir: Path | None = None, hosts: Iterable[Host] | None = None) -> dict[str, str]:
     """Non-secret environment every ansible-playbook run needs to find the shipped roles,
     modules (LDAP, RDP/VNC probes), module_utils, the telnet connection plugin and the
-    ``tm_commands`` action that runs ``commands`` tasks.
-    For x11 hosts, ``TASKMANAGER_X11_DISPLAY`` names the controller's X display that
-    forwarded clients draw on; it is passed on as ``DISPLAY``."""
+    ``tm_commands`` action that runs ``commands`` tasks, plus what the protocols of
+    ``hosts`` add (every protocol's when ``hosts`` is None; see ``X11.env``)."""
     roles = [REPO_ROOT / "roles"]
     if playbook_dir is not None:
         roles.insert(0, Path(playbook_dir) / "roles")
@@ -122,24 +95,32 @@ def ansible_env(playbook_dir: Path | None = None) -> dict[str, str]:
         "ANSIBLE_CONNECTION_PLUGINS": str(PLUGIN_DIR / "connection"),
         "ANSIBLE_ACTION_PLUGINS": str(PLUGIN_DIR / "action"),  # tm_commands
     }
-    display = os.environ.get("TASKMANAGER_X11_DISPLAY")
-    if display:
-        env["DISPLAY"] = display
+    names = {h.protocol or "ssh" for h in hosts} if hosts is not None else set(PROTOCOLS)
+    for name in sorted(names):
+        env.update(protocol(name).env())
     return env
 
 
-def prompt_answers(credential: Credential | None) -> dict[str, str]:
-    """{prompt regex: answer} for the ``vars_prompt`` of the protocol playbooks.
+def _secret_of(credential: Credential | None) -> str:
+    if credential is None or credential.secret_enc is None:
+        return ""
+    from server.core.vault import vault
 
-    Always returns the entry (empty answer without a secret) so a play that asks is never
-    left waiting; plays that do not ask never see it.
+    return vault().decrypt(credential.secret_enc) or ""
+
+
+def prompt_answers(credential: Credential | None, hosts: Iterable[Host] | None = None) -> dict[str, str]:
+    """{prompt regex: answer} for the ``vars_prompt`` of the protocol playbooks: what the
+    protocols of ``hosts`` answer (every protocol's when ``hosts`` is None).
+
+    Always holds the secret prompt's entry (an empty answer when no protocol of the run
+    needs the secret), so a play that asks is never left waiting.
     """
-    secret = ""
-    if credential is not None and credential.secret_enc is not None:
-        from server.core.vault import vault
-
-        secret = vault().decrypt(credential.secret_enc) or ""
-    return {SECRET_PROMPT_RE: secret}
+    answers = {SECRET_PROMPT_RE: ""}
+    names = {h.protocol or "ssh" for h in hosts} if hosts is not None else set(PROTOCOLS)
+    for name in sorted(names):
+        answers.update(protocol(name).prompt_answers(credential))
+    return answers
 
 
 def credential_problem(protocol_name: str, credential: Credential | None) -> str | None:
@@ -310,36 +291,112 @@ def port_of(host: Host) -> int | None:
     return host.port or proto.default_port
 
 
-def host_vars(host: Host, credential: Credential | None) -> dict[str, Any]:
-    """Inventory connection variables for ``host`` (never a secret).
-
-    Raises ValidationError for a bad protocol setting, so a run fails with a clear reason
-    before anything connects.
-    """
-    name = host.protocol or "ssh"
-    protocol(name)  # an unknown protocol is a ValidationError here
-    problem = credential_problem(name, credential)
+def _base_vars(proto: Protocol, host: Host, credential: Credential | None) -> dict[str, Any]:
+    """What every protocol but ssh and local puts first: address, protocol, port. Raises
+    ValidationError for a credential the protocol cannot use."""
+    problem = credential_problem(proto.name, credential)
     if problem:
         raise ValidationError(f"host {host.name!r}: {problem}", field="credential")
     address = host.address or host.name
     port = port_of(host)
-    user = credential.username if credential is not None and credential.username else None
-    out: dict[str, Any] = {"ansible_host": address, "tm_protocol": name, "tm_address": address}
+    out: dict[str, Any] = {"ansible_host": address, "tm_protocol": proto.name, "tm_address": address}
     if port:
         out["tm_port"] = port
-    if name == "local":
-        return {**out, "ansible_connection": "local"}
-    if name in ("ssh", "x11"):
-        out.update(ansible_connection="ssh", ansible_port=port)
+    return out
+
+
+def _user(credential: Credential | None) -> str | None:
+    return credential.username if credential is not None and credential.username else None
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One connection protocol and what a run needs of it. ``host_vars`` gives a host's
+    inventory connection variables (never a secret; inventory.py merges them over the
+    user's variables), ``prompt_answers`` the answers to the shipped playbooks'
+    ``vars_prompt`` (prepare.py merges them into ansible-runner's passwords; the connection
+    password itself goes through ``--ask-pass``), ``env`` what it adds to the run's
+    environment. This base class is the API and service protocols (https, ldaps, rdp,
+    vnc): their tasks run on the controller and talk to the target; subclasses override
+    what differs."""
+
+    name: str
+    default_port: int | None
+    credential_kinds: tuple[str, ...]
+    runs_commands: bool  # can a ``commands`` task (raw lines) run on such a host?
+    summary: str  # what a task can do over it
+
+    def host_vars(self, host: Host, credential: Credential | None) -> dict[str, Any]:
+        """Raises ValidationError for a bad protocol setting, so a run fails with a clear
+        reason before anything connects."""
+        out = _base_vars(self, host, credential)
+        address, port, user = out["tm_address"], out.get("tm_port"), _user(credential)
+        out.update(ansible_connection="local", ansible_python_interpreter=sys.executable)
+        out["tm_tls_verify"] = _flag(host, "tls_verify", self.name != "rdp")
+        bundle = ca_bundle(host)
+        if bundle:
+            out["tm_ca_bundle"] = bundle
         if user:
-            out["ansible_user"] = user
-        if name == "x11":
-            trusted = _flag(host, "x11_trusted", False)
-            # Clients on the target draw on the controller's display through the tunnel.
-            out["ansible_ssh_extra_args"] = f"-o ForwardX11=yes -o ForwardX11Trusted={'yes' if trusted else 'no'}"
-            out["tm_x11_trusted"] = trusted
+            out["tm_username"] = user
+        out["tm_has_secret"] = credential is not None and credential.secret_enc is not None
+        if self.name == "https":
+            out["tm_base_url"] = f"https://{_url_host(address)}" + ("" if port == 443 else f":{port}")
+            out["tm_auth"] = https_auth(host, credential)
+        elif self.name == "ldaps":
+            out["tm_ldap_url"] = f"ldaps://{_url_host(address)}:{port}"
+            base_dn = _option(host, "ldap_base_dn")
+            if base_dn:
+                out["tm_ldap_base_dn"] = str(base_dn)
         return out
-    if name == "winrm":
+
+    def prompt_answers(self, credential: Credential | None) -> dict[str, str]:
+        """The credential's secret for the playbooks' private ``vars_prompt``."""
+        return {SECRET_PROMPT_RE: _secret_of(credential)}
+
+    def env(self) -> dict[str, str]:
+        return {}
+
+
+class Ssh(Protocol):
+    def host_vars(self, host: Host, credential: Credential | None) -> dict[str, Any]:
+        out: dict[str, Any] = {"ansible_host": host.address or host.name, "ansible_connection": "ssh",
+                               "ansible_port": host.port or 22}
+        if _user(credential):
+            out["ansible_user"] = _user(credential)
+        return out
+
+    def prompt_answers(self, credential: Credential | None) -> dict[str, str]:
+        return {}  # the password goes through --ask-pass, a key through ssh-agent
+
+
+class Local(Ssh):
+    def host_vars(self, host: Host, credential: Credential | None) -> dict[str, Any]:
+        return {"ansible_connection": "local", "ansible_host": host.address or host.name}
+
+
+class X11(Ssh):
+    def host_vars(self, host: Host, credential: Credential | None) -> dict[str, Any]:
+        out = _base_vars(self, host, credential)
+        out.update(ansible_connection="ssh", ansible_port=out.get("tm_port"))
+        if _user(credential):
+            out["ansible_user"] = _user(credential)
+        trusted = _flag(host, "x11_trusted", False)
+        # Clients on the target draw on the controller's display through the tunnel.
+        out["ansible_ssh_extra_args"] = f"-o ForwardX11=yes -o ForwardX11Trusted={'yes' if trusted else 'no'}"
+        out["tm_x11_trusted"] = trusted
+        return out
+
+    def env(self) -> dict[str, str]:
+        """``TASKMANAGER_X11_DISPLAY`` names the controller's X display that forwarded clients
+        draw on; it is passed on as ``DISPLAY``."""
+        display = os.environ.get("TASKMANAGER_X11_DISPLAY")
+        return {"DISPLAY": display} if display else {}
+
+
+class WinRM(Protocol):
+    def host_vars(self, host: Host, credential: Credential | None) -> dict[str, Any]:
+        out = _base_vars(self, host, credential)
+        port = out.get("tm_port")
         scheme = _choice(host, "winrm_scheme", "http" if port == 5985 else "https")
         transport = _choice(host, "winrm_transport", "ntlm")
         if transport == "basic" and scheme == "http":
@@ -361,11 +418,15 @@ def host_vars(host: Host, credential: Credential | None) -> dict[str, Any]:
         bundle = ca_bundle(host)
         if bundle:
             out["ansible_winrm_ca_trust_path"] = bundle
-        if user:
-            out["ansible_user"] = user
+        if _user(credential):
+            out["ansible_user"] = _user(credential)
         return out
-    if name == "telnet":
-        out.update(ansible_connection="telnet", ansible_port=port,
+
+
+class Telnet(Protocol):
+    def host_vars(self, host: Host, credential: Credential | None) -> dict[str, Any]:
+        out = _base_vars(self, host, credential)
+        out.update(ansible_connection="telnet", ansible_port=out.get("tm_port"),
                    ansible_telnet_mode=_choice(host, "telnet_mode", "posix"))
         for var, target in (("telnet_login_prompt", "ansible_telnet_login_prompt"),
                             ("telnet_password_prompt", "ansible_telnet_password_prompt"),
@@ -373,27 +434,33 @@ def host_vars(host: Host, credential: Credential | None) -> dict[str, Any]:
             rx = _regex(host, var)
             if rx:
                 out[target] = rx
-        if user:
-            out["ansible_user"] = user
+        if _user(credential):
+            out["ansible_user"] = _user(credential)
         return out
-    # API and service protocols: the tasks run on the controller and talk to the target.
-    out.update(ansible_connection="local", ansible_python_interpreter=sys.executable)
-    out["tm_tls_verify"] = _flag(host, "tls_verify", name != "rdp")
-    bundle = ca_bundle(host)
-    if bundle:
-        out["tm_ca_bundle"] = bundle
-    if user:
-        out["tm_username"] = user
-    out["tm_has_secret"] = credential is not None and credential.secret_enc is not None
-    if name == "https":
-        out["tm_base_url"] = f"https://{_url_host(address)}" + ("" if port == 443 else f":{port}")
-        out["tm_auth"] = https_auth(host, credential)
-    elif name == "ldaps":
-        out["tm_ldap_url"] = f"ldaps://{_url_host(address)}:{port}"
-        base_dn = _option(host, "ldap_base_dn")
-        if base_dn:
-            out["tm_ldap_base_dn"] = str(base_dn)
-    return out
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p
+    for p in (
+        Ssh("ssh", 22, ("ssh_key", "password"), True, "any playbook or command over OpenSSH"),
+        Local("local", None, (), True, "tasks on the Task Manager server itself"),
+        WinRM("winrm", 5986, ("password",), True,
+              "PowerShell commands, Windows services and WMI/CIM queries over WinRM (pywinrm)"),
+        Telnet("telnet", 23, ("password",), True,
+               "commands behind a login/password/shell prompt; every module on POSIX shells"),
+        Protocol("https", 443, ("token", "password"), False,
+                 "REST API calls (ansible.builtin.uri) with a bearer token or basic auth"),
+        Protocol("ldaps", 636, ("password",), False, "directory search, account check/unlock, attribute changes"),
+        Protocol("rdp", 3389, ("password",), False, "RDP service check: X.224 negotiation, security protocol, TLS certificate"),
+        Protocol("vnc", 5900, ("password",), False, "VNC service check: RFB version, security types, login, desktop"),
+        X11("x11", 22, ("ssh_key", "password"), True, "X clients on the target through SSH X11 forwarding"),
+    )
+}
+
+
+def host_vars(host: Host, credential: Credential | None) -> dict[str, Any]:
+    """Inventory connection variables for ``host`` (never a secret): its protocol's."""
+    return protocol(host.protocol).host_vars(host, credential)
 
 
 def https_auth(host: Host, credential: Credential | None) -> str:
