@@ -11,6 +11,7 @@ from sqlalchemy import select
 from server.api import api_bp, json_body, me
 from server.api.common import iso, no_content
 from server.api.openapi import DATETIME, describe, register_schema
+from server.core.validation import schema_of
 from server.core import db
 from server.core.errors import ValidationError
 from server.core.models import ApiToken, User
@@ -80,7 +81,7 @@ def list_tokens():
 
 
 @api_bp.post("/tokens")
-@describe(request="TokenInput", response="NewToken", status=201)
+@describe(request="TokenInput", response="NewToken", status=201, body_optional=True)
 def create_api_token():
     """Create a token for yourself; the response is the only time its value is shown.
 
@@ -114,6 +115,6 @@ register_schema("Token", {"type": "object", "properties": {
     "user": {"type": "string"}, "created_at": DATETIME, "last_used_at": DATETIME, "revoked_at": DATETIME,
     "active": {"type": "boolean"}}})
 register_schema("TokenInput", {"type": "object", "additionalProperties": False,
-                               "properties": {"name": {"type": "string", "maxLength": 80}}})
+                               "properties": {"name": schema_of(token_name)}})
 register_schema("NewToken", {"allOf": [{"$ref": "#/components/schemas/Token"}, {"type": "object", "properties": {
     "token": {"type": "string", "description": "shown once"}}}]})

@@ -13,6 +13,12 @@ from server.core.errors import ValidationError
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 200
 MAX_PAGE = 1_000_000
+MAX_TEXT_ARG = 200
+# The OpenAPI side of the same rules (api/openapi.py reads these, so spec and server agree).
+PAGE_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1}
+PER_PAGE_SCHEMA = {"type": "integer", "minimum": 1, "default": DEFAULT_PER_PAGE,
+                   "description": f"values above {MAX_PER_PAGE} are read as {MAX_PER_PAGE}"}
+TEXT_ARG_SCHEMA = {"type": "string", "maxLength": MAX_TEXT_ARG, "pattern": "^[^\\x00-\\x1f\\x7f]*$"}
 
 
 @dataclass
@@ -67,7 +73,7 @@ def paginate(session: Session, query: Select, page: int, per_page: int) -> Page:
     return Page(items=items, page=page, per_page=per_page, total=total)
 
 
-def text_arg(args: Mapping[str, str], name: str, max_len: int = 200) -> str | None:
+def text_arg(args: Mapping[str, str], name: str, max_len: int = MAX_TEXT_ARG) -> str | None:
     """A free-text filter argument (search box), stripped; control characters refused."""
     raw = (args.get(name) or "").strip()
     if not raw:
