@@ -20,6 +20,7 @@ from schemathesis.core.failures import Failure, FailureGroup
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 EXAMPLES = int(os.environ.get("TM_FUZZ_EXAMPLES", "4"))
+ONLY = os.environ.get("TM_FUZZ_ONLY", "")  # a label prefix, to fuzz one operation longer
 SEED = 18
 
 # Operations whose valid-looking input can still be refused with a 422 that names the reason.
@@ -28,8 +29,6 @@ SEMANTIC = {
         "GET /api/v1/tokens", "POST /api/v1/tasks", "POST /api/v1/policies", "POST /api/v1/hosts",
         "POST /api/v1/credentials", "POST /api/v1/users", "GET /api/v1/reports/executions.csv",
         "GET /api/v1/reports/operations.csv", "GET /api/v1/executions", "GET /api/v1/approvals",
-        "GET /api/v1/audit", "GET /api/v1/audit/export.jsonl", "GET /api/v1/schedules",
-        "GET /api/v1/users", "GET /api/v1/credentials", "GET /api/v1/tasks",
     ),
     "cron syntax, IANA zones, ISO dates, Apprise URLs, e-mail addresses": (
         "GET /api/v1/schedules/preview", "POST /api/v1/blackouts", "POST /api/v1/notifications",
@@ -43,6 +42,8 @@ def _failures(schema, headers) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for result in schema.get_all_operations():
         op = result.ok()
+        if not op.label.startswith(ONLY):
+            continue
         excluded = [positive_data_acceptance] if op.label in _SEMANTIC else []
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 

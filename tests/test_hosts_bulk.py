@@ -84,3 +84,48 @@ def test_local_hosts_need_an_admin_and_viewers_cannot_open_the_page(app, admin_u
     session.rollback()
     assert session.execute(select(Host)).first() is None
     assert Browser(app, "vic").get("/hosts/bulk")[0] in (403, 404)
+
+
+@pytest.mark.browser
+def test_in_chromium_paste_20_hosts_with_one_bad_line_then_fix_and_import(admin_user, live_server, session):
+    import os
+
+    from test_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, shot
+
+    from conftest import ADMIN_PASSWORD
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (make test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.set_default_timeout(20_000)
+        try:
+            page.goto(live_server + "/login")
+            page.fill("input[name=username]", "admin")
+            page.fill("input[name=password]", ADMIN_PASSWORD)
+            page.click("button[type=submit]")
+            page.goto(live_server + "/hosts")
+            page.click("text=Add in bulk")
+            page.fill("#b-inventory", INVENTORY)
+            page.click("button[value=preview]")
+            page.wait_for_selector("#bulk-errors")
+            assert "line 21" in page.inner_text("#bulk-errors")
+            assert page.locator("button[value=import]").count() == 0
+            shot(page, "hosts-bulk-preview-error")
+            page.fill("#b-inventory", INVENTORY.replace("ansible_port=http", "ansible_port=2222"))
+            page.click("button[value=preview]")
+            page.click("button[value=import]")
+            page.wait_for_url("**/hosts")
+            assert "Imported 20 hosts" in page.inner_text("body")
+            shot(page, "hosts-bulk-imported")
+        finally:
+            browser.close()
+    assert errors == []
+    session.rollback()
+    assert len(session.execute(select(Host)).scalars().all()) == 20

@@ -77,6 +77,15 @@ def _authenticate() -> None:
     raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
 
 
+@api_bp.before_request
+def _one_value_per_query_arg() -> None:
+    """Every query argument of the API is one value (lists are comma-separated): a repeated
+    one is refused rather than silently read as its first value."""
+    for name in request.args:
+        if len(request.args.getlist(name)) > 1:
+            raise ValidationError(f"'{name}' may be given once", field=str(name)[:64])
+
+
 @api_bp.errorhandler(ApiError)
 def _api_error(err: ApiError):
     db.session.rollback()

@@ -15,7 +15,7 @@ from server.core.validation import schema_of
 from server.core import db
 from server.core.errors import ValidationError
 from server.core.models import ApiToken, User
-from server.core.pagination import text_arg
+from server.core.pagination import bool_arg, text_arg
 from server.guards import visible_or_404
 from server.people import access
 from server.people.accounts import revoke_token, token_name, tokens_of
@@ -68,14 +68,14 @@ def list_tokens():
     s = db.session()
     target: User | None = actor
     name = text_arg(request.args, "user")
-    if name or request.args.get("all") in ("1", "true"):
+    if name or bool_arg(request.args, "all"):
         access.require(actor, "users.manage")
         target = None
         if name:
             target = s.execute(select(User).where(User.username == name)).scalar_one_or_none()
             if target is None:
                 raise ValidationError(f"no user named {name!r}", field="user")
-    active_only = request.args.get("active") in ("1", "true")
+    active_only = bool(bool_arg(request.args, "active"))
     items = [token_dict(t) for t in tokens_of(s, target, include_revoked=not active_only)]
     return jsonify({"items": items, "total": len(items)})
 

@@ -47,7 +47,7 @@ class Page:
 
 def _int_arg(args: Mapping[str, str], name: str, default: int) -> int:
     raw = args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     raw = raw.strip()
     if not raw.isdigit() or len(raw) > 9:
@@ -71,6 +71,19 @@ def paginate(session: Session, query: Select, page: int, per_page: int) -> Page:
     total = session.execute(select(func.count()).select_from(query.order_by(None).subquery())).scalar_one()
     items = list(session.execute(query.limit(per_page).offset((page - 1) * per_page)).scalars().unique())
     return Page(items=items, page=page, per_page=per_page, total=total)
+
+
+def bool_arg(args: Mapping[str, str], name: str) -> bool | None:
+    """A true/false query argument (``true``/``1``/``yes``, ``false``/``0``/``no``); absent: None."""
+    raw = args.get(name)
+    if raw is None:
+        return None
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ValidationError(f"'{name}' must be true or false", field=name)
 
 
 def text_arg(args: Mapping[str, str], name: str, max_len: int = MAX_TEXT_ARG) -> str | None:
