@@ -116,6 +116,10 @@ def hosts_import(path: str) -> None:
         db.session.rollback()
         _fail(err.message)
     click.echo(f"imported {result['hosts']} hosts and {result['groups']} groups from {path}")
+    for item in result["skipped"]:
+        click.echo(f"skipped {item['scope']}: {item['name']}: {item['reason']}")
+    for item in result["literal_jinja"]:
+        click.echo(f"kept literal (never templated) {item['scope']}: {item['name']}")
 
 
 @hosts_cli.command("forget-key")

@@ -130,14 +130,16 @@ def test_import_ini_inventory(session, tmp_path):
     hosts = {h.name: h for h in session.execute(select(Host)).scalars()}
     assert set(hosts) == {"web1", "web2", "db1"}
     assert hosts["web1"].address == "192.0.2.10" and hosts["web1"].port == 2200 and hosts["web1"].protocol == "ssh"
-    assert hosts["web1"].vars == {"app_role": "frontend", "ntp_server": "ntp.example.com"}
+    assert hosts["web1"].vars == {"app_role": "frontend"}  # [all:vars] stays on the all group
+    assert session.execute(select(Group).where(Group.name == "all")).scalar_one().vars == {
+        "ntp_server": "ntp.example.com"}
     assert "ansible_ssh_pass" not in hosts["web2"].vars and "hunter2" not in json.dumps(hosts["web2"].vars)
-    assert [g.name for g in hosts["web1"].groups] == ["prod", "web"]  # children flattened into the parent
-    assert [g.name for g in hosts["db1"].groups] == ["db", "prod"]
+    assert [g.name for g in hosts["web1"].groups] == ["web"]  # the tree is kept, not flattened
+    assert [g.name for g in hosts["db1"].groups] == ["db"]
     prod = session.execute(select(Group).where(Group.name == "prod")).scalar_one()
-    assert prod.vars == {"env_name": "production"}
+    assert prod.vars == {"env_name": "production"} and [c.name for c in prod.children] == ["db", "web"]
     actions = [a for a in session.execute(select(AuditLog.action)).scalars()]
-    assert actions.count("host.create") == 3 and actions.count("group.create") == 3
+    assert actions.count("host.create") == 3 and actions.count("group.create") == 4  # all, db, prod, web
     assert actions[-1] == "inventory.import"
     # Importing again updates in place: nothing new, changed address recorded.
     path.write_text(INI.replace("192.0.2.20", "192.0.2.21"))
@@ -158,7 +160,10 @@ def test_import_yaml_inventory_with_local_connection(session, tmp_path):
                     "  children:\n    lab:\n      hosts:\n        box: {}\n")
     result = inventory.import_inventory(session, str(path), actor="tester")
     session.commit()
-    assert result == {"hosts": 1, "groups": 1, "skipped_vars": ["token"]}
+    assert (result["hosts"], result["groups"], result["skipped_vars"]) == (1, 1, ["token"])
+    assert result["skipped"] == [{"scope": "host box", "name": "token",
+                                  "reason": "vault-encrypted value: secrets belong in a credential"}]
+    assert result["literal_jinja"] == [{"scope": "host box", "name": "greeting"}, {"scope": "host box", "name": "raw"}]
     box = session.execute(select(Host).where(Host.name == "box")).scalar_one()
     assert box.protocol == "local" and box.address == "box"
     assert box.vars == {"greeting": "{{ hi }}", "raw": '{{ lookup("pipe", "id") }}'}

@@ -77,6 +77,15 @@ def _authenticate() -> None:
     raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
 
 
+@api_bp.before_request
+def _one_value_per_query_arg() -> None:
+    """Every query argument of the API is one value (lists are comma-separated): a repeated
+    one is refused rather than silently read as its first value."""
+    for name in request.args:
+        if len(request.args.getlist(name)) > 1:
+            raise ValidationError(f"'{name}' may be given once", field=str(name)[:64])
+
+
 @api_bp.errorhandler(ApiError)
 def _api_error(err: ApiError):
     db.session.rollback()
@@ -149,9 +158,28 @@ ROUTE_MODULES = (
 )
 
 
+def _api_routing_error():
+    """A URL under /api/ that matches no route (``/hosts/abc`` where an id is an integer) or
+    no method answers JSON like every other API error. Routing fails before any blueprint is
+    chosen, so no blueprint error handler sees it; app-wide ``before_request`` does."""
+    err = request.routing_exception
+    if err is None or not (request.path + "/").startswith(api_bp.url_prefix + "/"):
+        return None
+    if not isinstance(err, HTTPException) or err.code is None or err.code >= 500:
+        return None
+    if err.code in (301, 302, 307, 308):  # werkzeug's slash redirects keep working
+        return None
+    resp = _http_error(err)[0]
+    resp.status_code = err.code
+    if err.code == 405:
+        resp.headers["Allow"] = ", ".join(sorted(getattr(err, "valid_methods", None) or []))
+    return resp
+
+
 def init_app(app: Flask) -> None:
     """Load every route module onto ``api_bp``, then register it and ``/healthz``."""
     for name in ROUTE_MODULES:
         import_module(f"{__name__}.{name}")
     app.register_blueprint(api_bp)
+    app.before_request(_api_routing_error)
     register_health(app)

@@ -9,7 +9,7 @@ from flask import Response, jsonify, request
 
 from server.people import access
 from server.core import audit, db
-from server.core.dates import parse_moment
+from server.core.dates import MOMENT_SCHEMA, parse_moment
 from server.core.models import AuditLog
 from server.core.pagination import text_arg
 from server.guards import requires
@@ -21,8 +21,8 @@ _FILTERS = {
     "actor": {"type": "string"}, "action": {"type": "string", "description": "exact, or a prefix ending in '*'"},
     "outcome": {"type": "string", "description": "ok, denied, ..."}, "target_type": {"type": "string"},
     "target_id": {"type": "string"},
-    "from": {"type": "string", "description": "ISO date or date-time (inclusive)"},
-    "to": {"type": "string", "description": "ISO date (inclusive) or date-time (exclusive)"},
+    "from": {**MOMENT_SCHEMA, "description": "ISO date (a whole UTC day) or date-time: at or after"},
+    "to": {**MOMENT_SCHEMA, "description": "ISO date (inclusive) or date-time (exclusive)"},
 }
 
 

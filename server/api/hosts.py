@@ -9,13 +9,14 @@ from sqlalchemy.orm import selectinload
 
 from server.core import db
 from server.people.access import filter_hosts, require_host
-from server.catalog.hosts import create_host, delete_host, update_host
-from server.core.models import PROTOCOLS, Group, Host
+from server.catalog.hosts import HOST_CHECKS, create_host, delete_host, update_host
+from server.core.validation import schema_of
+from server.core.models import Group, Host
 from server.core.pagination import like_pattern, text_arg
 from server.api import api_bp, json_body, me
 from server.api.common import iso, no_content, page_of
 from server.guards import requires, visible_or_404
-from server.api.openapi import DATETIME, NAMES, VARS, describe, register_schema
+from server.api.openapi import DATETIME, VARS, describe, register_schema
 
 
 def host_dict(host: Host) -> dict[str, Any]:
@@ -99,16 +100,19 @@ def delete_host_view(host_id: int):
     return no_content()
 
 
-_HOST_PROPS = {
-    "name": {"type": "string", "maxLength": 255, "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.:\-\[\]@]*$"},
-    "address": {"type": "string", "maxLength": 255, "description": "DNS name or IP; defaults to the name"},
-    "port": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535},
-    "protocol": {"type": "string", "enum": list(PROTOCOLS), "default": "ssh"},
-    "groups": {**NAMES, "description": "group names; missing groups are created"},
+_HOST_PROPS = {  # generated from the checks the server applies (catalog.hosts.HOST_CHECKS)
+    "name": schema_of(HOST_CHECKS["name"]),
+    "address": schema_of(HOST_CHECKS["address"], description="DNS name or IP; defaults to the name"),
+    "port": schema_of(HOST_CHECKS["port"]),
+    "protocol": schema_of(HOST_CHECKS["protocol"], default="ssh"),
+    "groups": schema_of(HOST_CHECKS["groups"], description="group names; missing groups are created; null: none"),
     "vars": VARS,
 }
 register_schema("Host", {"type": "object", "properties": {
-    "id": {"type": "integer"}, **_HOST_PROPS, "created_at": DATETIME, "updated_at": DATETIME}})
+    "id": {"type": "integer"}, **_HOST_PROPS,
+    "address": {"type": "string", "description": "as given, or the host's name"},  # not re-checked on output
+    "groups": {"type": "array", "items": {"type": "string"}},
+    "created_at": DATETIME, "updated_at": DATETIME}})
 register_schema("HostInput", {"type": "object", "additionalProperties": False, "required": ["name"],
                               "properties": _HOST_PROPS,
                               "description": "POST needs 'name'; PATCH takes any subset"})

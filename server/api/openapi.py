@@ -13,6 +13,7 @@ from typing import Any, Callable
 from flask import current_app, jsonify
 
 from server.api import PUBLIC_ENDPOINTS, api_bp
+from server.core.pagination import PAGE_SCHEMA, PER_PAGE_SCHEMA, TEXT_ARG_SCHEMA
 
 SCHEMAS: dict[str, dict[str, Any]] = {}
 _CONVERTER_TYPES = {"int": {"type": "integer"}, "float": {"type": "number"}}
@@ -28,7 +29,7 @@ def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def describe(*, request: str | None = None, response: str | None = None, status: int = 200,
+def describe(*, request: str | None = None, response: str | None = None, status: int | None = None,
              paged: bool = False, query: dict[str, dict[str, Any]] | None = None,
              summary: str | None = None, body_optional: bool = False) -> Callable:
     """Attach OpenAPI detail to a view: request/response schema names, status, query args.
@@ -54,18 +55,20 @@ def _operation(endpoint: str, method: str, view: Callable, params: list[dict[str
     parameters = list(params)
     if info.get("paged"):
         parameters += [
-            {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
-            {"name": "per_page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200,
-                                                           "default": 50}},
+            {"name": "page", "in": "query", "schema": dict(PAGE_SCHEMA)},
+            {"name": "per_page", "in": "query", "schema": dict(PER_PAGE_SCHEMA)},
         ]
     for name, schema in (info.get("query") or {}).items():
+        if schema.get("type") == "string" and not schema.keys() & {"enum", "maxLength", "format"}:
+            schema = {**TEXT_ARG_SCHEMA, **schema}  # free-text filters all go through pagination.text_arg
         parameters.append({"name": name, "in": "query", "schema": schema})
     if parameters:
         op["parameters"] = parameters
     if info.get("request"):
         op["requestBody"] = {"required": method == "POST" and not info.get("body_optional"),
                              "content": {"application/json": {"schema": ref(info["request"])}}}
-    status = str(info.get("status", 204 if method == "DELETE" else 200))
+    # A DELETE without a response body answers 204 (common.no_content), as each view does.
+    status = str(info.get("status") or (204 if method == "DELETE" and not info.get("response") else 200))
     response: dict[str, Any] = {"description": "success"}
     if info.get("response"):
         schema = ref(info["response"])

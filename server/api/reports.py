@@ -13,11 +13,12 @@ from server.core import db
 from server.reporting import reports
 from server.core.models import utcnow
 from server.api import api_bp, me
+from server.core.dates import MOMENT_SCHEMA
 from server.api.openapi import describe
 
 _QUERY = {
-    "from": {"type": "string", "description": "ISO date (whole day, UTC) or datetime: created at or after"},
-    "to": {"type": "string", "description": "ISO date (inclusive) or datetime (exclusive)"},
+    "from": {**MOMENT_SCHEMA, "description": "ISO date (a whole UTC day) or date-time: at or after"},
+    "to": {**MOMENT_SCHEMA, "description": "ISO date (inclusive) or date-time (exclusive)"},
     "task": {"type": "string", "description": "task id or name"},
     "host": {"type": "string", "description": "only executions/operations on this host"},
     "status": {"type": "string", "description": "execution status"},

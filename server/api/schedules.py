@@ -15,7 +15,7 @@ from server.core import db
 from server.scheduling import schedules as svc
 from server.core.errors import ValidationError
 from server.core.models import Blackout, Schedule, ScheduleFire
-from server.core.pagination import text_arg
+from server.core.pagination import bool_arg, text_arg
 from server.api import api_bp, json_body, me
 from server.api.common import no_content, page_of
 from server.guards import requires, visible_or_404
@@ -29,14 +29,7 @@ def _visible_schedule(schedule_id: int) -> Schedule:
 
 
 def _bool_arg(name: str) -> bool | None:
-    raw = text_arg(request.args, name)
-    if raw is None:
-        return None
-    if raw.lower() in ("true", "1", "yes"):
-        return True
-    if raw.lower() in ("false", "0", "no"):
-        return False
-    raise ValidationError(f"'{name}' must be true or false", field=name)
+    return bool_arg(request.args, name)
 
 
 @api_bp.get("/tasks/<int:task_id>/schedules")
@@ -61,7 +54,7 @@ def create_schedule(task_id: int):
 
 @api_bp.get("/schedules")
 @describe(response="Schedule", paged=True,
-          query={"task": {"type": "integer"}, "enabled": {"type": "boolean"}})
+          query={"task": {"type": "integer", "minimum": 0, "maximum": 999_999_999}, "enabled": {"type": "boolean"}})
 def list_schedules():
     """Every schedule the user may see, soonest next run first."""
     q = select(Schedule).options(selectinload(Schedule.task))

@@ -11,10 +11,11 @@ from sqlalchemy import select
 from server.api import api_bp, json_body, me
 from server.api.common import iso, no_content
 from server.api.openapi import DATETIME, describe, register_schema
+from server.core.validation import schema_of
 from server.core import db
 from server.core.errors import ValidationError
 from server.core.models import ApiToken, User
-from server.core.pagination import text_arg
+from server.core.pagination import bool_arg, text_arg
 from server.guards import visible_or_404
 from server.people import access
 from server.people.accounts import revoke_token, token_name, tokens_of
@@ -67,20 +68,20 @@ def list_tokens():
     s = db.session()
     target: User | None = actor
     name = text_arg(request.args, "user")
-    if name or request.args.get("all") in ("1", "true"):
+    if name or bool_arg(request.args, "all"):
         access.require(actor, "users.manage")
         target = None
         if name:
             target = s.execute(select(User).where(User.username == name)).scalar_one_or_none()
             if target is None:
                 raise ValidationError(f"no user named {name!r}", field="user")
-    active_only = request.args.get("active") in ("1", "true")
+    active_only = bool(bool_arg(request.args, "active"))
     items = [token_dict(t) for t in tokens_of(s, target, include_revoked=not active_only)]
     return jsonify({"items": items, "total": len(items)})
 
 
 @api_bp.post("/tokens")
-@describe(request="TokenInput", response="NewToken", status=201)
+@describe(request="TokenInput", response="NewToken", status=201, body_optional=True)
 def create_api_token():
     """Create a token for yourself; the response is the only time its value is shown.
 
@@ -114,6 +115,6 @@ register_schema("Token", {"type": "object", "properties": {
     "user": {"type": "string"}, "created_at": DATETIME, "last_used_at": DATETIME, "revoked_at": DATETIME,
     "active": {"type": "boolean"}}})
 register_schema("TokenInput", {"type": "object", "additionalProperties": False,
-                               "properties": {"name": {"type": "string", "maxLength": 80}}})
+                               "properties": {"name": schema_of(token_name)}})
 register_schema("NewToken", {"allOf": [{"$ref": "#/components/schemas/Token"}, {"type": "object", "properties": {
     "token": {"type": "string", "description": "shown once"}}}]})

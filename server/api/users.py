@@ -11,7 +11,7 @@ from server.people import access, login_throttle
 from server.core import db
 from server.people.accounts import add_user, deactivate_user, update_user
 from server.core.models import ROLES, User
-from server.core.pagination import text_arg
+from server.core.pagination import bool_arg, text_arg
 from server.api import api_bp, json_body, me
 from server.api.common import iso, no_content, page_of
 from server.guards import requires, visible_or_404
@@ -62,9 +62,9 @@ def list_users():
     term = text_arg(request.args, "q")
     if term:
         query = query.where(User.username.contains(term, autoescape=True))
-    active = request.args.get("active")
-    if active in ("true", "1", "false", "0"):
-        query = query.where(User.is_active.is_(active in ("true", "1")))
+    active = bool_arg(request.args, "active")
+    if active is not None:
+        query = query.where(User.is_active.is_(active))
     page = page_of(query)
     return jsonify(page.envelope([user_dict(u) for u in page.items]))
 

@@ -30,6 +30,7 @@ from server.core.validation import (
     choice,
     integer,
     name_list,
+    schema_of,
     text,
     variables,
 )
@@ -61,6 +62,18 @@ def host_variables(value: Any) -> dict[str, Any]:
     return clean
 
 
+group_name.schema = schema_of(_group_name_text, **{"not": {"enum": sorted(RESERVED_GROUPS)}})  # type: ignore[attr-defined]
+# The checks of a host's fields: clean_host applies them, the OpenAPI HostInput is made of them.
+HOST_CHECKS = {
+    "name": host_name,
+    "address": address,
+    "port": integer(1, 65535, nullable=True),
+    "protocol": choice(PROTOCOLS),
+    "groups": name_list(item=group_name),
+    "vars": host_variables,
+}
+
+
 def _is_admin(session: Session, actor: str | None) -> bool:
     """Whether the acting user (the callers pass his user name) is an active admin."""
     if not actor:
@@ -81,12 +94,12 @@ def check_host(session: Session, data: Any, host: Host | None = None, *, actor: 
     if host is not None:
         require_local_rights(session, actor, host.protocol)
     f = Fields(data, HOST_FIELDS, partial=host is not None)
-    f.take("name", host_name, required=True)
-    f.take("address", address)
-    f.take("port", integer(1, 65535, nullable=True), default=None)
-    f.take("protocol", choice(PROTOCOLS), default="ssh")
-    f.take("groups", name_list(item=group_name), default=list)
-    f.take("vars", host_variables, default=dict)
+    f.take("name", HOST_CHECKS["name"], required=True)
+    f.take("address", HOST_CHECKS["address"])
+    f.take("port", HOST_CHECKS["port"], default=None)
+    f.take("protocol", HOST_CHECKS["protocol"], default="ssh")
+    f.take("groups", HOST_CHECKS["groups"], default=list)
+    f.take("vars", HOST_CHECKS["vars"], default=dict)
     f.raise_if_invalid()
     require_local_rights(session, actor, f.clean.get("protocol"))
     _check_settings(f, host)

@@ -15,6 +15,12 @@ from server.core.errors import ValidationError
 EARLIEST = datetime(1900, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(3000, 1, 1, tzinfo=timezone.utc)  # exclusive
 MAX_LEN = 40
+_IN_RANGE = "^(19|2[0-9])[0-9][0-9]-"  # EARLIEST..LATEST by year
+# The OpenAPI side of parse_moment (api/openapi.py documents from/to filters with it).
+MOMENT_SCHEMA = {"maxLength": MAX_LEN, "description": "ISO date or date-time, years 1900-2999", "anyOf": [
+    {"type": "string", "format": "date", "pattern": _IN_RANGE},
+    {"type": "string", "format": "date-time", "pattern": "^(19[0-9][1-9]|19[1-9][0-9]|2[0-9][0-9][0-9])-"
+                                                          ".*[0-9](Z|[+-][0-9][0-9]:?[0-9][0-9])?$"}]}
 
 
 def parse_moment(value: str, name: str, *, end: bool = False) -> datetime:

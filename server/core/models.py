@@ -130,6 +130,12 @@ host_groups = Table(
     Column("host_id", ForeignKey("hosts.id", ondelete="CASCADE"), primary_key=True),
     Column("group_id", ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
 )
+group_children = Table(
+    "group_children",
+    Base.metadata,
+    Column("parent_id", ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+    Column("child_id", ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+)
 task_hosts = Table(
     "task_hosts",
     Base.metadata,
@@ -218,6 +224,14 @@ class Group(Base):
     name: Mapped[str] = mapped_column(String(120), unique=True)
     vars: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     hosts: Mapped[list["Host"]] = relationship(secondary=host_groups, back_populates="groups")
+    # Ansible's group tree: children inherit membership, their vars beat their parents'.
+    priority: Mapped[int | None] = mapped_column(Integer)  # ansible_group_priority; None = Ansible's 1
+    children: Mapped[list["Group"]] = relationship(
+        secondary=group_children, primaryjoin="Group.id == group_children.c.parent_id",
+        secondaryjoin="Group.id == group_children.c.child_id", back_populates="parents", order_by="Group.name")
+    parents: Mapped[list["Group"]] = relationship(
+        secondary=group_children, primaryjoin="Group.id == group_children.c.child_id",
+        secondaryjoin="Group.id == group_children.c.parent_id", back_populates="children", order_by="Group.name")
 
 
 class Host(Base):

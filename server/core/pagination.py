@@ -13,6 +13,12 @@ from server.core.errors import ValidationError
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 200
 MAX_PAGE = 1_000_000
+MAX_TEXT_ARG = 200
+# The OpenAPI side of the same rules (api/openapi.py reads these, so spec and server agree).
+PAGE_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1}
+PER_PAGE_SCHEMA = {"type": "integer", "minimum": 1, "default": DEFAULT_PER_PAGE,
+                   "description": f"values above {MAX_PER_PAGE} are read as {MAX_PER_PAGE}"}
+TEXT_ARG_SCHEMA = {"type": "string", "maxLength": MAX_TEXT_ARG, "pattern": "^[^\\x00-\\x1f\\x7f]*$"}
 
 
 @dataclass
@@ -41,7 +47,7 @@ class Page:
 
 def _int_arg(args: Mapping[str, str], name: str, default: int) -> int:
     raw = args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     raw = raw.strip()
     if not raw.isdigit() or len(raw) > 9:
@@ -67,7 +73,20 @@ def paginate(session: Session, query: Select, page: int, per_page: int) -> Page:
     return Page(items=items, page=page, per_page=per_page, total=total)
 
 
-def text_arg(args: Mapping[str, str], name: str, max_len: int = 200) -> str | None:
+def bool_arg(args: Mapping[str, str], name: str) -> bool | None:
+    """A true/false query argument (``true``/``1``/``yes``, ``false``/``0``/``no``); absent: None."""
+    raw = args.get(name)
+    if raw is None:
+        return None
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ValidationError(f"'{name}' must be true or false", field=name)
+
+
+def text_arg(args: Mapping[str, str], name: str, max_len: int = MAX_TEXT_ARG) -> str | None:
     """A free-text filter argument (search box), stripped; control characters refused."""
     raw = (args.get(name) or "").strip()
     if not raw:

@@ -105,6 +105,21 @@ class Fields:
 
 
 # --- checks: each returns the cleaned value or raises Invalid ------------------------------
+# Each check made by a factory below carries ``check.schema``: the JSON Schema of what it
+# accepts, which api/openapi.py puts in the spec (``schema_of``), so the limits, enums and
+# patterns the server enforces and the ones the spec documents come from one place.
+
+_PRINTABLE = "[^\\x00-\\x1f\\x7f]"
+
+
+def schema_of(check: Check, **extra: Any) -> dict[str, Any]:
+    """The JSON Schema a check carries (a copy), with ``extra`` keys added."""
+    return {**getattr(check, "schema", {}), **extra}
+
+
+def _with_schema(check: Check, schema: dict[str, Any]) -> Check:
+    check.schema = schema  # type: ignore[attr-defined]
+    return check
 
 def valid_unicode(value: str) -> bool:
     """False for lone surrogates (JSON allows "\\ud800"; UTF-8 databases do not)."""
@@ -145,7 +160,14 @@ def text(max_len: int, *, nullable: bool = False, allow_empty: bool = False, pat
             raise Invalid(pattern_hint or "has an invalid format")
         return value
 
-    return check
+    schema: dict[str, Any] = {"type": ["string", "null"] if nullable else "string", "maxLength": max_len}
+    if pattern is not None:
+        schema["pattern"] = pattern.pattern
+    elif not multiline:
+        schema["pattern"] = f"^{_PRINTABLE}*$" if allow_empty else f"^{_PRINTABLE}*[^\\s\\x00-\\x1f\\x7f]{_PRINTABLE}*$"
+    if not allow_empty:
+        schema["minLength"] = 1
+    return _with_schema(check, schema)
 
 
 def integer(lo: int, hi: int, *, nullable: bool = False) -> Check:
@@ -160,7 +182,7 @@ def integer(lo: int, hi: int, *, nullable: bool = False) -> Check:
             raise Invalid(f"must be between {lo} and {hi}")
         return value
 
-    return check
+    return _with_schema(check, {"type": ["integer", "null"] if nullable else "integer", "minimum": lo, "maximum": hi})
 
 
 def boolean(value: Any) -> bool:
@@ -177,7 +199,7 @@ def choice(values: Iterable[str]) -> Check:
             raise Invalid(f"must be one of {', '.join(values)}")
         return value
 
-    return check
+    return _with_schema(check, {"type": "string", "enum": list(values)})
 
 
 def name_list(max_items: int = 1000, item: Check | None = None) -> Check:
@@ -201,7 +223,8 @@ def name_list(max_items: int = 1000, item: Check | None = None) -> Check:
                 out.append(name)
         return out
 
-    return check
+    return _with_schema(check, {"type": ["array", "null"], "maxItems": max_items, "items": schema_of(item),
+                                "description": "names; null is the empty list"})
 
 
 def reserved_var(name: str) -> bool:

@@ -181,6 +181,11 @@ def token_name(value: Any) -> str:
     return value.strip()
 
 
+token_name.schema = {  # type: ignore[attr-defined]  # the same rule, for the OpenAPI document
+    "type": ["string", "null"], "minLength": 1, "maxLength": MAX_TOKEN_NAME,
+    "pattern": "^[^\\x00-\\x1f]*[^\\s\\x00-\\x1f][^\\x00-\\x1f]*$", "description": "default 'api'"}
+
+
 def tokens_of(session: Session, user: User | None, *, include_revoked: bool = True) -> list[ApiToken]:
     q = select(ApiToken).order_by(ApiToken.id.desc())
     if user is not None:

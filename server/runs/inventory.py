@@ -14,12 +14,13 @@ import logging
 import re
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from server.core import audit
 from server.runs import protocols
@@ -105,16 +106,72 @@ def connection_vars(host: Host, credential: Credential | None) -> dict[str, Any]
     return protocols.protocol(host.protocol).host_vars(host, credential)
 
 
+def _ancestors(groups: Iterable[Group]) -> set[Group]:
+    """The groups and every group above them (the tree may share subtrees)."""
+    seen: set[Group] = set()
+    stack = list(groups)
+    while stack:
+        group = stack.pop()
+        if group not in seen:
+            seen.add(group)
+            stack.extend(group.parents)
+    return seen
+
+
+def group_tree(groups: Iterable[Group], members: dict[Group, list[str]]) -> dict[str, Any]:
+    """``all.children`` for ``groups`` (already closed over their parents): each group once,
+    inside its first parent (by name) or at the top when it has none, later mentions empty.
+
+    The tree, not a flattened copy, reaches Ansible, so Ansible's own precedence applies
+    (a child's vars beat its parent's, ``ansible_group_priority`` breaks ties at one depth).
+    """
+    wanted = {g for g in groups if g.name not in RESERVED_GROUPS}
+    placed: set[Group] = set()
+
+    def body(group: Group) -> dict[str, Any] | None:
+        if group in placed:
+            return None
+        placed.add(group)
+        out: dict[str, Any] = {}
+        if members.get(group):
+            out["hosts"] = {name: None for name in members[group]}
+        gv = user_vars(group.vars)
+        if group.priority is not None:
+            gv["ansible_group_priority"] = group.priority
+        if gv:
+            out["vars"] = gv
+        kids = [c for c in group.children if c in wanted]
+        if kids:
+            out["children"] = {c.name: body(c) for c in kids}
+        return out
+
+    roots = sorted((g for g in wanted if not any(p in wanted for p in g.parents)), key=lambda g: g.name)
+    tree = {g.name: body(g) for g in roots}
+    for group in sorted(wanted - placed, key=lambda g: g.name):  # a cycle stored behind our back
+        tree[group.name] = body(group)
+    return tree
+
+
+def _all_group_vars(hosts: list[Host]) -> dict[str, Any]:
+    """Variables of the stored ``all`` group (an imported ``[all:vars]``): every run's."""
+    session = object_session(hosts[0]) if hosts else None
+    if session is None:
+        return {}
+    group = session.execute(select(Group).where(Group.name == "all")).scalar_one_or_none()
+    return user_vars(group.vars) if group is not None else {}
+
+
 def build_inventory(hosts: Iterable[Host], credential: Credential | None) -> dict[str, Any]:
     """The YAML-inventory dict for one execution: only ``hosts``, their groups and vars.
 
     Returns ``{"all": {...}}``; ``dump`` writes it. ``meta["names"]`` (inventory name →
     host name) lets the runner map Ansible's events back to hosts.
     """
+    hosts = list(hosts)
     all_hosts: dict[str, Any] = {}
-    children: dict[str, dict[str, Any]] = {}
-    all_vars: dict[str, Any] = {}
+    all_vars: dict[str, Any] = _all_group_vars(hosts)
     names: dict[str, str] = {}
+    members: dict[Group, list[str]] = {}
     for host in hosts:
         if host.protocol not in PROTOCOLS:
             raise ValidationError(f"host {host.name!r} has an unknown protocol {host.protocol!r}", field="protocol")
@@ -127,12 +184,8 @@ def build_inventory(hosts: Iterable[Host], credential: Credential | None) -> dic
             if group.name in RESERVED_GROUPS:
                 all_vars.update(user_vars(group.vars))
                 continue
-            child = children.setdefault(group.name, {"hosts": {}})
-            child["hosts"][name] = None
-            if group.vars and "vars" not in child:
-                gv = user_vars(group.vars)
-                if gv:
-                    child["vars"] = gv
+            members.setdefault(group, []).append(name)
+    children = group_tree(_ancestors(members), members)
     if credential is not None:
         if credential.become_method:
             all_vars["ansible_become_method"] = credential.become_method
@@ -212,7 +265,7 @@ def _has_vault(value: Any) -> bool:
 
 
 def _protocol_of(hvars: dict[str, Any]) -> str:
-    conn = str(hvars.get("ansible_connection") or "ssh")
+    conn = str(_plain(hvars.get("ansible_connection")) or "ssh")
     if conn in ("local",):
         return "local"
     if conn in ("winrm", "psrp"):
@@ -224,119 +277,222 @@ def _protocol_of(hvars: dict[str, Any]) -> str:
     raise ValidationError(f"connection type {conn!r} is not supported", field="path")
 
 
+# Variables that become the host's own fields rather than variables.
+HOST_FIELD_VARS = ("ansible_host", "ansible_ssh_host", "ansible_port", "ansible_ssh_port", "ansible_connection")
+_SECRET_NAME_RE = re.compile(r"(^|_)(pass|passwd|password|passphrase|secret|token|private_key|private_key_file)(_|$)",
+                             re.IGNORECASE)
+_JINJA_RE = re.compile(r"\{\{|\{%|\{#")
+
+
+def skip_reason(name: Any, value: Any) -> str | None:
+    """Why an imported variable is not kept (None: it is kept as it is)."""
+    if _has_vault(value):
+        return "vault-encrypted value: secrets belong in a credential"
+    if isinstance(name, str) and _SECRET_NAME_RE.search(name):
+        return "secret: passwords and keys belong in a credential, never in host or group variables"
+    problem = var_name_problem(name)
+    if problem is not None:
+        if isinstance(name, str) and name.lower().startswith("ansible_"):
+            return "connection variable: set by the host's protocol and the task's credential"
+        return problem
+    option = protocols.option_problem(name, _plain(value))
+    if option:
+        return f"protocol option refused: {option}"
+    return None
+
+
+def _has_jinja(value: Any) -> bool:
+    if isinstance(value, str):
+        return bool(_JINJA_RE.search(value))
+    if isinstance(value, dict):
+        return any(_has_jinja(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_jinja(v) for v in value)
+    return False
+
+
+@dataclass
+class ImportPlan:
+    """What an inventory would write: checked, nothing touched yet (the preview shows it)."""
+
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> address, port, protocol, vars, groups
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> vars, priority, children
+    all_vars: dict[str, Any] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # scope, name, reason
+    literal: list[dict[str, str]] = field(default_factory=list)  # scope, name: values holding Jinja
+    errors: list[str] = field(default_factory=list)
+
+    def keep(self, scope: str, values: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for name, value in values.items():
+            if name in HOST_FIELD_VARS or name == "ansible_group_priority":
+                continue
+            reason = skip_reason(name, value)
+            if reason:
+                self.skipped.append({"scope": scope, "name": str(name), "reason": reason})
+                continue
+            value = _plain(value)
+            if _has_jinja(value):
+                self.literal.append({"scope": scope, "name": name})
+            out[name] = value
+        return json.loads(json.dumps(out, default=str))
+
+    def summary(self) -> dict[str, Any]:
+        return {"hosts": len(self.hosts), "groups": len(self.groups),
+                "skipped_vars": sorted({s["name"] for s in self.skipped}),
+                "skipped": self.skipped, "literal_jinja": self.literal}
+
+
+def _host_fields(name: str, hv: dict[str, Any], plan: ImportPlan) -> dict[str, Any] | None:
+    if not isinstance(name, str) or not HOST_NAME_RE.match(name) or len(name) > 255:
+        plan.errors.append(f"host name {name!r} is not allowed")
+        return None
+    address = str(_plain(hv.get("ansible_host") or hv.get("ansible_ssh_host")) or name)
+    port_raw = _plain(hv.get("ansible_port") or hv.get("ansible_ssh_port"))
+    try:
+        port = int(port_raw) if port_raw not in (None, "") else None
+    except (TypeError, ValueError):
+        plan.errors.append(f"host {name!r} has an invalid port {port_raw!r}")
+        return None
+    if port is not None and not 1 <= port <= 65535:
+        plan.errors.append(f"host {name!r} has an invalid port {port}")
+        return None
+    try:
+        protocol = _protocol_of(hv)
+    except ValidationError as exc:
+        plan.errors.append(f"host {name!r}: {exc.message}")
+        return None
+    return {"address": address, "port": port, "protocol": protocol, "vars": plan.keep(f"host {name}", hv),
+            "groups": []}
+
+
+def plan_import(data: dict[str, Any]) -> ImportPlan:
+    """The hosts, groups (with children and priority), ``all`` vars and host vars of an
+    ``ansible-inventory --list --export`` document, each variable kept or skipped with why."""
+    plan = ImportPlan()
+    meta = (data.get("_meta") or {}).get("hostvars") or {}
+    bodies = {g: b for g, b in data.items() if g != "_meta" and isinstance(b, dict)}
+    plan.all_vars = plan.keep("all", (bodies.get("all") or {}).get("vars") or {})
+    names = set(meta)
+    for body in bodies.values():
+        names.update(body.get("hosts") or [])
+    for gname in sorted(g for g in bodies if g not in RESERVED_GROUPS):
+        if not isinstance(gname, str) or not GROUP_NAME_RE.match(gname) or len(gname) > 120:
+            plan.errors.append(f"group name {gname!r} is not allowed")
+            continue
+        gv = bodies[gname].get("vars") or {}
+        priority = _plain(gv.get("ansible_group_priority"))
+        try:
+            priority = int(priority) if priority is not None else None
+        except (TypeError, ValueError):
+            plan.errors.append(f"group {gname!r} has an invalid ansible_group_priority {priority!r}")
+            priority = None
+        plan.groups[gname] = {
+            "vars": plan.keep(f"group {gname}", gv), "priority": priority,
+            "children": sorted(c for c in bodies[gname].get("children") or [] if c not in RESERVED_GROUPS),
+        }
+    for hname in sorted(names, key=str):
+        fields = _host_fields(hname, meta.get(hname) or {}, plan)
+        if fields is not None:
+            plan.hosts[hname] = fields
+    for gname in plan.groups:
+        for hname in bodies[gname].get("hosts") or []:
+            if hname in plan.hosts:
+                plan.hosts[hname]["groups"].append(gname)
+    if not names:
+        plan.errors.append("the inventory contains no hosts")
+    return plan
+
+
+def read_plan(path: str) -> ImportPlan:
+    """``path`` read by ``ansible-inventory`` and planned (see ``plan_import``)."""
+    return plan_import(_read_inventory(path))
+
+
+def _group(session: Session, cache: dict[str, Group], name: str, actor: str | None) -> Group:
+    group = cache.get(name)
+    if group is None:
+        group = Group(name=name, vars={})
+        session.add(group)
+        session.flush()
+        audit.record(session, "group.create", actor=actor, target=group, name=name, source="import")
+        cache[name] = group
+    return group
+
+
+def apply_plan(session: Session, plan: ImportPlan, actor: str | None, source: str) -> dict[str, Any]:
+    """Write a plan without errors: hosts and groups created or updated in place (the caller
+    commits). Membership and children are added to what is stored, never removed."""
+    if plan.errors:
+        raise ValidationError(plan.errors[0], field="path")
+    groups = {g.name: g for g in session.execute(select(Group)).scalars()}
+    if plan.all_vars:
+        group = _group(session, groups, "all", actor)
+        merged = {**(group.vars or {}), **plan.all_vars}
+        if group.vars != merged:
+            group.vars = merged
+    for gname, spec in plan.groups.items():
+        group = _group(session, groups, gname, actor)
+        changed = []
+        merged = {**(group.vars or {}), **spec["vars"]}
+        if group.vars != merged:
+            group.vars = merged
+            changed.append("vars")
+        if spec["priority"] is not None and group.priority != spec["priority"]:
+            group.priority = spec["priority"]
+            changed.append("priority")
+        for child in spec["children"]:
+            kid = _group(session, groups, child, actor)
+            if kid not in group.children:
+                group.children.append(kid)
+                changed.append(f"child {child}")
+        if changed:
+            session.flush()
+            audit.record(session, "group.update", actor=actor, target=group, name=gname, changed=changed,
+                         source="import")
+    hosts = {h.name: h for h in session.execute(select(Host)).scalars()}
+    created: list[Host] = []
+    for hname, spec in plan.hosts.items():
+        wanted = [groups[g] for g in spec["groups"]]
+        host = hosts.get(hname)
+        if host is None:
+            host = Host(name=hname, address=spec["address"], port=spec["port"], protocol=spec["protocol"],
+                        vars=spec["vars"], groups=wanted)
+            created.append(host)
+            continue
+        changed = []
+        for attr in ("address", "port", "protocol", "vars"):
+            if getattr(host, attr) != spec[attr]:
+                setattr(host, attr, spec[attr])
+                changed.append(attr)
+        extra = [g for g in wanted if g not in host.groups]
+        if extra:
+            host.groups = sorted([*host.groups, *extra], key=lambda g: g.name)
+            changed.append("groups")
+        if changed:
+            session.flush()
+            audit.record(session, "host.update", actor=actor, target=host, name=hname, changed=changed,
+                         source="import")
+    session.add_all(created)
+    session.flush()  # one round of INSERTs for a 700-host range, then one audit INSERT
+    audit.record_many(session, [("host.create", {"actor": actor, "target": h, "name": h.name, "address": h.address,
+                                                 "groups": [g.name for g in h.groups], "source": "import"})
+                                for h in created])
+    session.flush()
+    result = plan.summary()
+    audit.record(session, "inventory.import", actor=actor, hosts=result["hosts"], groups=result["groups"],
+                 source=source, skipped_vars=result["skipped_vars"])
+    return result
+
+
 def import_inventory(session: Session, path: str, actor: str | None) -> dict[str, Any]:
     """Create or update hosts and groups from an inventory file (the caller commits).
 
-    ``ansible_host``/``ansible_port``/``ansible_connection`` become the host's address, port
-    and protocol; other variables are kept unless their name is reserved (``ansible_``,
-    ``tm_``), they are vault-encrypted, or they are protocol options the host form would
-    refuse (those are listed under ``skipped_vars``).
+    The group tree (children, group vars, ``ansible_group_priority``, ``[all:vars]``) is
+    kept as it is, so the inventory generated for a run gives every kept variable the value
+    ``ansible-inventory`` gives it in the file. ``ansible_host``/``ansible_port``/
+    ``ansible_connection`` become the host's address, port and protocol. Connection
+    variables, secrets and vault values are skipped, each listed with why; values holding
+    Jinja are kept literal (never templated) and listed too.
     """
-    data = _read_inventory(path)
-    meta = (data.get("_meta") or {}).get("hostvars") or {}
-    # Group membership: walk children from "all".
-    group_hosts: dict[str, set[str]] = {}
-    group_vars: dict[str, dict[str, Any]] = {}
-    all_host_names: set[str] = set(meta)
-    for gname, body in data.items():
-        if gname == "_meta" or not isinstance(body, dict):
-            continue
-        group_vars[gname] = body.get("vars") or {}
-        group_hosts.setdefault(gname, set()).update(body.get("hosts") or [])
-        all_host_names.update(body.get("hosts") or [])
-    # Hosts of child groups belong to the parent too (Ansible semantics).
-    def members(gname: str, seen: frozenset = frozenset()) -> set[str]:
-        body = data.get(gname) or {}
-        out = set(body.get("hosts") or [])
-        for child in body.get("children") or []:
-            if child not in seen:
-                out |= members(child, seen | {gname})
-        return out
-
-    if not all_host_names:
-        raise ValidationError("the inventory contains no hosts", field="path")
-    skipped: set[str] = set()
-
-    def clean_vars(values: dict[str, Any]) -> dict[str, Any]:
-        out = {}
-        for k, v in values.items():
-            if k in ("ansible_host", "ansible_ssh_host", "ansible_port", "ansible_ssh_port", "ansible_connection"):
-                continue
-            if not isinstance(k, str) or forbidden_var(k) or _has_vault(v):
-                skipped.add(str(k))  # connection settings, secrets, vault-encrypted values
-                continue
-            if protocols.option_problem(k, _plain(v)):
-                skipped.add(k)  # a protocol option the host form would refuse (ca_bundle outside the CA dirs...)
-                continue
-            out[k] = _plain(v)
-        return json.loads(json.dumps(out, default=str))
-
-    all_vars = clean_vars(group_vars.get("all") or {})  # no "all" group in the database
-    # Groups (not the implicit ones).
-    groups_by_name = {g.name: g for g in session.execute(select(Group)).scalars()}
-    group_count = 0
-    for gname in sorted(group_hosts):
-        if gname in RESERVED_GROUPS:
-            continue
-        if not GROUP_NAME_RE.match(gname) or len(gname) > 120:
-            raise ValidationError(f"group name {gname!r} is not allowed", field="path")
-        group = groups_by_name.get(gname)
-        gv = clean_vars(group_vars.get(gname) or {})
-        if group is None:
-            group = Group(name=gname, vars=gv)
-            session.add(group)
-            session.flush()
-            audit.record(session, "group.create", actor=actor, target=group, name=gname, source="import")
-            groups_by_name[gname] = group
-        elif gv and group.vars != {**(group.vars or {}), **gv}:
-            group.vars = {**(group.vars or {}), **gv}
-            audit.record(session, "group.update", actor=actor, target=group, name=gname, source="import")
-        group_count += 1
-
-    hosts_by_name = {h.name: h for h in session.execute(select(Host)).scalars()}
-    host_count = 0
-    for hname in sorted(all_host_names):
-        if not isinstance(hname, str) or not HOST_NAME_RE.match(hname) or len(hname) > 255:
-            raise ValidationError(f"host name {hname!r} is not allowed", field="path")
-        hv = meta.get(hname) or {}
-        address = str(hv.get("ansible_host") or hv.get("ansible_ssh_host") or hname)
-        port_raw = hv.get("ansible_port") or hv.get("ansible_ssh_port")
-        try:
-            port = int(port_raw) if port_raw not in (None, "") else None
-        except (TypeError, ValueError):
-            raise ValidationError(f"host {hname!r} has an invalid port {port_raw!r}", field="path") from None
-        if port is not None and not 1 <= port <= 65535:
-            raise ValidationError(f"host {hname!r} has an invalid port {port}", field="path")
-        protocol = _protocol_of(hv)
-        hvars = {**all_vars, **clean_vars(hv)}
-        wanted_groups = sorted(
-            g for g in group_hosts if g not in RESERVED_GROUPS and hname in members(g)
-        )
-        host = hosts_by_name.get(hname)
-        if host is None:
-            host = Host(name=hname, address=address, port=port, protocol=protocol, vars=hvars)
-            host.groups = [groups_by_name[g] for g in wanted_groups]
-            session.add(host)
-            session.flush()
-            audit.record(session, "host.create", actor=actor, target=host, name=hname, address=address,
-                         groups=wanted_groups, source="import")
-        else:
-            changed = []
-            for attr, value in (("address", address), ("port", port), ("protocol", protocol), ("vars", hvars)):
-                if getattr(host, attr) != value:
-                    setattr(host, attr, value)
-                    changed.append(attr)
-            merged = sorted({g.name for g in host.groups} | set(wanted_groups))
-            if merged != sorted(g.name for g in host.groups):
-                host.groups = [groups_by_name[g] if g in groups_by_name else next(x for x in host.groups if x.name == g)
-                               for g in merged]
-                changed.append("groups")
-            if changed:
-                session.flush()
-                audit.record(session, "host.update", actor=actor, target=host, name=hname, changed=changed,
-                             source="import")
-        host_count += 1
-    session.flush()
-    audit.record(session, "inventory.import", actor=actor, hosts=host_count, groups=group_count,
-                 source=str(path), skipped_vars=sorted(skipped))
-    return {"hosts": host_count, "groups": group_count, "skipped_vars": sorted(skipped)}
+    return apply_plan(session, read_plan(path), actor, str(path))

@@ -1,24 +1,14 @@
 """Schedules: cron in the schedule's own time zone, DST-correct; pause and blackouts.
 
-Cron matching is croniter's, on *naive wall-clock* times; turning a wall-clock time into
-an instant is ours, because croniter 7.0.0's time-zone mode fires a fixed-time schedule
-twice on a fall-back day (02:30 Europe/Berlin matches 02:30+02:00 and 02:30+01:00).
-The rules (those of Vixie cron):
-
-* a local time that exists once is that instant;
-* a local time that exists twice (fall back) fires once, at its first occurrence, unless
-  the hour field is a wildcard (``*``, ``*/2``): such schedules follow real time, so an
-  hourly job also runs in the repeated hour;
-* a local time that does not exist (spring forward) fires once, at the first valid
-  instant after it (02:30 Europe/Berlin on the last Sunday of March -> 03:00+02:00) —
-  again unless the hour field is a wildcard: the skipped hour simply does not happen.
+What a cron line means, which days it matches and how wall-clock matches become
+instants across DST changes are cronie's rules, written down in ``cron.py``;
+``fire_times`` walks them in order.
 
 This module is the service layer for the API and the pages; the firing loop lives in
 ``scheduler.py``.
 """
 from __future__ import annotations
 
-import copy
 import heapq
 import re
 from datetime import date, datetime, time, timedelta, timezone
@@ -26,11 +16,12 @@ from functools import lru_cache
 from typing import Any, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from croniter import CroniterBadDateError, CroniterError, croniter
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from server.people import access
+from server.scheduling import cron as cronlib
+from server.scheduling.cron import wall_to_instants
 from server.executions import approvals
 from server.core import audit
 from server.core.errors import ValidationError
@@ -44,16 +35,7 @@ CHANGED_CHANNEL = "taskmanager:schedules:changed"
 MAX_GRACE_S = 86400
 DEFAULT_GRACE_S = 600
 MAX_CRON_LEN = 120
-_ALIASES = {
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-    "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@hourly": "0 * * * *",
-}
-_CRON_CHARS = re.compile(r"^[0-9A-Za-z*/,\-?#L ]+$")
+_CRON_CHARS = re.compile(r"^[0-9A-Za-z*/,\- ]+$")
 _SECOND = timedelta(seconds=1)
 _MICRO = timedelta(microseconds=1)
 
@@ -96,65 +78,28 @@ def normalise_cron(value: Any, field: str = "cron") -> str:
     expr = " ".join(value.split())
     if len(expr) > MAX_CRON_LEN:
         raise ValidationError(f"'{field}' is longer than {MAX_CRON_LEN} characters", field=field)
-    expr = _ALIASES.get(expr.lower(), expr)
+    expr = cronlib.ALIASES.get(expr.lower(), expr)
     fields = expr.split(" ")
     if len(fields) != 5:
         raise ValidationError(
             f"'{field}' must have 5 fields (minute hour day-of-month month day-of-week), got {len(fields)}",
             field=field,
         )
-    if not _CRON_CHARS.match(expr) or not croniter.is_valid(expr):
+    if not _CRON_CHARS.match(expr):
         raise ValidationError(f"'{field}': {expr!r} is not a valid cron expression", field=field)
     try:
-        croniter(expr, datetime(2000, 1, 1)).get_next(datetime)
-    except CroniterBadDateError as exc:
-        raise ValidationError(f"'{field}': {expr!r} never matches a date", field=field) from exc
-    except (CroniterError, ValueError, KeyError) as exc:
-        raise ValidationError(f"'{field}': {expr!r} is not a valid cron expression", field=field) from exc
+        parsed = cronlib.parse(expr)
+    except cronlib.CronError as exc:
+        raise ValidationError(f"'{field}': {expr!r} is not a valid cron expression ({exc})", field=field) from None
+    if parsed.first_match() is None:
+        raise ValidationError(f"'{field}': {expr!r} never matches a date", field=field)
     return expr
 
 
 @lru_cache(maxsize=4096)
-def _parsed(cron: str) -> croniter:
-    """A parsed expression to copy: parsing costs more than iterating (bursts of schedules)."""
-    return croniter(cron, datetime(2000, 1, 1))
-
-
-def _iterator(cron: str, start: datetime) -> croniter:
-    it = copy.copy(_parsed(cron))
-    it.set_current(start, force=True)
-    return it
-
-
-def _hour_is_wildcard(cron: str) -> bool:
-    return cron.split(" ")[1].startswith("*")
-
-
-def _transition(z: ZoneInfo, lo: datetime, hi: datetime) -> datetime:
-    """The first instant in (lo, hi] that has ``hi``'s UTC offset: where a DST gap ends."""
-    want = hi.astimezone(z).utcoffset()
-    lo_s, hi_s = int(lo.timestamp()), int(hi.timestamp())
-    while hi_s - lo_s > 1:
-        mid = (lo_s + hi_s) // 2
-        if datetime.fromtimestamp(mid, z).utcoffset() == want:
-            hi_s = mid
-        else:
-            lo_s = mid
-    return datetime.fromtimestamp(hi_s, UTC)
-
-
-def wall_to_instants(naive: datetime, z: ZoneInfo, *, hour_wildcard: bool = False) -> list[datetime]:
-    """UTC instants at which the wall-clock time ``naive`` should fire, in order (see module doc)."""
-    first = naive.replace(tzinfo=z, fold=0).astimezone(UTC)
-    second = naive.replace(tzinfo=z, fold=1).astimezone(UTC)
-    if first == second:
-        return [first]
-    if first.astimezone(z).replace(tzinfo=None) == naive:  # exists twice (fall back)
-        return [first, second] if hour_wildcard else [first]
-    # Does not exist (spring forward): zoneinfo maps it on either side of the gap.
-    if hour_wildcard:
-        return []
-    return [_transition(z, min(first, second), max(first, second))]
+def parsed(cron: str) -> cronlib.Cron:
+    """A parsed expression (bursts of schedules share their cron lines)."""
+    return cronlib.parse(cron)
 
 
 def localize(naive: datetime, tz: str) -> datetime:
@@ -162,17 +107,18 @@ def localize(naive: datetime, tz: str) -> datetime:
     return wall_to_instants(naive, zone(tz))[0]
 
 
-def _next_match(it: croniter, z: ZoneInfo, wild: bool) -> tuple[datetime | None, list[datetime], datetime | None]:
+def _next_match(it: Iterator[datetime], z: ZoneInfo, wild: bool,
+                ) -> tuple[datetime | None, list[datetime], datetime | None]:
     """The next wall-clock match, its instants and the bound later matches cannot precede;
     (None, [], None) when there is none before the end of what ``datetime`` holds (year
-    9999: croniter and zone conversion raise ValueError/OverflowError past it)."""
+    9999: zone conversion raises ValueError/OverflowError past it)."""
     try:
-        naive = it.get_next(datetime)
-        instants = wall_to_instants(naive, z, hour_wildcard=wild)
+        naive = next(it)
+        instants = wall_to_instants(naive, z, wildcard=wild)
         # every later match maps at or after the earlier reading of this wall time
         bound = min(naive.replace(tzinfo=z, fold=0).astimezone(UTC),
                     naive.replace(tzinfo=z, fold=1).astimezone(UTC))
-    except (CroniterBadDateError, ValueError, OverflowError):
+    except (StopIteration, ValueError, OverflowError):
         return None, [], None
     return naive, instants, bound
 
@@ -192,7 +138,8 @@ def fire_times(
     wait in a heap until every later match is known to come after them.
     """
     z = zone(tz)
-    wild = _hour_is_wildcard(cron)
+    expr = parsed(cron)
+    wild = expr.wildcard
     lower = after
     if start_at is not None and start_at - _MICRO > lower:
         lower = start_at - _MICRO
@@ -200,7 +147,7 @@ def fire_times(
     # times up to that long before its local time can still lie after it.
     margin = (lower - timedelta(hours=3)).astimezone(z).utcoffset() - lower.astimezone(z).utcoffset()
     local_start = lower.astimezone(z).replace(tzinfo=None) - max(margin, timedelta(0))
-    it = _iterator(cron, local_start)
+    it = expr.after(local_start)
     heap: list[datetime] = []
     last: datetime | None = None
     while True:
@@ -240,7 +187,7 @@ def next_runs(schedule: Schedule, now: datetime | None = None, count: int = 5) -
             out.append(inst.astimezone(z))
             if len(out) >= count:
                 break
-    except (CroniterError, ValueError, KeyError, ZoneInfoNotFoundError):
+    except (ValueError, KeyError, ZoneInfoNotFoundError):
         return []  # a definition stored behind the API's back; the scheduler records the error
     return out
 
