@@ -51,7 +51,7 @@ from server.core.models import (
     utcnow,
 )
 from server.executions import jobs
-from server.executions.fingerprint import current_snapshot, explain_change, parts, target_hosts
+from server.executions.fingerprint import current_snapshot, explain_change, launch_inputs, parts, target_hosts
 from server.people import access
 from server.reporting import notify
 
@@ -142,7 +142,7 @@ def on_requested(session: Session, ex: Execution, rules: access.RunRules, *, dry
     if dry_run and ex.task.kind != "playbook":
         raise ValidationError("a dry run is available for playbook tasks only", field="dry_run")
     hosts = target_hosts(ex.task, ex.limit_hosts)
-    ex.approval_plan = _plan(rules, parts(ex.task, ex.content_hash or "", ex.vars or {}, hosts))
+    ex.approval_plan = _plan(rules, parts(ex.task, ex.content_hash or "", ex.vars or {}, hosts, launch_inputs(ex)))
     ex.approval_level = plan_levels(ex.approval_plan)[0]
     session.flush()
     if dry_run:
@@ -303,7 +303,7 @@ def decide(session: Session, ex: Execution, user: User, decision: str, comment: 
                 comment=comment)
         return Outcome(ex, status=ex.status)
 
-    snap = current_snapshot(session, ex.task, ex.vars, ex.limit_hosts)
+    snap = current_snapshot(session, ex.task, ex.vars, ex.limit_hosts, ex)
     if snap.error or snap.fingerprint != ex.fingerprint:
         reason = snap.error or (
             f"refused: {explain_change((ex.approval_plan or {}).get('parts'), snap.parts)} changed since the "
@@ -394,7 +394,7 @@ def verify_before_run(session: Session, ex: Execution) -> str | None:
         bound_by = "schedule"
     if bound_by is None:
         return None
-    snap = current_snapshot(session, ex.task, ex.vars, ex.limit_hosts)
+    snap = current_snapshot(session, ex.task, ex.vars, ex.limit_hosts, ex)
     if snap.error:
         return f"refused: {snap.error}"
     if snap.fingerprint == ex.fingerprint:
@@ -446,7 +446,7 @@ def request_schedule_approval(session: Session, schedule: Schedule, user: User |
             schedule.approved_fingerprint = None
             schedule.approval_plan = None
         return False
-    snap = current_snapshot(session, task, schedule.vars, None)
+    snap = current_snapshot(session, task, schedule.vars, None, schedule)
     if snap.error:
         raise ValidationError(snap.error, field="task")
     stuck = undecidable_levels(session, rules.approvers,
@@ -490,7 +490,7 @@ def check_schedule_fire(session: Session, schedule: Schedule, ex: Execution | No
         return f"schedule {schedule.id} is suspended: {schedule.suspended_reason}"
     if schedule.approval_status != "approved":
         return f"schedule {schedule.id} is {schedule.approval_status} approval"
-    snap = current_snapshot(session, task, schedule.vars, None)
+    snap = current_snapshot(session, task, schedule.vars, None, schedule)
     fingerprint = ex.fingerprint if ex is not None else snap.fingerprint
     if snap.error or fingerprint != schedule.approved_fingerprint:
         what = snap.error or explain_change((schedule.approval_plan or {}).get("parts"), snap.parts)
@@ -546,7 +546,7 @@ def decide_schedule(session: Session, schedule: Schedule, user: User, decision: 
         _notify(session, "approval.decided", schedule=schedule, decision="rejected", approver=user.username,
                 comment=comment, title=f"[Task Manager] schedule #{schedule.id} was rejected")
         return Outcome(schedule=schedule, status="rejected")
-    snap = current_snapshot(session, schedule.task, schedule.vars, None)
+    snap = current_snapshot(session, schedule.task, schedule.vars, None, schedule)
     if snap.error or snap.fingerprint != plan.get("fingerprint"):
         reason = snap.error or (
             f"refused: {explain_change(plan.get('parts'), snap.parts)} changed since the approval was requested; "

@@ -237,7 +237,8 @@ def _finish(session: Session, ex: Execution, result: runner.RunResult) -> None:
         done = session.execute(
             update(Execution)
             .where(Execution.id == ex.id, Execution.status == "running")
-            .values(status=result.status, finished_at=now, message=result.message, hosts_done=ex.host_count)
+            .values(status=result.status, finished_at=now, message=result.message, hosts_done=ex.host_count,
+                    secret_vars_enc=None)
             .execution_options(synchronize_session=False)
         ).rowcount
         if done != 1:
