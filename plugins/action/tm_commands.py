@@ -129,8 +129,10 @@ class ActionModule(ActionBase):
     def _execute(self, command: str, words: dict[str, str], secret_names: set[str]) -> dict:
         """Run one line exactly as ``ansible.builtin.raw`` does (executable=False: no 'sh -c'
         wrapper). A line holding a secret travels on ssh's standard input instead of its
-        command line, so the value never shows in the process list of this machine."""
+        command line, so the value never shows in a process list: neither here (ssh's argv)
+        nor on the host (the shell reads the line from its input; builtins fork no process)."""
         line = render(command, words)
         if not any(m.group(1) in secret_names for m in PLACEHOLDER_RE.finditer(command)):
             return self._low_level_execute_command(line, executable=False)
-        return self._low_level_execute_command('sh -c "$(cat)"', in_data=line, executable=False)
+        # eval inside the shell: the value is not in its argv either (only in what the line runs)
+        return self._low_level_execute_command("sh -c 'eval \"$(cat)\"'", in_data=line, executable=False)
