@@ -310,3 +310,28 @@ def test_rolling_run_stops_and_skips_the_rest(api, lab, world, run_worker):
     assert ops[world[0]]["status"] == "failed" and ops[world[1]]["status"] == "succeeded"
     for name in world[2:]:
         assert ops[name]["status"] == "skipped" and "rolling run stopped" in ops[name]["message"], ops[name]
+
+
+def test_the_run_form_has_a_typed_field_per_variable(app, api, world, session):
+    from tests.test_web_resources import Browser
+
+    task = make_task(api, name="form", kind="commands", hosts=world[:2], commands=["echo [#SVC#] [#N#] [#PW#]"],
+                     variables=[{"name": "SVC", "type": "choice", "choices": ["nginx", "redis"], "required": True},
+                                {"name": "N", "type": "integer", "min": 1, "max": 5, "default": 2},
+                                {"name": "PW", "type": "secret"}, {"name": "ON", "type": "boolean"}])
+    web = Browser(app, "admin")
+    status, page = web.get(f"/tasks/{task['id']}")
+    assert '<select id="rv-SVC" name="vars.SVC"' in page and 'type="number"' in page and 'type="password"' in page
+    status, page = web.get(f"/tasks/{task['id']}?preview=1&limit={world[1]}")
+    assert "Would run on 1 host" in page
+    status, page, _ = web.submit(f"/tasks/{task['id']}", f"/tasks/{task['id']}/run",
+                                 {"vars.SVC": "nginx", "vars.N": "9"})
+    assert status == 422 and "at most 5" in page
+    status, page, where = web.submit(f"/tasks/{task['id']}", f"/tasks/{task['id']}/run",
+                                     {"vars.SVC": "redis", "vars.N": "3", "vars.PW": CANARY, "vars.ON.present": "1",
+                                      "vars.ON": "on", "ticket": "T-1"})
+    assert status == 302, page
+    ex = session.execute(select(Execution).order_by(Execution.id.desc())).scalars().first()
+    assert ex.vars == {"SVC": "redis", "N": 3, "PW": "********", "ON": True} and ex.ticket == "T-1"
+    status, page = web.get(where)
+    assert CANARY not in page and "T-1" in page
