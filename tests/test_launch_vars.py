@@ -218,7 +218,7 @@ def test_a_secret_value_is_used_and_stored_nowhere_in_clear(api, app, session, w
 
 def test_playbook_values_are_unsafe_extra_vars_and_tags_are_checked(api, world, run_worker):
     task = make_task(api, name="pb", kind="playbook", playbook="site.yml", hosts=world[:1],
-                     allowed_tags=["show", "check", "extra"], vars={"SUM": hashlib.sha256(CANARY.encode()).hexdigest()},
+                     allowed_tags=["show", "check", "extra"], serial=1, max_fail_percentage=0, vars={"SUM": hashlib.sha256(CANARY.encode()).hexdigest()},
                      variables=[{"name": "MSG", "type": "text"}, {"name": "PW", "type": "secret"}])
     status, err = api.post(f"/api/v1/tasks/{task['id']}/executions", {"tags": ["deploy"]})
     assert status == 422 and err["error"]["field"] == "tags"
@@ -335,3 +335,14 @@ def test_the_run_form_has_a_typed_field_per_variable(app, api, world, session):
     assert ex.vars == {"SVC": "redis", "N": 3, "PW": "********", "ON": True} and ex.ticket == "T-1"
     status, page = web.get(where)
     assert CANARY not in page and "T-1" in page
+
+
+def test_rolling_settings_go_into_each_play_of_a_playbook_copy():
+    from server.catalog.playbooks import with_rolling
+
+    text = ("- hosts: web\n  serial: 5\n  vars: {v: !unsafe '{{ x }}'}\n  tasks: []\n"
+            "- ansible.builtin.import_playbook: other.yml\n")
+    out = with_rolling(text, [1, "50%"], 0)
+    assert "!unsafe '{{ x }}'" in out  # Ansible's tags survive the copy
+    assert "serial:\n  - 1\n  - 50%" in out and "max_fail_percentage: 0" in out
+    assert out.count("serial") == 1  # the play's own value is replaced; the import is left alone

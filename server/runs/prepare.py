@@ -28,7 +28,7 @@ import os
 import secrets
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ansible_runner.config.runner import RunnerConfig
@@ -69,6 +69,7 @@ class Prepared:
     names: dict[str, str]
     commands: list[str] | None  # a commands task's lines (steps come from tm_commands)
     progress: str | None  # prefix of tm_commands' progress lines
+    overlays: list[tuple[Path, Path]] = field(default_factory=list)  # playbook copies with rolling settings
 
 
 def _secrets(credential: Credential | None) -> tuple[str | None, str | None, str | None]:
@@ -131,6 +132,7 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     roles_path = [str(settings.playbook_dir / "roles"), str(settings.playbook_dir.parent / "roles")]
     commands: list[str] | None = None
     progress: str | None = None
+    overlays: list[tuple[Path, Path]] = []
     if task.kind == "commands":
         commands = list(task.commands or [])
         progress = f"tm-progress-{secrets.token_hex(8)}"  # only this run's plugin writes such lines
@@ -153,6 +155,12 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         playbook = resolved
         project_dir = str(resolved.parent)
         roles_path.insert(0, str(resolved.parent / "roles"))
+        if task.serial or task.max_fail_percentage is not None:
+            # the sandbox shows a copy with the task's rolling settings in each play, at the
+            # playbook's own path (so its relative includes, files and roles still resolve)
+            rolled = project / "rolling.yml"
+            rolled.write_text(playbooks.with_rolling(resolved.read_text(), task.serial, task.max_fail_percentage))
+            overlays.append((rolled, resolved))
         if hidden:  # a first play that asks for the secret values and sets them on every host
             playbook = project / "launch.yml"
             playbook.write_text(inventory.dump(secret_play(list(hidden), resolved)))
@@ -235,6 +243,7 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         names=inv["_meta"]["names"],
         commands=commands,
         progress=progress,
+        overlays=overlays,
     )
 
 
