@@ -295,6 +295,17 @@ def test_approval_binds_the_values_and_schedules_keep_their_own(api, api_as, ses
     fired = session.execute(select(Execution).where(Execution.schedule_id == row.id)).scalar_one()
     assert fired.vars == {"SVC": "redis", "PW": "********"} and fired.secret_vars_enc == row.secret_vars_enc
     assert approvals.verify_before_run(session, fired) is None
+    # an approver's preview of a playbook run carries the same launch options (and so the same binding)
+    pb = make_task(api, name="gated-pb", kind="playbook", playbook="site.yml", hosts=world[:1], allowed_tags=["show"],
+                   variables=[{"name": "PW", "type": "secret"}, {"name": "MSG", "type": "text"}])
+    policy = api.get("/api/v1/policies")[1]["items"][0]
+    assert api.patch(f"/api/v1/policies/{policy['id']}", {"tasks": ["gated", "gated-pb"]})[0] == 200
+    status, ex = olga.post(f"/api/v1/tasks/{pb['id']}/executions",
+                           {"vars": {"PW": CANARY, "MSG": "m"}, "tags": ["show"], "dry_run": True})
+    assert status == 202 and ex["status"] == "waiting_approval", ex
+    session.expire_all()
+    dry = session.execute(select(Execution).where(Execution.parent_id == ex["id"])).scalar_one()
+    assert dry.check_mode and dry.tags == ["show"] and approvals.verify_before_run(session, dry) is None
 
 
 def test_rolling_run_stops_and_skips_the_rest(api, lab, world, run_worker):

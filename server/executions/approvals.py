@@ -183,6 +183,9 @@ def start_dry_run(session: Session, ex: Execution, user: User | None) -> Executi
         reason=f"dry run for the approval of execution {ex.id}",
         vars=ex.vars,
         limit_hosts=ex.limit_hosts,
+        # the launch options as requested (the approval binds them); secret values are not given to a preview
+        tags=ex.tags, skip_tags=ex.skip_tags, ticket=ex.ticket, limit_pattern=ex.limit_pattern,
+        secret_vars_enc=ex.secret_vars_enc,
         parent_id=ex.id,
         revision=ex.revision,
         content_hash=ex.content_hash,

@@ -120,6 +120,8 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     env_dir = private_dir / "env"
     env_dir.mkdir(mode=0o700)
     hidden = _secret_values(ex, task)
+    if preview:
+        hidden = dict.fromkeys(hidden, "")  # an approver's preview runs without them
     run_vars = {k: v for k, v in {**(task.vars or {}), **(ex.vars or {})}.items() if k not in hidden}
     cmdline: list[str] = []
     user_vars = inventory.user_vars(run_vars)
