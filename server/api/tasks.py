@@ -104,8 +104,7 @@ def task_targets(task_id: int):
     limit = request.args.get("limit")
     hosts = select_targets(task, limit if limit and limit.strip() else None)
     return jsonify({"task": task.name, "limit": limit or None, "count": len(hosts),
-                    "items": [{"name": h.name, "address": h.address, "groups": [g.name for g in h.groups]}
-                              for h in hosts]})
+                    "items": [{"name": h.name} for h in hosts]})  # names only, as the task itself shows
 
 
 @api_bp.patch("/tasks/<int:task_id>")
@@ -174,9 +173,7 @@ register_schema("Task", {"type": "object", "properties": {
                     "description": "only on GET /tasks/{id}: what the caller may do"}}})
 register_schema("TargetPreview", {"type": "object", "properties": {
     "task": {"type": "string"}, "limit": {"type": ["string", "null"]}, "count": {"type": "integer"},
-    "items": {"type": "array", "items": {"type": "object", "properties": {
-        "name": {"type": "string"}, "address": {"type": "string"},
-        "groups": {"type": "array", "items": {"type": "string"}}}}}}})
+    "items": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}}}})
 register_schema("TaskInput", {"type": "object", "additionalProperties": False, "required": ["name", "kind"],
                               "properties": _TASK_PROPS,
                               "description": "POST needs name, kind and commands or playbook; PATCH any subset"})
