@@ -183,10 +183,12 @@ def test_a_secret_value_is_used_and_stored_nowhere_in_clear(api, app, session, w
     watcher = threading.Thread(target=_ps_watch, args=(stop, seen))
     watcher.start()
     try:
-        body = finished(api, run_worker, ex["id"])
+        proc = run_worker()
     finally:
         stop.set()
         watcher.join()
+    assert proc.returncode == 0 and CANARY not in proc.stdout + proc.stderr  # nor in the worker's log
+    body = api.get(f"/api/v1/executions/{ex['id']}")[1]
     assert body["status"] == "succeeded", body
     digest = hashlib.sha256(CANARY.encode()).hexdigest()
     for op in body["operations"]:
