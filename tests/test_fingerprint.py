@@ -37,7 +37,7 @@ def test_fingerprint_and_parts_are_the_released_digests():
 
 def test_every_input_belongs_to_one_part_or_is_the_task_identity():
     covered = [key for keys in fp.PARTS.values() for key in keys] + list(fp.IDENTITY)
-    assert sorted(covered) == sorted(fp._inputs(*_inputs()))
+    assert sorted(covered) == sorted(fp._inputs(*_inputs(), launch={"tags": ["x"]}))  # launch: only when set
     assert len(covered) == len(set(covered))
 
 
@@ -62,6 +62,16 @@ def test_a_change_moves_the_fingerprint_and_exactly_its_part(part):
     after = fp.parts(*args)
     assert [name for name in after if after[name] != before_parts[name]] == [part]
     assert fp.explain_change(before_parts, after) == part
+
+
+def test_launch_options_are_a_part_of_their_own_and_absent_ones_keep_the_released_formula():
+    args = _inputs()
+    assert fp.fingerprint(*args, {}) == fp.fingerprint(*args) == fp.fingerprint(*_inputs())
+    assert "launch options" not in fp.parts(*args)
+    before = fp.parts(*args, {"secrets": "a" * 64, "tags": ["x"]})
+    after = fp.parts(*args, {"secrets": "b" * 64, "tags": ["x"]})
+    assert fp.explain_change(before, after) == "launch options"
+    assert fp.fingerprint(*args, {"secrets": "a" * 64}) != fp.fingerprint(*args, {"secrets": "b" * 64})
 
 
 def test_new_content_changes_the_content_part():

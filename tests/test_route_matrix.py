@@ -100,7 +100,8 @@ expect(EDITORS, "GET /credentials/new", "POST /credentials/new", "GET /credentia
        "POST /api/v1/credentials", "PATCH /api/v1/credentials/<int:credential_id>",
        "DELETE /api/v1/credentials/<int:credential_id>")
 # Tasks: visible to all here; authors edit; running needs "execute" (the operator's policy grants it).
-expect(ALL, "GET /tasks", "GET /tasks/<int:task_id>", "GET /api/v1/tasks", "GET /api/v1/tasks/<int:task_id>")
+expect(ALL, "GET /tasks", "GET /tasks/<int:task_id>", "GET /api/v1/tasks", "GET /api/v1/tasks/<int:task_id>",
+       "GET /api/v1/tasks/<int:task_id>/targets")
 expect(EDITORS, "GET /tasks/new", "POST /tasks/new", "GET /tasks/<int:task_id>/edit", "POST /tasks/<int:task_id>/edit",
        "POST /tasks/<int:task_id>/delete", "POST /api/v1/tasks", "PATCH /api/v1/tasks/<int:task_id>",
        "DELETE /api/v1/tasks/<int:task_id>")

@@ -25,14 +25,14 @@ from server.core.models import (
     Task,
 )
 from server.core.pagination import text_arg
-from server.core.validation import Fields, name_list, text, variables
+from server.core.validation import Fields, text, variables
 from server.api import api_bp, json_body, me
 from server.api.common import iso, page_of
 from server.api.openapi import DATETIME, describe, register_schema
 from server.api.tasks import visible_task
 from server.guards import visible_or_404
 
-RUN_FIELDS = ("vars", "reason", "limit", "dry_run")
+RUN_FIELDS = ("vars", "reason", "limit", "dry_run", "ticket", "tags", "skip_tags")
 _TRIGGER_RE = re.compile(r"^[a-z_]{1,20}$")
 
 
@@ -46,8 +46,13 @@ def execution_dict(ex: Execution) -> dict[str, Any]:
         "trigger": ex.trigger,
         "requested_by": ex.requested_by.username if ex.requested_by else None,
         "reason": ex.reason,
-        "vars": ex.vars or {},
+        "ticket": ex.ticket,
+        "vars": ex.vars or {},  # secret values are stored and shown only as ********
         "limit": ex.limit_hosts,
+        "limit_pattern": ex.limit_pattern,
+        "dry_run": bool(ex.check_mode),
+        "tags": ex.tags or [],
+        "skip_tags": ex.skip_tags or [],
         "created_at": iso(ex.created_at),
         "queued_at": iso(ex.queued_at),
         "started_at": iso(ex.started_at),
@@ -127,21 +132,22 @@ def visible_execution(execution_id: int) -> Execution:
 def run_task(task_id: int):
     """Run a task now: 202 with the new execution's id (queued, or waiting for approval).
 
-    Optional body: ``vars`` (extra variables), ``reason`` (required by some policies),
-    ``limit`` (host names: run on this subset of the task's targets only).
+    Optional body: ``vars`` (values of the declared variables), ``reason`` and ``ticket``
+    (required by some policies), ``limit`` (host or group names, or an Ansible pattern, within
+    the task's targets), ``dry_run`` (check mode with diff), ``tags``/``skip_tags``.
     """
     user = me()
     task = visible_task(task_id)
     require_task(db.session(), user, task, "execute")
     f = Fields(json_body(required=False), RUN_FIELDS, partial=True)
-    f.take("limit", name_list())
     # Text the database could not store (NUL, lone surrogates) is refused here; the rules
     # about names and length are request_execution's.
     f.take("vars", lambda v: v if not isinstance(v, dict) else variables(v))
     f.take("reason", text(MAX_REASON, nullable=True, allow_empty=True, multiline=True, strip=False))
     f.raise_if_invalid()
     ex = request_execution(db.session(), task, user, run_vars=f.data.get("vars"), reason=f.data.get("reason"),
-                           limit_hosts=f.clean.get("limit") or None, dry_run=f.data.get("dry_run", False))
+                           limit=f.data.get("limit") or None, dry_run=f.data.get("dry_run", False),
+                           ticket=f.data.get("ticket"), tags=f.data.get("tags"), skip_tags=f.data.get("skip_tags"))
     db.session.commit()  # then the id goes to Redis (jobs.enqueue_after_commit)
     return jsonify({"id": ex.id, "status": ex.status, "url": f"/api/v1/executions/{ex.id}"}), 202
 
@@ -215,7 +221,8 @@ def relaunch_execution(execution_id: int):
     parent = visible_or_404(Execution, execution_id, "execution")
     body = json_body(required=False)
     child = relaunch(
-        db.session(), parent, me(), failed_only=body.get("failed_only", True), reason=body.get("reason")
+        db.session(), parent, me(), failed_only=body.get("failed_only", True), reason=body.get("reason"),
+        run_vars=body.get("vars"), ticket=body.get("ticket"),
     )
     db.session.commit()
     return jsonify(
@@ -224,10 +231,18 @@ def relaunch_execution(execution_id: int):
 
 
 register_schema("RunRequest", {"type": "object", "additionalProperties": False, "properties": {
-    "vars": {"type": "object", "description": "extra variables for this run (treated as data, never templated)"},
-    "reason": {"type": "string", "maxLength": 2000},
-    "limit": {"type": "array", "items": {"type": "string"}, "description": "run only on these of its hosts"},
-    "dry_run": {"type": "boolean", "description": "for runs needing approval: approve a check-mode run first"}}})
+    "vars": {"type": "object", "description": "values of the task's declared variables (checked against the "
+             "declarations: 422 naming vars.NAME); free-form extra variables on tasks without declarations"},
+    "reason": {"type": "string", "maxLength": 2000, "description": "may be restricted to a policy's reasons"},
+    "ticket": {"type": "string", "maxLength": 200, "description": "change/incident reference (policy may require "
+               "it and a pattern)"},
+    "limit": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+              "description": "host names, group names or an Ansible pattern (web:!web-03, a:&b), within the "
+                             "task's targets"},
+    "tags": {"type": "array", "items": {"type": "string"}, "description": "playbook tasks, among allowed_tags"},
+    "skip_tags": {"type": "array", "items": {"type": "string"}},
+    "dry_run": {"type": "boolean", "description": "check mode with diff; for a run needing approval, approvers "
+                "get a check-mode preview first"}}})
 register_schema("Accepted", {"type": "object", "required": ["id", "status"], "properties": {
     "id": {"type": "integer"},
     "status": {"type": "string", "enum": [ExecutionStatus.QUEUED, ExecutionStatus.WAITING_APPROVAL]},
@@ -237,7 +252,10 @@ _EX_PROPS = {
     "status": {"type": "string", "enum": list(EXECUTION_STATUSES)},
     "trigger": {"type": "string", "description": "manual or schedule"},
     "requested_by": {"type": ["string", "null"]}, "reason": {"type": ["string", "null"]},
-    "vars": {"type": "object"}, "limit": {"type": ["array", "null"], "items": {"type": "string"}},
+    "ticket": {"type": ["string", "null"]}, "dry_run": {"type": "boolean"},
+    "tags": {"type": "array", "items": {"type": "string"}}, "skip_tags": {"type": "array", "items": {"type": "string"}},
+    "limit_pattern": {"type": ["string", "null"], "description": "the limit as given"},
+    "vars": {"type": "object", "description": "launch values; secret ones as ********"}, "limit": {"type": ["array", "null"], "items": {"type": "string"}},
     "created_at": DATETIME, "queued_at": DATETIME, "started_at": DATETIME, "finished_at": DATETIME,
     "duration_s": {"type": ["number", "null"]},
     "revision": {"type": ["string", "null"], "description": "git commit of the playbook dir, or content hash"},

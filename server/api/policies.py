@@ -82,6 +82,11 @@ _POLICY = {
     "requires_approval": {"type": "boolean"}, "requires_reason": {"type": "boolean"},
     "approvers": {"type": "array", "items": _APPROVER},
     "approval_ttl_s": {"type": "integer", "minimum": 60, "maximum": 2592000},
+    "requires_ticket": {"type": "boolean", "description": "runs need a ticket (change or incident reference)"},
+    "ticket_pattern": {"type": ["string", "null"], "description": "regular expression a ticket must match, "
+                       "e.g. ^(CHG|INC)[0-9]{6}$"},
+    "reasons": {"type": "array", "items": {"type": "string"}, "description": "curated reasons: when not empty, "
+                "a run's reason must be one of them"},
 }
 register_schema("Policy", {"type": "object", "properties": {"id": {"type": "integer"}, **_POLICY,
                                                             "created_at": DATETIME}})

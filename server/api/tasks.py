@@ -12,6 +12,7 @@ from server.people.access import filter_tasks, require_task, task_permissions
 from server.core.models import PERMISSIONS, TASK_KINDS, Task
 from server.core.pagination import like_pattern, text_arg
 from server.catalog.tasks import create_task, delete_task, update_task
+from server.executions.request import select_targets
 from server.api import api_bp, json_body, me
 from server.api.common import iso, no_content, page_of
 from server.guards import requires, visible_or_404
@@ -36,6 +37,10 @@ def task_dict(task: Task) -> dict[str, Any]:
         "retry_attempts": task.retry_attempts,
         "retry_delay_s": task.retry_delay_s,
         "retry_on_lost": task.retry_on_lost,
+        "variables": list(task.variables or []),
+        "allowed_tags": list(task.allowed_tags or []),
+        "serial": task.serial,
+        "max_fail_percentage": task.max_fail_percentage,
         "created_at": iso(task.created_at),
         "updated_at": iso(task.updated_at),
     }
@@ -90,6 +95,18 @@ def get_task(task_id: int):
     return jsonify(body)
 
 
+@api_bp.get("/tasks/<int:task_id>/targets")
+@describe(response="TargetPreview", query={"limit": {"type": "string", "description": "host or group names or an "
+                                                    "Ansible pattern such as web:!web-03"}})
+def task_targets(task_id: int):
+    """The hosts a run of this task would touch, with ``limit`` applied (422 naming 'limit')."""
+    task = visible_task(task_id)
+    limit = request.args.get("limit")
+    hosts = select_targets(task, limit if limit and limit.strip() else None)
+    return jsonify({"task": task.name, "limit": limit or None, "count": len(hosts),
+                    "items": [{"name": h.name} for h in hosts]})  # names only, as the task itself shows
+
+
 @api_bp.patch("/tasks/<int:task_id>")
 @describe(request="TaskInput", response="Task")
 def update_task_view(task_id: int):
@@ -131,11 +148,32 @@ _TASK_PROPS = {
     "retry_attempts": {"type": "integer", "minimum": 1, "maximum": 10, "default": 1},
     "retry_delay_s": {"type": "integer", "minimum": 0, "maximum": 3600, "default": 10},
     "retry_on_lost": {"type": "boolean", "default": False},
+    "variables": {"type": "array", "maxItems": 100, "description": "launch variables; a commands line uses one as "
+                  "[#NAME#] (replaced by the value as one shell-quoted word)", "items": {
+        "type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+            "name": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+            "type": {"type": "string", "enum": ["text", "integer", "number", "boolean", "choice", "multichoice",
+                                                "secret"], "default": "text"},
+            "label": {"type": "string"}, "required": {"type": "boolean", "default": False}, "default": {},
+            "choices": {"type": "array", "items": {"type": "string"}},
+            "min": {"type": "number", "description": "value, length (text) or number of choices (multichoice)"},
+            "max": {"type": "number"}, "pattern": {"type": "string", "description": "regular expression (text, "
+                                                                                    "secret), whole value"}}}},
+    "allowed_tags": {"type": "array", "items": {"type": "string"},
+                     "description": "tags a launch may pass as tags/skip_tags (playbook tasks)"},
+    "serial": {"description": "rolling run: hosts per batch, a number, '25%' or a list such as [1, '25%', '100%']",
+               "oneOf": [{"type": "null"}, {"type": "integer", "minimum": 1}, {"type": "string"},
+                         {"type": "array", "items": {"type": ["integer", "string"]}}]},
+    "max_fail_percentage": {"type": ["integer", "null"], "minimum": 0, "maximum": 100,
+                            "description": "a rolling run stops once more than this share of a batch failed"},
 }
 register_schema("Task", {"type": "object", "properties": {
     "id": {"type": "integer"}, **_TASK_PROPS, "created_at": DATETIME, "updated_at": DATETIME,
     "permissions": {"type": "array", "items": {"type": "string", "enum": list(PERMISSIONS)},
                     "description": "only on GET /tasks/{id}: what the caller may do"}}})
+register_schema("TargetPreview", {"type": "object", "properties": {
+    "task": {"type": "string"}, "limit": {"type": ["string", "null"]}, "count": {"type": "integer"},
+    "items": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}}}})
 register_schema("TaskInput", {"type": "object", "additionalProperties": False, "required": ["name", "kind"],
                               "properties": _TASK_PROPS,
                               "description": "POST needs name, kind and commands or playbook; PATCH any subset"})

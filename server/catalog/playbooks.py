@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+
+import yaml
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +104,37 @@ def commands_play(commands: list[str], *, become: bool = False, progress: str | 
 
 def commands_hash(commands: list[str]) -> str:
     return hashlib.sha256("\n".join(commands).encode()).hexdigest()
+
+
+class _KeepTags(yaml.SafeLoader):
+    """YAML loader that keeps Ansible's own tags (``!unsafe``, ``!vault``...) as they are."""
+
+
+class _Tagged:
+    def __init__(self, tag: str, node: yaml.Node) -> None:
+        self.tag, self.node = tag, node
+
+
+_KeepTags.add_multi_constructor("!", lambda loader, suffix, node: _Tagged("!" + suffix, node))
+
+
+class _TagsDumper(yaml.SafeDumper):
+    pass
+
+
+_TagsDumper.add_representer(_Tagged, lambda dumper, data: data.node)
+
+
+def with_rolling(text: str, serial: Any, max_fail_percentage: int | None) -> str:
+    """A playbook's text with ``serial``/``max_fail_percentage`` set on each of its plays (a
+    play's own setting is replaced: the task's rolling settings are what its runs promise)."""
+    plays = yaml.load(text, Loader=_KeepTags)  # noqa: S506 - a SafeLoader subclass
+    if not isinstance(plays, list):
+        raise ValidationError("the playbook is not a list of plays", field="playbook")
+    for play in plays:
+        if isinstance(play, dict) and "hosts" in play:
+            if serial:
+                play["serial"] = serial
+            if max_fail_percentage is not None:
+                play["max_fail_percentage"] = max_fail_percentage
+    return yaml.dump(plays, Dumper=_TagsDumper, sort_keys=False, allow_unicode=True)

@@ -15,13 +15,14 @@ from sqlalchemy.orm import Session
 
 from server.people import access
 from server.core import audit
-from server.catalog import playbooks
+from server.catalog import launch, playbooks
 from server.core.errors import Conflict, Forbidden, ValidationError
 from server.core.models import EXECUTION_FINAL, TASK_KINDS, Credential, Execution, Group, Host, Task, User
 from server.core.validation import Fields, Invalid, boolean, choice, integer, name_list, text, type_name, variables
 
 TASK_FIELDS = ("name", "description", "kind", "commands", "playbook", "hosts", "groups", "credential", "vars",
-               "timeout_s", "become", "allow_simultaneous", "retry_attempts", "retry_delay_s", "retry_on_lost")
+               "timeout_s", "become", "allow_simultaneous", "retry_attempts", "retry_delay_s", "retry_on_lost",
+               "variables", "allowed_tags", "serial", "max_fail_percentage")
 MAX_COMMANDS = 1000
 MAX_COMMAND_LEN = 16 * 1024
 _command_text = text(MAX_COMMAND_LEN, multiline=True)
@@ -67,6 +68,10 @@ def check_task(session: Session, data: Any, task: Task | None = None, *, playboo
     f.take("retry_attempts", integer(1, 10), default=1)
     f.take("retry_delay_s", integer(0, 3600), default=10)
     f.take("retry_on_lost", boolean, default=False)
+    f.take("variables", launch.declarations, default=list)
+    f.take("allowed_tags", launch.tag_list, default=list)
+    f.take("serial", launch.serial, default=None)
+    f.take("max_fail_percentage", integer(0, 100, nullable=True), default=None)
     f.raise_if_invalid()
     clean = f.clean
 
@@ -95,6 +100,7 @@ def check_task(session: Session, data: Any, task: Task | None = None, *, playboo
                 except ValidationError as err:
                     f.error("playbook", err.message)
             clean["commands"] = []
+    _check_placeholders(f, clean, task)
 
     # Names -> rows; report every unknown one.
     if "hosts" in clean:
@@ -117,6 +123,17 @@ def check_task(session: Session, data: Any, task: Task | None = None, *, playboo
         if session.execute(select(Task.id).where(Task.name == name)).first():
             raise Conflict(f"a task named {name!r} already exists", field="name")
     return clean
+
+
+def _check_placeholders(f: Fields, clean: dict[str, Any], task: Task | None) -> None:
+    """Every ``[#NAME#]`` of the command lines must be a declared variable."""
+    commands = clean.get("commands", task.commands if task else [])
+    decls = clean.get("variables", task.variables if task else [])
+    missing = launch.undeclared_placeholders(commands or [], decls or [])
+    if missing:
+        field = "commands" if "commands" in clean else "variables"
+        f.error(field, f"'{field}': [#{missing[0]}#] is used in a command line but '{missing[0]}' is not a "
+                       "declared variable (add it to 'variables')")
 
 
 def _names(items: list[Any]) -> str:

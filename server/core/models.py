@@ -286,6 +286,11 @@ class Task(Base):
     credential: Mapped[Credential | None] = relationship()
     hosts: Mapped[list[Host]] = relationship(secondary=task_hosts, order_by="Host.name")
     groups: Mapped[list[Group]] = relationship(secondary=task_groups, order_by="Group.name")
+    # launch variables and options (catalog/launch.py)
+    variables: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=list)
+    allowed_tags: Mapped[list[str] | None] = mapped_column(JSON, default=list)
+    serial: Mapped[Any | None] = mapped_column(JSON)  # None, a number, "25%" or a list of them
+    max_fail_percentage: Mapped[int | None] = mapped_column(Integer)
 
 
 class Execution(Base):
@@ -325,6 +330,12 @@ class Execution(Base):
     host_count: Mapped[int] = mapped_column(Integer, default=0)
     hosts_done: Mapped[int] = mapped_column(Integer, default=0)
     output_pruned_at: Mapped[datetime | None] = mapped_column(TZDateTime)  # retention (reaper.py)
+    ticket: Mapped[str | None] = mapped_column(String(200))
+    tags: Mapped[list[str] | None] = mapped_column(JSON)
+    skip_tags: Mapped[list[str] | None] = mapped_column(JSON)
+    limit_pattern: Mapped[str | None] = mapped_column(String(1000))  # as given; limit_hosts is what it matched
+    # secret launch values, vault-encrypted, only while the run may still start (erased when final)
+    secret_vars_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
     task: Mapped[Task] = relationship()
     requested_by: Mapped[User | None] = relationship()
     operations: Mapped[list["Operation"]] = relationship(
@@ -408,6 +419,7 @@ class Schedule(Base):
     end_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     misfire_grace_s: Mapped[int] = mapped_column(Integer, default=600)
     vars: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    secret_vars_enc: Mapped[bytes | None] = mapped_column(LargeBinary)  # its secret launch values
     next_fire_at: Mapped[datetime | None] = mapped_column(TZDateTime, index=True)
     last_fire_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     approved_fingerprint: Mapped[str | None] = mapped_column(String(64))
@@ -461,6 +473,9 @@ class Policy(Base):
     requires_reason: Mapped[bool] = mapped_column(Boolean, default=False)
     approval_ttl_s: Mapped[int] = mapped_column(Integer, default=86400)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    requires_ticket: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    ticket_pattern: Mapped[str | None] = mapped_column(String(200))
+    reasons: Mapped[list[str] | None] = mapped_column(JSON, default=list)  # empty: any reason
     users: Mapped[list[User]] = relationship(secondary=policy_users, order_by="User.username")
     tasks: Mapped[list[Task]] = relationship(secondary=policy_tasks, order_by="Task.name")
     approvers: Mapped[list["PolicyApprover"]] = relationship(

@@ -54,7 +54,7 @@ from server.core.models import (
     utcnow,
 )
 from server.executions import jobs
-from server.executions.fingerprint import current_snapshot, explain_change, parts, target_hosts
+from server.executions.fingerprint import current_snapshot, explain_change, launch_inputs, parts, target_hosts
 from server.people import access
 from server.reporting import notify
 
@@ -186,7 +186,7 @@ def on_requested(session: Session, ex: Execution, rules: access.RunRules, *, dry
     if dry_run and ex.task.kind != "playbook":
         raise ValidationError("a dry run is available for playbook tasks only", field="dry_run")
     hosts = target_hosts(ex.task, ex.limit_hosts)
-    ex.approval = _open(rules, parts(ex.task, ex.content_hash or "", ex.vars or {}, hosts), ex.fingerprint,
+    ex.approval = _open(rules, parts(ex.task, ex.content_hash or "", ex.vars or {}, hosts, launch_inputs(ex)), ex.fingerprint,
                         [h.name for h in hosts], ex.requested_by_id,
                         expires_at=ex.created_at + timedelta(seconds=rules.approval_ttl_s))
     session.flush()
@@ -228,6 +228,9 @@ def start_dry_run(session: Session, ex: Execution, user: User | None) -> Executi
         reason=f"dry run for the approval of execution {ex.id}",
         vars=ex.vars,
         limit_hosts=ex.limit_hosts,
+        # the launch options as requested (the approval binds them); secret values are not given to a preview
+        tags=ex.tags, skip_tags=ex.skip_tags, ticket=ex.ticket, limit_pattern=ex.limit_pattern,
+        secret_vars_enc=ex.secret_vars_enc,
         parent_id=ex.id,
         revision=ex.revision,
         content_hash=ex.content_hash,
@@ -371,7 +374,7 @@ def decide(session: Session, subject: Subject, user: User, decision: str, commen
     _claim(session, req, level)
     if decision == "rejected":
         return _reject(session, req, _record_decision(req, user, decision, comment), user)
-    snap = current_snapshot(session, req.task, subject.vars, req.execution.limit_hosts if req.execution else None)
+    snap = current_snapshot(session, req.task, subject.vars, req.execution.limit_hosts if req.execution else None, subject)
     if snap.error or snap.fingerprint != req.fingerprint:
         return _refuse_changed(session, req, user, snap.error, explain_change(req.parts, snap.parts))
     _record_decision(req, user, decision, comment)
@@ -504,7 +507,7 @@ def verify_before_run(session: Session, ex: Execution) -> str | None:
         bound, bound_by = request_of(session, schedule), "schedule"
     if bound_by is None:
         return None
-    snap = current_snapshot(session, ex.task, ex.vars, ex.limit_hosts)
+    snap = current_snapshot(session, ex.task, ex.vars, ex.limit_hosts, ex)
     if snap.error:
         return f"refused: {snap.error}"
     if snap.fingerprint == ex.fingerprint:
@@ -559,7 +562,7 @@ def request_schedule_approval(session: Session, schedule: Schedule, user: User |
             schedule.approved_fingerprint = None
             _retire(current, ApprovalStatus.CANCELLED)
         return False
-    snap = current_snapshot(session, task, schedule.vars, None)
+    snap = current_snapshot(session, task, schedule.vars, None, schedule)
     if snap.error:
         raise ValidationError(snap.error, field="task")
     stuck = undecidable_levels(session, rules.approvers,
@@ -604,7 +607,7 @@ def check_schedule_fire(session: Session, schedule: Schedule, ex: Execution | No
         return f"schedule {schedule.id} is suspended: {schedule.suspended_reason}"
     if schedule.approval_status != ApprovalStatus.APPROVED:
         return f"schedule {schedule.id} is {schedule.approval_status} approval"
-    snap = current_snapshot(session, task, schedule.vars, None)
+    snap = current_snapshot(session, task, schedule.vars, None, schedule)
     fingerprint = ex.fingerprint if ex is not None else snap.fingerprint
     if snap.error or fingerprint != schedule.approved_fingerprint:
         req = request_of(session, schedule)

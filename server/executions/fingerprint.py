@@ -15,6 +15,11 @@ fingerprint``, ``Approval.fingerprint``, ``Schedule.approved_fingerprint``) and 
 fresh ones across deploys. A new formula would refuse every run approved before the upgrade
 and suspend every approved schedule. The parts stored in approval plans are kept as released
 for the same reason (they are compared to say what changed).
+
+Launch variables and options came later, as one more input (``launch``, part "launch
+options": the task's variable declarations, tags, rolling-run settings and a digest of the
+encrypted secret values). It enters the inputs only when it holds something, so a run or
+schedule without them keeps exactly the released fingerprint.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ PARTS: dict[str, tuple[str, ...]] = {
     "run variables": ("run_vars",),
     "target hosts": ("hosts",),
     "credential": ("credential",),
+    "launch options": ("launch",),
 }
 IDENTITY = ("task",)
 
@@ -67,10 +73,30 @@ def revision_of(task: Task) -> tuple[str | None, str]:
     return playbooks.git_commit(settings.playbook_dir), playbooks.content_hash(path, roles)
 
 
-def _inputs(task: Task, content_hash: str, run_vars: dict[str, Any], hosts: list[Host]) -> dict[str, Any]:
+def launch_inputs(row: Any) -> dict[str, Any]:
+    """The launch options an approval binds for an execution or a schedule (``row``): empty
+    when there are none, so the released formula applies. Secret values are bound by a digest
+    of their ciphertext, which changes whenever they are given again."""
+    task = row.task
+    enc = getattr(row, "secret_vars_enc", None)
+    found = {
+        "variables": task.variables or None,
+        "serial": task.serial,
+        "max_fail_percentage": task.max_fail_percentage,
+        "tags": getattr(row, "tags", None),
+        "skip_tags": getattr(row, "skip_tags", None),
+        "secrets": hashlib.sha256(bytes(enc)).hexdigest() if enc else None,
+    }
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def _inputs(task: Task, content_hash: str, run_vars: dict[str, Any], hosts: list[Host],
+            launch: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything an approval binds: definition, content, variables, targets and credential."""
     cred = task.credential
+    extra = {"launch": launch} if launch else {}
     return {
+        **extra,
         "task": task.id,
         "kind": task.kind,
         "commands": task.commands,
@@ -89,16 +115,20 @@ def _sha(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def fingerprint(task: Task, content_hash: str, run_vars: dict[str, Any], hosts: list[Host]) -> str:
+def fingerprint(task: Task, content_hash: str, run_vars: dict[str, Any], hosts: list[Host],
+                launch: dict[str, Any] | None = None) -> str:
     """The digest of all the inputs (the released formula; see the module docstring)."""
-    return _sha(_inputs(task, content_hash, run_vars, hosts))
+    return _sha(_inputs(task, content_hash, run_vars, hosts, launch))
 
 
-def parts(task: Task, content_hash: str, run_vars: dict[str, Any], hosts: list[Host]) -> dict[str, str]:
+def parts(task: Task, content_hash: str, run_vars: dict[str, Any], hosts: list[Host],
+          launch: dict[str, Any] | None = None) -> dict[str, str]:
     """A short digest per named component, to say which one changed."""
-    doc = _inputs(task, content_hash, run_vars, hosts)
+    doc = _inputs(task, content_hash, run_vars, hosts, launch)
     result = {}
     for name, keys in PARTS.items():
+        if any(k not in doc for k in keys):
+            continue  # no launch options: the released parts only
         value = doc[keys[0]] if len(keys) == 1 else [doc[k] for k in keys]
         if name == "content":
             name = "playbook content" if task.kind == "playbook" else "commands"
@@ -129,7 +159,7 @@ def _reload(session: Session, task: Task) -> None:
 
 
 def current_snapshot(session: Session, task: Task, run_vars: dict[str, Any] | None,
-                     limit_hosts: list[str] | None) -> Snapshot:
+                     limit_hosts: list[str] | None, row: Any = None) -> Snapshot:
     """Fingerprint and parts of ``task`` as stored now, or why it can no longer run."""
     _reload(session, task)
     run_vars = run_vars or {}
@@ -140,7 +170,8 @@ def current_snapshot(session: Session, task: Task, run_vars: dict[str, Any] | No
     except OSError as err:
         return Snapshot(None, {}, f"the playbook can no longer be read: {err}")
     hosts = target_hosts(task, limit_hosts)
-    return Snapshot(fingerprint(task, chash, run_vars, hosts), parts(task, chash, run_vars, hosts))
+    launch = launch_inputs(row) if row is not None else None
+    return Snapshot(fingerprint(task, chash, run_vars, hosts, launch), parts(task, chash, run_vars, hosts, launch))
 
 
 def explain_change(before: dict[str, str] | None, after: dict[str, str]) -> str:

@@ -32,10 +32,10 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from server.core import audit, db
-from server.core.models import OPERATION_OPEN, Execution, ExecutionStatus, Operation, OperationStatus, Step, utcnow
+from server.core.models import EXECUTION_FINAL, OPERATION_OPEN, Execution, ExecutionStatus, Operation, OperationStatus, Step, utcnow
 from server.core.redis_conn import redis
 from server.executions import approvals, concurrency, jobs
-from server.executions.fingerprint import fingerprint, revision_of, target_hosts
+from server.executions.fingerprint import fingerprint, launch_inputs, revision_of, target_hosts
 from server.executions.request import request_execution
 from server.reporting import notify
 from server.runs import procs
@@ -149,7 +149,7 @@ def retry_lost(session: Session, parent: Execution) -> Execution | None:
     try:
         _revision, chash = revision_of(task)
         hosts = target_hosts(task, parent.limit_hosts)
-        same = parent.fingerprint == fingerprint(task, chash, parent.vars or {}, hosts)
+        same = parent.fingerprint == fingerprint(task, chash, parent.vars or {}, hosts, launch_inputs(parent))
     except Exception as exc:  # e.g. the playbook disappeared
         same, why = False, str(exc)
     else:
@@ -166,6 +166,7 @@ def retry_lost(session: Session, parent: Execution) -> Execution | None:
         trigger=parent.trigger,
         limit_hosts=parent.limit_hosts,
         parent_id=parent.id,
+        ticket=parent.ticket, tags=parent.tags, skip_tags=parent.skip_tags, secret_enc=parent.secret_vars_enc,
     )
     child.requested_by_id = parent.requested_by_id
     child.attempt = parent.attempt + 1
@@ -337,6 +338,19 @@ def expire_approvals(session: Session, now: datetime) -> int:
     return expired
 
 
+def erase_final_secrets(session: Session) -> int:
+    """Secret launch values live (encrypted) only while a run may still start: any execution
+    that ended on a path that did not erase them itself (rejected, expired, lost) loses them here."""
+    erased = session.execute(
+        update(Execution)
+        .where(Execution.secret_vars_enc.is_not(None), Execution.status.in_(EXECUTION_FINAL))
+        .values(secret_vars_enc=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.commit()
+    return erased
+
+
 # ------------------------------------------------------------------ the sweep
 
 def sweep(
@@ -350,6 +364,7 @@ def sweep(
         ("lost", lambda: len(mark_lost(session, now, cfg.lost_after_s))),
         ("requeued", lambda: len(requeue(session, now, cfg))),
         ("expired", lambda: expire_approvals(session, now)),
+        ("secrets_erased", lambda: erase_final_secrets(session)),
     ]
     if prune:
         steps.append(("pruned", lambda: prune_output(session, now, cfg)))

@@ -30,14 +30,17 @@ def failed_hosts(session: Session, ex: Execution) -> list[str]:
     )
 
 
-def relaunch(session: Session, parent: Execution, user: User, *, failed_only: Any = True, reason: Any = None) -> Execution:
-    """Request a new execution of ``parent``'s task with its variables (caller commits)."""
+def relaunch(session: Session, parent: Execution, user: User, *, failed_only: Any = True, reason: Any = None,
+             run_vars: Any = None, ticket: Any = None) -> Execution:
+    """Request a new execution of ``parent``'s task with its launch values and options (caller
+    commits). Secret values were erased when the parent ended: they are given again in
+    ``run_vars`` (which overrides the parent's values name by name)."""
     if not access.can_view_execution(session, user, parent):
         raise NotFound(f"execution {parent.id} does not exist")  # like every other endpoint: no existence oracle
     if not isinstance(failed_only, bool):
         raise ValidationError("'failed_only' must be true or false", field="failed_only")
     access.require_task(session, user, parent.task, "execute")
-    if parent.check_mode or parent.trigger == DRY_RUN_TRIGGER:
+    if parent.trigger == DRY_RUN_TRIGGER:
         raise Conflict(f"execution {parent.id} is a dry run (check mode) for an approval request; it cannot be "
                        "relaunched as a live run: request a new run of the task")
     if parent.status not in EXECUTION_RELAUNCHABLE:
@@ -50,12 +53,18 @@ def relaunch(session: Session, parent: Execution, user: User, *, failed_only: An
             )
     else:
         hosts = parent.limit_hosts
+    if run_vars is not None and not isinstance(run_vars, dict):
+        raise ValidationError("'vars' must be an object", field="vars")
     child = request_execution(
         session,
         parent.task,
         user,
-        run_vars=parent.vars,
+        run_vars={**(parent.vars or {}), **(run_vars or {})},
         reason=reason,
+        ticket=ticket if ticket is not None else parent.ticket,
+        tags=parent.tags,
+        skip_tags=parent.skip_tags,
+        dry_run=bool(parent.check_mode),
         trigger="manual",
         limit_hosts=hosts,
         parent_id=parent.id,

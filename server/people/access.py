@@ -206,6 +206,9 @@ class RunRules:
     approval_ttl_s: int = 86400
     approvers: dict[int, list[int]] = field(default_factory=dict)  # level -> user ids
     policy_ids: list[int] = field(default_factory=list)
+    requires_ticket: bool = False
+    ticket_patterns: list[str] = field(default_factory=list)  # a ticket must match each
+    reasons: list[str] | None = None  # None: any reason; else only these (every policy's list allows it)
 
     @property
     def levels(self) -> list[int]:
@@ -217,7 +220,7 @@ def _combine(policies: list[Policy]) -> RunRules:
     ttls = []
     for policy in policies:
         rules.policy_ids.append(policy.id)
-        rules.requires_reason |= policy.requires_reason
+        _launch_rules(rules, policy)
         if policy.requires_approval:
             rules.requires_approval = True
             ttls.append(policy.approval_ttl_s)
@@ -228,6 +231,17 @@ def _combine(policies: list[Policy]) -> RunRules:
     if ttls:
         rules.approval_ttl_s = min(ttls)
     return rules
+
+
+def _launch_rules(rules: RunRules, policy: Policy) -> None:
+    """Reason, ticket and curated reasons: every policy's demand adds up."""
+    rules.requires_reason |= policy.requires_reason
+    rules.requires_ticket |= bool(policy.requires_ticket)
+    if policy.ticket_pattern and policy.ticket_pattern not in rules.ticket_patterns:
+        rules.ticket_patterns.append(policy.ticket_pattern)
+    if policy.reasons:
+        rules.reasons = [r for r in (rules.reasons if rules.reasons is not None else policy.reasons)
+                         if r in policy.reasons]
 
 
 def run_rules(session: Session, user: User, task: Task) -> RunRules:
@@ -258,8 +272,8 @@ def request_rules(session: Session, user: User, task: Task) -> RunRules:
     come from those policies. A reason is needed when one of them, or a policy naming the
     user, asks for one."""
     rules = task_approval_rules(session, task)
-    if not rules.requires_reason:
-        rules.requires_reason = run_rules(session, user, task).requires_reason
+    for policy in policies_for(session, user, task):
+        _launch_rules(rules, policy)
     return rules
 
 

@@ -5,6 +5,7 @@ field is checked before anything is written, so a rejected request changes nothi
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import select
@@ -15,7 +16,8 @@ from server.core.errors import Conflict, ValidationError
 from server.core.models import PERMISSIONS, Policy, PolicyApprover, Task, User
 
 FIELDS = ("name", "users", "tasks", "permissions", "requires_approval", "requires_reason", "approvers",
-          "approval_ttl_s")
+          "approval_ttl_s", "requires_ticket", "ticket_pattern", "reasons")
+LAUNCH_FIELDS = ("requires_ticket", "ticket_pattern", "reasons")
 MIN_TTL_S = 60
 MAX_TTL_S = 30 * 86400
 MAX_LEVEL = 3
@@ -32,6 +34,9 @@ def policy_dict(policy: Policy) -> dict[str, Any]:
         "requires_reason": policy.requires_reason,
         "approvers": [{"user": a.user.username, "level": a.level} for a in policy.approvers],
         "approval_ttl_s": policy.approval_ttl_s,
+        "requires_ticket": bool(policy.requires_ticket),
+        "ticket_pattern": policy.ticket_pattern,
+        "reasons": list(policy.reasons or []),
         "created_at": policy.created_at.isoformat() if policy.created_at else None,
     }
 
@@ -80,6 +85,33 @@ def _approvers(session: Session, value: Any) -> list[tuple[User, int]]:
     return result
 
 
+def _launch_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """A ticket (required, matching a pattern such as ``^(CHG|INC)[0-9]{6}$``) and curated reasons."""
+    values: dict[str, Any] = {}
+    if "requires_ticket" in data:
+        values["requires_ticket"] = _bool(data, "requires_ticket")
+    if "ticket_pattern" in data:
+        pattern = data["ticket_pattern"] or None
+        if pattern is not None:
+            if not isinstance(pattern, str) or len(pattern) > 200:
+                raise ValidationError("'ticket_pattern' must be a regular expression of at most 200 characters",
+                                      field="ticket_pattern")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValidationError(f"'ticket_pattern' is not a valid regular expression ({exc})",
+                                      field="ticket_pattern") from None
+        values["ticket_pattern"] = pattern
+    if "reasons" in data:
+        reasons = data["reasons"] or []
+        if (not isinstance(reasons, list) or len(reasons) > 100
+                or not all(isinstance(r, str) and r.strip() and len(r) <= 200 for r in reasons)):
+            raise ValidationError("'reasons' must be a list of at most 100 reasons (1-200 characters each)",
+                                  field="reasons")
+        values["reasons"] = list(dict.fromkeys(r.strip() for r in reasons))
+    return values
+
+
 def save_policy(session: Session, data: Any, *, actor: str, policy: Policy | None = None) -> Policy:
     if not isinstance(data, dict):
         raise ValidationError("request body must be a JSON object")
@@ -118,16 +150,19 @@ def save_policy(session: Session, data: Any, *, actor: str, policy: Policy | Non
             raise ValidationError(f"'approval_ttl_s' must be an integer from {MIN_TTL_S} to {MAX_TTL_S}",
                                   field="approval_ttl_s")
         values["approval_ttl_s"] = ttl
+    values.update(_launch_fields(data))
     approvers = _approvers(session, data["approvers"]) if "approvers" in data else None
 
     if creating:
         policy = Policy(name=values["name"], permissions=values.get("permissions", ["view", "execute"]),
                         requires_approval=values.get("requires_approval", False),
                         requires_reason=values.get("requires_reason", False),
-                        approval_ttl_s=values.get("approval_ttl_s", 86400))
+                        approval_ttl_s=values.get("approval_ttl_s", 86400),
+                        requires_ticket=values.get("requires_ticket", False),
+                        ticket_pattern=values.get("ticket_pattern"), reasons=values.get("reasons", []))
         session.add(policy)
     else:
-        for key in ("name", "permissions", "requires_approval", "requires_reason", "approval_ttl_s"):
+        for key in ("name", "permissions", "requires_approval", "requires_reason", "approval_ttl_s", *LAUNCH_FIELDS):
             if key in values:
                 setattr(policy, key, values[key])
     if "users" in values:

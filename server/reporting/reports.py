@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator, Mapping
@@ -447,7 +448,8 @@ def host_summary(session: Session, user: User, since: datetime, limit: int = 200
 # --- CSV ----------------------------------------------------------------------------------------
 
 EXECUTION_COLUMNS = ["id", "task", "status", "trigger", "requested_by", "created_at", "started_at", "finished_at",
-                     "duration_s", "host_count", "hosts_done", "hosts_failed", "revision", "reason", "message"]
+                     "duration_s", "host_count", "hosts_done", "hosts_failed", "revision", "reason", "message",
+                     "ticket", "vars"]  # vars: the launch values as JSON, secret ones as ********
 OPERATION_COLUMNS = ["execution_id", "task", "host", "status", "rc", "started_at", "finished_at", "duration_s",
                      "execution_status", "trigger", "message"]
 
@@ -517,7 +519,7 @@ def _execution_batches(session: Session, f: Filters, batch: int | None = None) -
             Execution.id, Task.name.label("task"), Execution.status, Execution.trigger,
             User.username.label("requested_by"), Execution.created_at, Execution.started_at,
             Execution.finished_at, Execution.host_count, Execution.hosts_done, Execution.revision,
-            Execution.reason, Execution.message,
+            Execution.reason, Execution.message, Execution.ticket, Execution.vars,
         )
         .join(Task, Task.id == Execution.task_id)
         .outerjoin(User, User.id == Execution.requested_by_id)
@@ -548,7 +550,8 @@ def iter_executions_csv(session: Session, f: Filters) -> Iterator[str]:
             w.writerow([_cell(v) for v in (
                 r.id, r.task, r.status, r.trigger, r.requested_by, r.created_at, r.started_at, r.finished_at,
                 _duration(r.started_at, r.finished_at), r.host_count, r.hosts_done, failed.get(r.id, 0),
-                r.revision, r.reason, r.message,
+                r.revision, r.reason, r.message, r.ticket,
+                json.dumps(r.vars, sort_keys=True, ensure_ascii=False) if r.vars else "",
             )])
         yield line.take()
         session.expunge_all()

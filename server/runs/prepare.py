@@ -28,12 +28,12 @@ import os
 import secrets
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ansible_runner.config.runner import RunnerConfig
 
-from server.catalog import playbooks
+from server.catalog import launch, playbooks
 from server.core.config import Settings
 from server.core.errors import ValidationError
 from server.core.models import Credential, Execution, Host, Task
@@ -47,6 +47,7 @@ ENV_KEEP_PREFIXES = ("ANSIBLE_", "AWX_", "RUNNER_", "ORIGINAL_STDOUT_CALLBACK")
 # Ansible's prompts, anchored to a whole line so command output can never trigger them.
 SSH_PASS_PROMPT = r"^SSH password:\s*$"
 BECOME_PASS_PROMPT = r"^BECOME password(\[defaults to SSH password\])?:\s*$"
+SECRET_PROMPT_TEXT = "Task Manager launch value"
 
 
 def venv_bin() -> Path:
@@ -68,6 +69,7 @@ class Prepared:
     names: dict[str, str]
     commands: list[str] | None  # a commands task's lines (steps come from tm_commands)
     progress: str | None  # prefix of tm_commands' progress lines
+    overlays: list[tuple[Path, Path]] = field(default_factory=list)  # playbook copies with rolling settings
 
 
 def _secrets(credential: Credential | None) -> tuple[str | None, str | None, str | None]:
@@ -117,7 +119,10 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     (private_dir / "inventory" / "hosts.yml").write_text(inventory.dump_inventory(inv))
     env_dir = private_dir / "env"
     env_dir.mkdir(mode=0o700)
-    run_vars = {**(task.vars or {}), **(ex.vars or {})}
+    hidden = _secret_values(ex, task)
+    if preview:
+        hidden = dict.fromkeys(hidden, "")  # an approver's preview runs without them
+    run_vars = {k: v for k, v in {**(task.vars or {}), **(ex.vars or {})}.items() if k not in hidden}
     cmdline: list[str] = []
     user_vars = inventory.user_vars(run_vars)
     if user_vars:
@@ -129,13 +134,21 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     roles_path = [str(settings.playbook_dir / "roles"), str(settings.playbook_dir.parent / "roles")]
     commands: list[str] | None = None
     progress: str | None = None
+    overlays: list[tuple[Path, Path]] = []
     if task.kind == "commands":
         commands = list(task.commands or [])
         progress = f"tm-progress-{secrets.token_hex(8)}"  # only this run's plugin writes such lines
         play = playbooks.commands_play([inventory.Unsafe(c) for c in commands], become=bool(task.become),
                                        progress=progress)
+        declared = {d["name"] for d in task.variables or []}
+        words = {k: inventory.Unsafe(launch.quoted(v)) for k, v in inventory.user_vars(ex.vars or {}).items()
+                 if k in declared and k not in hidden}
+        play[0]["tasks"][0]["tm_commands"].update(values=words, secrets=list(hidden))
+        if hidden:
+            play[0]["vars_prompt"] = secret_prompts(list(hidden))
         for p in play:
             p["strategy"] = "free"  # each host runs its commands as fast as it can
+            rolling(p, task)
         playbook = project / "commands.yml"
         playbook.write_text(inventory.dump(play))
         project_dir = str(project)
@@ -144,11 +157,22 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         playbook = resolved
         project_dir = str(resolved.parent)
         roles_path.insert(0, str(resolved.parent / "roles"))
+        if task.serial or task.max_fail_percentage is not None:
+            # the sandbox shows a copy with the task's rolling settings in each play, at the
+            # playbook's own path (so its relative includes, files and roles still resolve)
+            rolled = project / "rolling.yml"
+            rolled.write_text(playbooks.with_rolling(resolved.read_text(), task.serial, task.max_fail_percentage))
+            overlays.append((rolled, resolved))
+        if hidden:  # a first play that asks for the secret values and sets them on every host
+            playbook = project / "launch.yml"
+            playbook.write_text(inventory.dump(secret_play(list(hidden), resolved)))
+        cmdline += [a for key in ("tags", "skip_tags") if getattr(ex, key)
+                    for a in (f"--{key.replace('_', '-')}", ",".join(getattr(ex, key)))]
     if ex.check_mode:
         cmdline += ["--check", "--diff"]  # a dry run shows the approver what would change
     if task.kind == "playbook" and task.become:
         cmdline.append("--become")
-    passwords: dict[str, str] = {}
+    passwords: dict[str, str] = {secret_prompt(name): Once(value) for name, value in hidden.items()}
     if password:
         cmdline.append("--ask-pass")
         passwords[SSH_PASS_PROMPT] = Once(password)
@@ -221,7 +245,54 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         names=inv["_meta"]["names"],
         commands=commands,
         progress=progress,
+        overlays=overlays,
     )
+
+
+def _secret_values(ex: Execution, task: Task) -> dict[str, str]:
+    """The run's secret launch values, decrypted in memory only ("" for one that is gone, e.g.
+    in an approver's preview): they reach Ansible only as answers to its own prompts."""
+    names = launch.secret_names(task.variables)
+    stored = json.loads(vault().decrypt(ex.secret_vars_enc) or "{}") if ex.secret_vars_enc else {}
+    return {name: str(stored.get(name, "")) for name in names
+            if name in stored or name in (ex.vars or {})}
+
+
+def secret_prompt(name: str) -> str:
+    """The prompt regex of a secret variable's ``vars_prompt`` (a whole line, as Ansible prints it)."""
+    return rf"(?:^|\x1b\[K){SECRET_PROMPT_TEXT} {name}:\s*$"
+
+
+def secret_prompts(names: list[str]) -> list[dict[str, object]]:
+    return [{"name": launch_var(n), "prompt": f"{SECRET_PROMPT_TEXT} {n}", "private": True, "unsafe": True}
+            for n in names]
+
+
+def launch_var(name: str) -> str:
+    return f"tm_secret__{name}"
+
+
+def secret_play(names: list[str], playbook: Path) -> list[dict[str, object]]:
+    """A playbook task with secret variables: one play asks for them (prompts answered from
+    memory) and sets each, unsafe and without logging, on every host; then the task's own
+    playbook, imported unchanged."""
+    return [
+        {"name": "launch values", "hosts": "all", "gather_facts": False, "vars_prompt": secret_prompts(names),
+         "tasks": [{"name": "secret launch values", "ansible.builtin.set_fact": {
+             n: "{{ " + launch_var(n) + " }}" for n in names}, "no_log": True,  # the prompt's value is unsafe
+             "check_mode": False, "tags": ["always"]}]},
+        {"ansible.builtin.import_playbook": str(playbook)},
+    ]
+
+
+def rolling(play: dict[str, object], task: Task) -> None:
+    """A rolling run: hosts in batches (``serial``), stopping once a batch fails beyond
+    ``max_fail_percentage``; the hosts never reached are recorded ``skipped``."""
+    if task.serial:
+        play["serial"] = task.serial
+        play["strategy"] = "linear"  # batches and the failure threshold are the linear strategy's
+    if task.max_fail_percentage is not None:
+        play["max_fail_percentage"] = task.max_fail_percentage
 
 
 def _x11_sockets(display: str | None) -> list[Path]:

@@ -255,6 +255,15 @@ class Recorder:
             name = f"{role} : {name}"
         return self._attempt_name(name)
 
+    def _not_run(self) -> str:
+        """Why a host without any step was skipped: a rolling run that stopped early says so."""
+        task, stats = self.ex.task, self.stats or {}
+        if task is None or not task.serial or not (stats.get("failures") or stats.get("dark")):
+            return "no task ran on this host"
+        limit = task.max_fail_percentage
+        return ("not run: the rolling run stopped after a batch failed"
+                + (f" (more than max_fail_percentage {limit}% of its hosts)" if limit is not None else ""))
+
     def _attempt_name(self, name: str) -> str:
         return f"[attempt {self.attempt}] {name}" if self.attempt > 1 else name
 
@@ -473,7 +482,7 @@ class Recorder:
                     MAX_MESSAGE)
             elif not st.steps or all(s.status == OperationStatus.SKIPPED for s in st.steps):
                 status = OperationStatus.SKIPPED
-                op.message = op.message or ("no task ran on this host" if not st.steps else "every task was skipped")
+                op.message = op.message or (self._not_run() if not st.steps else "every task was skipped")
             else:
                 status = OperationStatus.SUCCEEDED
             op.status = status

@@ -127,7 +127,7 @@ def _layout(prep: Prepared, rc: RunnerConfig) -> sandbox.Layout:
         sandbox.make_writable(path)
     sandbox.open_up(prep.private_dir)
     return sandbox.Layout(prep.private_dir, Path(rc.cwd), readonly=prep.readonly, writable=events,
-                          sockets=prep.sockets)
+                          sockets=prep.sockets, overlays=prep.overlays)
 
 
 def _write_key(fifo: str, key: str) -> None:

@@ -59,6 +59,7 @@ class Layout:
     readonly: list[Path] = field(default_factory=list)  # project checkout, shipped plugins, ...
     writable: list[Path] = field(default_factory=list)  # beyond WRITABLE (e.g. artifact event dirs)
     sockets: list[Path] = field(default_factory=list)  # e.g. the X11 display socket
+    overlays: list[tuple[Path, Path]] = field(default_factory=list)  # (file, the path it stands in for), read-only
 
 
 def _privileged() -> bool:
@@ -168,6 +169,8 @@ def argv(layout: Layout, command: list[str]) -> list[str]:
     for p in layout.sockets:
         if p.exists():
             args += _bind("--bind", p, made)
+    for src, dest in layout.overlays:
+        args += ["--ro-bind", str(src), str(dest)]
     args += ["--chdir", str(layout.cwd)]
     args += ["--"] if _privileged() else ["--disable-userns", "--"]
     if _privileged():

@@ -238,7 +238,8 @@ def _finish(session: Session, ex: Execution, result: runner.RunResult) -> None:
         done = db.rowcount(session.execute(
             update(Execution)
             .where(Execution.id == ex.id, Execution.status == ExecutionStatus.RUNNING)
-            .values(status=result.status, finished_at=now, message=result.message, hosts_done=ex.host_count)
+            .values(status=result.status, finished_at=now, message=result.message, hosts_done=ex.host_count,
+                    secret_vars_enc=None)
             .execution_options(synchronize_session=False)
         ))
         if done != 1:

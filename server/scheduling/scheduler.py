@@ -249,7 +249,7 @@ def _process(session: Session, schedules: list[Schedule], now: datetime,
     # one for their audit rows (request_execution per fire cost two round trips each).
     results = request_executions(session, [
         RunRequest(plan.schedule.task, None, trigger="schedule", schedule_id=plan.schedule.id,
-                   scheduled_for=fire.due_at, run_vars=plan.schedule.vars)
+                   scheduled_for=fire.due_at, run_vars=plan.schedule.vars, secret_enc=plan.schedule.secret_vars_enc)
         for plan, fire in runs
     ], enqueue=False)
     for (plan, fire), ex in zip(runs, results, strict=True):

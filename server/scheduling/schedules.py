@@ -10,6 +10,7 @@ This module is the service layer for the API and the pages; the firing loop live
 from __future__ import annotations
 
 import heapq
+import json
 import re
 from datetime import date, datetime, time, timedelta, timezone
 from functools import lru_cache
@@ -19,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
+from server.catalog import launch
 from server.people import access
 from server.scheduling import cron as cronlib
 from server.scheduling.cron import wall_to_instants
@@ -252,6 +254,20 @@ def schedule_vars(value: Any) -> dict[str, Any]:
         raise ValidationError(f"'vars' {exc}", field="vars") from None
 
 
+def launch_values(task: Task, given: dict[str, Any], current: Schedule | None) -> tuple[dict[str, Any], bytes | None]:
+    """(vars to store, encrypted secret values) of a schedule, checked against the task's
+    declarations now (and again at every fire, by the request path). Secret values are kept
+    only encrypted; ``********`` for one keeps the stored value."""
+    from server.core.vault import vault
+
+    stored = json.loads(vault().decrypt(current.secret_vars_enc) or "{}") if current and current.secret_vars_enc else {}
+    public, hidden = launch.check_values(task.variables, given, stored)
+    shown = launch.masked(public, hidden)  # what each fire's execution shows: its approval compares them
+    if hidden == stored and current is not None:
+        return shown, current.secret_vars_enc
+    return shown, vault().encrypt(json.dumps(hidden)) if hidden else None
+
+
 def _bool(value: Any, field: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -331,6 +347,7 @@ def create_schedule(session: Session, task: Task, user: User | None, data: Any) 
         access.require_task(session, user, task, "execute")
     values = clean_input(data, default_tz=(user.timezone if user and user.timezone in _zone_names() else "UTC"))
     values = {"misfire_grace_s": DEFAULT_GRACE_S, "enabled": True, "vars": {}, **values}
+    values["vars"], values["secret_vars_enc"] = launch_values(task, values["vars"], None)
     schedule = Schedule(task_id=task.id, task=task, created_by_id=user.id if user else None, **values)
     refresh_next(schedule)
     session.add(schedule)
@@ -345,6 +362,11 @@ def create_schedule(session: Session, task: Task, user: User | None, data: Any) 
 def update_schedule(session: Session, schedule: Schedule, user: User | None, data: Any) -> Schedule:
     values = clean_input(data, current=schedule)
     changes = {}
+    if "vars" in values:
+        values["vars"], enc = launch_values(schedule.task, values["vars"], schedule)
+        if enc != schedule.secret_vars_enc:  # new secret values: a change to audit and to approve anew
+            schedule.secret_vars_enc = enc
+            changes["secret values"] = [launch.MASK, launch.MASK]
     for key, value in values.items():
         old = getattr(schedule, key)
         if old != value:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
+
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import and_, func, or_, select
@@ -18,8 +20,9 @@ from server.catalog.tasks import create_task, delete_task, update_task
 from server.core import db
 from server.core.models import Credential, Execution, ExecutionStatus, Group, Host, Task
 from server.core.pagination import like_pattern
+from server.core.errors import ValidationError
 from server.executions.fingerprint import target_hosts
-from server.executions.request import request_execution
+from server.executions.request import request_execution, select_targets
 from server.guards import requires, visible_or_404
 from server.people import access
 from server.web import web_bp
@@ -82,12 +85,24 @@ def _task_data(form) -> dict[str, Any]:
         "retry_attempts": _number(form, "retry_attempts", 1),
         "retry_delay_s": _number(form, "retry_delay_s", 10),
         "retry_on_lost": checkbox(form, "retry_on_lost"),
+        "variables": parse_vars(form.get("variables", ""), "variables") or [],
+        "allowed_tags": form.get("allowed_tags", ""),
+        "serial": _serial_text(form.get("serial", "")),
+        "max_fail_percentage": int_or_text(form.get("max_fail_percentage")),
     }
     if kind == "playbook":
         data["playbook"] = form.get("playbook", "")
     else:
         data["commands"] = lines(form.get("commands", ""))
     return data
+
+
+def _serial_text(raw: str) -> Any:
+    """``2``, ``25%`` or ``1, 25%, 100%`` (a list) as the API takes it."""
+    raw = (raw or "").strip()
+    if "," in raw:
+        return [part.strip() for part in raw.split(",")]
+    return raw or None
 
 
 def _task_form(task: Task | None, errors: dict[str, str] | None = None, status: int = 200):
@@ -101,7 +116,11 @@ def _task_form(task: Task | None, errors: dict[str, str] | None = None, status: 
                   "credential": task.credential.name if task.credential else "", "vars": dump_vars(task.vars),
                   "timeout_s": task.timeout_s, "become": task.become, "allow_simultaneous": task.allow_simultaneous,
                   "retry_attempts": task.retry_attempts, "retry_delay_s": task.retry_delay_s,
-                  "retry_on_lost": task.retry_on_lost}
+                  "retry_on_lost": task.retry_on_lost,
+                  "variables": yaml.safe_dump(task.variables, sort_keys=False, allow_unicode=True) if task.variables else "",
+                  "allowed_tags": ", ".join(task.allowed_tags or []),
+                  "serial": ", ".join(map(str, task.serial)) if isinstance(task.serial, list) else (task.serial or ""),
+                  "max_fail_percentage": "" if task.max_fail_percentage is None else task.max_fail_percentage}
     else:
         values = {"kind": "commands", "timeout_s": 3600, "retry_attempts": 1, "retry_delay_s": 10}
     hosts, groups, creds = _choices(task)
@@ -165,9 +184,17 @@ def _task_page(task: Task, perms: set[str], errors: dict[str, str] | None = None
     ).scalars().all()
     rules = access.request_rules(s, current_user, task)
     run_form = request.form.to_dict() if request.method == "POST" else {}
+    run_lists = {k: request.form.getlist(k) for k in request.form} if request.method == "POST" else {}
+    preview, preview_limit = None, request.args.get("limit", "").strip() if request.args.get("preview") else ""
+    if request.args.get("preview"):
+        try:
+            preview = select_targets(task, preview_limit or None)
+        except ValidationError as err:
+            errors = {**(errors or {}), "limit": err.message}
     return render_template("tasks/detail.html", task=task, perms=perms, recent=recent, rules=rules,
                            targets=target_hosts(task), vars_text=dump_vars(task.vars), errors=errors or {},
-                           run_form=run_form), status
+                           run_form=run_form, run_form_lists=run_lists, preview=preview, preview_limit=preview_limit,
+                           launch_keys=[f"vars.{v['name']}" for v in task.variables or []]), status
 
 
 @web_bp.route("/tasks/<int:task_id>/edit", methods=["GET", "POST"])
@@ -201,6 +228,31 @@ def task_delete(task_id: int):
     return redirect(url_for("web.tasks"))
 
 
+def _typed(kind: str, raw: str) -> Any:
+    """A number field's text as a number when it is one (else the text: the check names it)."""
+    try:
+        return int(raw) if kind == "integer" or raw.lstrip("-").isdigit() else float(raw)
+    except ValueError:
+        return raw
+
+
+def launch_form_values(task: Task, form) -> dict[str, Any]:
+    """The Run form's fields (``vars.NAME``, one per declared variable) as launch values."""
+    values: dict[str, Any] = {}
+    for decl in task.variables or []:
+        key, kind = f"vars.{decl['name']}", decl["type"]
+        if kind == "boolean":
+            if form.get(f"{key}.present"):
+                values[decl["name"]] = checkbox(form, key)
+        elif kind == "multichoice":
+            if form.getlist(key):
+                values[decl["name"]] = form.getlist(key)
+        elif form.get(key, "") != "":
+            raw = form.get(key)
+            values[decl["name"]] = _typed(kind, raw.strip()) if kind in ("integer", "number") else raw
+    return values
+
+
 @web_bp.post("/tasks/<int:task_id>/run")
 @login_required
 def task_run(task_id: int):
@@ -209,9 +261,12 @@ def task_run(task_id: int):
         abort(403)
 
     def run(s):
-        return request_execution(s, task, current_user._get_current_object(),
-                                 run_vars=parse_vars(request.form.get("vars", "")),
-                                 reason=request.form.get("reason", ""))
+        form = request.form
+        run_vars = launch_form_values(task, form) if task.variables else parse_vars(form.get("vars", ""))
+        return request_execution(s, task, current_user._get_current_object(), run_vars=run_vars,
+                                 reason=form.get("reason", ""), ticket=form.get("ticket") or None,
+                                 limit=form.get("limit", "").strip() or None, dry_run=checkbox(form, "dry_run"),
+                                 tags=form.get("tags") or None, skip_tags=form.get("skip_tags") or None)
 
     ex, errors = save(run)
     if errors:
