@@ -303,7 +303,7 @@ def decide(session: Session, ex: Execution, user: User, decision: str, comment: 
                 comment=comment)
         return Outcome(ex, status=ex.status)
 
-    snap = current_snapshot(session, ex.task, ex.vars, ex.limit_hosts)
+    snap = current_snapshot(session, ex.task, ex.vars, ex.limit_hosts, revision=ex.revision)
     if snap.error or snap.fingerprint != ex.fingerprint:
         reason = snap.error or (
             f"refused: {explain_change((ex.approval_plan or {}).get('parts'), snap.parts)} changed since the "
@@ -394,7 +394,7 @@ def verify_before_run(session: Session, ex: Execution) -> str | None:
         bound_by = "schedule"
     if bound_by is None:
         return None
-    snap = current_snapshot(session, ex.task, ex.vars, ex.limit_hosts)
+    snap = current_snapshot(session, ex.task, ex.vars, ex.limit_hosts, revision=ex.revision)
     if snap.error:
         return f"refused: {snap.error}"
     if snap.fingerprint == ex.fingerprint:
@@ -495,6 +495,8 @@ def check_schedule_fire(session: Session, schedule: Schedule, ex: Execution | No
     if snap.error or fingerprint != schedule.approved_fingerprint:
         what = snap.error or explain_change((schedule.approval_plan or {}).get("parts"), snap.parts)
         reason = f"suspended: {what} changed since the schedule was approved; it needs a new approval"
+        if snap.revision:
+            reason += f" (it would run commit {snap.revision[:12]})"
         _suspend(session, schedule, reason)
         return reason
     return None

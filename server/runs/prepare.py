@@ -39,7 +39,8 @@ from server.core.errors import ValidationError
 from server.core.models import Credential, Execution, Host, Task
 from server.core.vault import vault
 from server.executions.approvals import DRY_RUN_TRIGGER
-from server.runs import hostkeys, inventory, protocols
+from server.executions.fingerprint import git_project
+from server.runs import hostkeys, inventory, project_checkout, protocols
 
 CONTROL_PERSIST_S = 300
 STUBS_DIR = Path(__file__).resolve().parent / "ansible_stubs"
@@ -139,6 +140,12 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         playbook = project / "commands.yml"
         playbook.write_text(inventory.dump(play))
         project_dir = str(project)
+    elif git_project(task) is not None:
+        checkout = project_checkout.materialise(git_project(task), ex, project, settings)
+        resolved = playbooks.resolve(checkout.root, task.playbook or "")
+        playbook = resolved
+        project_dir = str(checkout.root)
+        roles_path = project_checkout.roles_path(checkout, resolved)  # the project's, not ours
     else:
         resolved = playbooks.resolve(settings.playbook_dir, task.playbook or "")
         playbook = resolved
@@ -165,6 +172,8 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     hostkeys.seed(settings.instance_dir, hosts, known_hosts)
     cfg_file = private_dir / "ansible.cfg"
     cfg_file.write_text("# empty: every setting comes from the environment below\n")
+    if git_project(task) is not None:  # the project's ansible.cfg, without what our settings decide
+        cfg_file = project_checkout.merged_config(Path(project_dir))
     envvars = {
         "PATH": f"{venv_bin()}:/usr/local/bin:/usr/bin:/bin",
         "HOME": str(private_dir / "home"),
@@ -200,6 +209,8 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     # shipped modules, module_utils, connection plugins and roles (non-secret)
     extra = dict(protocols.ansible_env(Path(project_dir) if task.kind == "playbook" else settings.playbook_dir))
     more_roles = [r for r in str(extra.pop("ANSIBLE_ROLES_PATH", "")).split(os.pathsep) if r]
+    if git_project(task) is not None:
+        more_roles = []  # a git project's roles are its own (and what its requirements installed)
     envvars["ANSIBLE_ROLES_PATH"] = os.pathsep.join(dict.fromkeys(roles_path + more_roles))
     for k, v in extra.items():
         envvars.setdefault(k, str(v))

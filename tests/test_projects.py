@@ -1,0 +1,199 @@
+"""Playbook projects: validation, sync with real git (file://, the sshd lab), the webhook, and
+runs of the exact approved commit (a real RQ worker and sshd)."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+
+import pytest
+from sqlalchemy import select
+
+from server.core.models import AuditLog, Project
+from tests.gitrepo import PLAY, Upstream
+
+
+@pytest.fixture
+def upstream():
+    repo = Upstream()
+    repo.commit({"site.yml": PLAY.format(name="site", msg="version-one"),
+                 "tasks/extra.yml": "- name: a task file\n  ansible.builtin.debug: {}\n",
+                 "handlers/main.yml": "- name: h\n  ansible.builtin.debug: {}\n",
+                 "requirements.yml": "- src: https://example.test/role.git\n",
+                 "roles/web/tasks/main.yml": "- name: role task\n  ansible.builtin.debug: {}\n",
+                 "plays/db.yaml": PLAY.format(name="db", msg="db"),
+                 "README.md": "docs\n"}, "first")
+    yield repo
+    repo.remove()
+
+
+def _sync(app, session, name: str) -> Project:
+    from server.catalog import projects
+
+    project = session.execute(select(Project).where(Project.name == name)).scalar_one()
+    return projects.sync(session, project, instance_dir=app.config["TM"].instance_dir, actor="test")
+
+
+def _audit(session, action: str) -> list[AuditLog]:
+    session.rollback()
+    return list(session.execute(select(AuditLog).where(AuditLog.action == action).order_by(AuditLog.id)).scalars())
+
+
+def test_project_input_is_checked_field_by_field(api, api_as, session, upstream):
+    cases = [
+        ({"name": "p", "url": "ftp://example.test/x.git"}, "url"),
+        ({"name": "p", "url": "ext::sh -c touch% /tmp/pwned"}, "url"),
+        ({"name": "p", "url": "https://bob:secret@example.test/x.git"}, "url"),
+        ({"name": "p", "url": "-oProxyCommand=x@host:path"}, "url"),
+        ({"name": "p", "url": "https://example.test/x.git", "branch": "../x"}, "branch"),
+        ({"name": "p", "url": "https://example.test/x.git", "branch": "-f"}, "branch"),
+        ({"name": "p", "url": "https://example.test/x.git", "credential": "nope"}, "credential"),
+        ({"name": "local", "url": "https://example.test/x.git"}, "name"),
+        ({"url": "https://example.test/x.git"}, "name"),
+        ({"name": "p", "url": "https://example.test/x.git", "webhook_secret": "short"}, "webhook_secret"),
+    ]
+    for body, field in cases:
+        status, resp = api.post("/api/v1/projects", body)
+        assert 400 <= status < 500 and resp["error"].get("field", field) == field, (body, status, resp)
+        assert field in json.dumps(resp), (body, resp)
+    assert api.post("/api/v1/credentials", {"name": "k", "kind": "ssh_key", "secret": _KEY})[0] == 201
+    status, resp = api.post("/api/v1/projects", {"name": "p", "url": "https://example.test/x.git", "credential": "k"})
+    assert status == 422 and "credential" in json.dumps(resp)
+    author = api_as("alice", "author")
+    status, resp = author.post("/api/v1/projects", {"name": "p", "url": upstream.url})
+    assert status == 403 and "url" in json.dumps(resp)  # file:// reads this machine: admins only
+    operator = api_as("olga", "operator")
+    assert operator.post("/api/v1/projects", {"name": "p", "url": "https://example.test/x.git"})[0] == 403
+
+    status, local = api.get("/api/v1/projects")
+    local_row = next(p for p in local["items"] if p["name"] == "local")
+    assert api.patch(f"/api/v1/projects/{local_row['id']}", {"branch": "x"})[0] == 409
+    assert api.delete(f"/api/v1/projects/{local_row['id']}")[0] == 409
+
+    status, made = api.post("/api/v1/projects", {"name": "p", "url": "https://example.test/x.git",
+                                                 "webhook_secret": "s" * 20})
+    assert status == 201 and made["sync_status"] == "syncing" and made["has_webhook_secret"] is True
+    assert "webhook_secret" not in made and "s" * 20 not in json.dumps(api.get(f"/api/v1/projects/{made['id']}")[1])
+    assert [a.target_id for a in _audit(session, "project.create")] == [str(made["id"])]
+    status, resp = api.post("/api/v1/tasks", {"name": "t", "kind": "playbook", "project": "p", "playbook": "site.yml"})
+    assert status == 422 and resp["error"]["field"] == "project" and "not been synced" in resp["error"]["message"]
+    status, resp = api.post("/api/v1/tasks", {"name": "t", "kind": "playbook", "project": "ghost",
+                                              "playbook": "site.yml"})
+    assert status == 422 and "unknown project" in json.dumps(resp)
+
+
+def test_sync_follows_the_branch_pins_and_explains_failures(app, api, session, upstream):
+    status, made = api.post("/api/v1/projects", {"name": "ops", "url": upstream.url})
+    assert status == 201
+    project = _sync(app, session, "ops")
+    head = upstream.git(upstream.work, "rev-parse", "HEAD")
+    assert (project.sync_status, project.revision, project.sync_error) == ("ok", head, None)
+    # only files holding plays: not requirements.yml, tasks/, handlers/, roles/
+    assert api.get(f"/api/v1/projects/{made['id']}/playbooks")[1] == {"items": ["plays/db.yaml", "site.yml"]}
+
+    second = upstream.commit({"site.yml": PLAY.format(name="site", msg="version-two")}, "second")
+    started = time.monotonic()
+    assert _sync(app, session, "ops").revision == second
+    third = upstream.commit({"new.yml": PLAY.format(name="new", msg="n")}, "third")
+    assert _sync(app, session, "ops").revision == third
+    assert "new.yml" in project.playbooks
+    started = time.monotonic()
+    _sync(app, session, "ops")  # nothing new
+    assert time.monotonic() - started < 2
+
+    upstream.rewind(second)  # a forced push drops "third"
+    forced = upstream.commit({"other.yml": PLAY.format(name="o", msg="o")}, "rewritten", force=True)
+    assert _sync(app, session, "ops").revision == forced
+    assert "new.yml" not in project.playbooks
+
+    stable = upstream.commit({"site.yml": PLAY.format(name="site", msg="stable")}, "stable", branch="stable")
+    assert api.patch(f"/api/v1/projects/{made['id']}", {"branch": "stable"})[0] == 200
+    assert _sync(app, session, "ops").revision == stable
+
+    assert api.patch(f"/api/v1/projects/{made['id']}", {"branch": "nope"})[0] == 200
+    project = _sync(app, session, "ops")
+    assert project.sync_status == "failed" and "branch" in project.sync_error
+    assert project.revision == stable  # the last good sync stays
+
+    assert api.patch(f"/api/v1/projects/{made['id']}", {"branch": "", "url": f"file://{upstream.root}/none.git"})[0] == 200
+    project = _sync(app, session, "ops")
+    assert project.sync_status == "failed" and "URL" in project.sync_error, project.sync_error
+    outcomes = [(a.outcome, (a.detail or {}).get("error", "")[:20]) for a in _audit(session, "project.sync")]
+    assert [o for o, _ in outcomes].count("failed") == 2
+
+
+def test_deploy_key_over_the_sshd_lab(app, api, session, sshlab):
+    lab = sshlab(1)
+    repo = Upstream()
+    try:
+        first = repo.commit({"site.yml": PLAY.format(name="s", msg="over ssh")})
+        repo.serve_as(lab.user)
+        srv = lab.servers[0]
+        assert api.post("/api/v1/credentials", {"name": "deploy", "kind": "ssh_key", "secret": lab.private_key})[0] == 201
+        url = f"ssh://{lab.user}@{srv.address}:{srv.port}{repo.bare}"
+        assert api.post("/api/v1/projects", {"name": "viassh", "url": url, "credential": "deploy"})[0] == 201
+        project = _sync(app, session, "viassh")
+        assert (project.sync_status, project.revision) == ("ok", first), project.sync_error
+        known = app.config["TM"].instance_dir / "projects" / str(project.id) / "known_hosts"
+        assert known.read_text().strip()  # learnt on first contact
+        # a rebuilt server with a new host key is refused, with what to do about it
+        lab.rekey_server(0)
+        project = _sync(app, session, "viassh")
+        assert project.sync_status == "failed" and "host key" in project.sync_error
+        assert api.delete(f"/api/v1/projects/{project.id}/host-keys")[0] == 204
+        assert _sync(app, session, "viassh").sync_status == "ok"
+        # no key: authentication refused, said so
+        assert api.patch(f"/api/v1/projects/{project.id}", {"credential": None})[0] == 200
+        project = _sync(app, session, "viassh")
+        assert project.sync_status == "failed" and "authentication refused" in project.sync_error
+    finally:
+        repo.remove()
+
+
+def _signed(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def test_webhook_and_sync_job_on_a_real_worker(app, api, session, upstream, run_worker):
+    secret = "w" * 24
+    status, made = api.post("/api/v1/projects", {"name": "hooked", "url": upstream.url, "branch": "main",
+                                                 "webhook_secret": secret})
+    assert status == 201
+    proc = run_worker()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    session.rollback()
+    assert api.get(f"/api/v1/projects/{made['id']}")[1]["sync_status"] == "ok"
+    new = upstream.commit({"site.yml": PLAY.format(name="s", msg="pushed")})
+    body = json.dumps({"ref": "refs/heads/main", "after": new}).encode()
+    hook = f"/api/v1/projects/{made['id']}/webhook"
+    client = app.test_client()
+    bad = client.post(hook, data=body, headers={"X-GitHub-Event": "push", "X-Hub-Signature-256": _signed("x" * 24, body)})
+    assert bad.status_code == 401
+    assert client.post(hook, data=body, headers={"X-GitHub-Event": "push"}).status_code == 401
+    assert client.post(hook, data=b"{", headers={"X-GitHub-Event": "push",
+                                                 "X-Hub-Signature-256": _signed(secret, b"{")}).status_code == 400
+    assert client.post(hook, data=body, headers={"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": "nope"}).status_code == 401
+    ok = client.post(hook, data=body, headers={"X-GitHub-Event": "push", "X-Hub-Signature-256": _signed(secret, body)})
+    assert ok.status_code == 202, ok.get_json()
+    gitlab = client.post(hook, data=body, headers={"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": secret})
+    assert gitlab.status_code == 202
+    gitea = client.post(hook, data=body, headers={"X-Gitea-Event": "push",
+                                                  "X-Gitea-Signature": _signed(secret, body)[7:]})
+    assert gitea.status_code == 202
+    refused = [a for a in _audit(session, "project.webhook") if a.outcome == "refused"]
+    assert len(refused) == 4
+    proc = run_worker()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    session.rollback()
+    assert api.get(f"/api/v1/projects/{made['id']}")[1]["revision"] == new
+
+
+_KEY = """-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+QyNTUxOQAAACBdvPj2V3OFJsCH4/Ag4Ep9u9O8JO1mcNvO4BzhYZ8hKQAAAJAWJtcHFibX
+BwAAAAtzc2gtZWQyNTUxOQAAACBdvPj2V3OFJsCH4/Ag4Ep9u9O8JO1mcNvO4BzhYZ8hKQ
+AAAEBNjBPTf3xl6FAvJ1a7bq8d3yAnlBx+Vcb1y1Rl3g5RO128+PZXc4UmwIfj8CDgSn27
+07wk7WZw287gHOFhnyEpAAAAB3Rlc3RrZXkBAgMEBQY=
+-----END OPENSSH PRIVATE KEY-----
+"""
