@@ -197,3 +197,69 @@ AAAEBNjBPTf3xl6FAvJ1a7bq8d3yAnlBx+Vcb1y1Rl3g5RO128+PZXc4UmwIfj8CDgSn27
 07wk7WZw287gHOFhnyEpAAAAB3Rlc3RrZXkBAgMEBQY=
 -----END OPENSSH PRIVATE KEY-----
 """
+
+
+RUN_PLAY = ("- name: site\n  hosts: all\n  gather_facts: false\n  tasks:\n"
+            "    - name: say\n      ansible.builtin.debug:\n        msg: \"{msg} {{{{ greeting }}}}\"\n"
+            "    - name: role\n      ansible.builtin.include_role:\n        name: hello\n")
+
+
+def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, sshlab, run_worker):
+    from tests.test_execution_e2e import add_hosts, add_key_credential, get_execution
+
+    lab = sshlab(1)
+    repo = Upstream()
+    try:
+        first = repo.commit({
+            "site.yml": RUN_PLAY.format(msg="version-one"),
+            "group_vars/all.yml": "greeting: from-group-vars\n",
+            "roles/hello/tasks/main.yml": "- name: hello role\n  ansible.builtin.debug:\n    msg: project-role\n",
+            # ours win: no callback or connection setting of the project applies
+            "ansible.cfg": "[defaults]\nstdout_callback = json\ncallbacks_enabled = tree\nforks = 3\n"
+                           "[ssh_connection]\nssh_args = -o ProxyCommand=false\n",
+        })
+        hosts = add_hosts(api, lab)
+        cred = add_key_credential(api, lab)
+        status, made = api.post("/api/v1/projects", {"name": "ops", "url": repo.url})
+        assert status == 201
+        assert _sync(app, session, "ops").revision == first
+        status, task = api.post("/api/v1/tasks", {"name": "deploy", "kind": "playbook", "project": "ops",
+                                                  "playbook": "site.yml", "hosts": hosts, "credential": cred})
+        assert status == 201 and task["project"] == "ops", task
+        status, resp = api.patch(f"/api/v1/tasks/{task['id']}", {"playbook": "../site.yml"})
+        assert status == 422 and resp["error"]["field"] == "playbook"
+        status, resp = api.patch(f"/api/v1/tasks/{task['id']}", {"playbook": "group_vars/all.yml"})
+        assert status == 422 and resp["error"]["field"] == "playbook"
+        olga, ann = api_as("olga", "operator"), api_as("ann", "approver")
+        assert api.post("/api/v1/policies", {"name": "p", "users": ["olga"], "tasks": ["deploy"],
+                                             "permissions": ["view", "execute", "schedule"], "requires_approval": True,
+                                             "approvers": [{"user": "ann", "level": 1}]})[0] == 201
+        status, asked = olga.post(f"/api/v1/tasks/{task['id']}/executions", {"reason": "CHG-1"})
+        assert status == 202 and asked["status"] == "waiting_approval"
+
+        status, sched = olga.post(f"/api/v1/tasks/{task['id']}/schedules", {"cron": "0 6 * * *"})
+        assert status == 201, sched
+        assert ann.post(f"/api/v1/schedules/{sched['id']}/approve")[0] == 200
+
+        second = repo.commit({"site.yml": RUN_PLAY.format(msg="version-two")}, "moved on")
+        assert _sync(app, session, "ops").revision == second
+        from server.core.models import Schedule
+        from server.executions.approvals import check_schedule_fire
+
+        why = check_schedule_fire(session, session.get(Schedule, sched["id"]))
+        session.commit()
+        assert why and "project commit" in why and f"would run commit {second[:12]}" in why, why
+        assert ann.post(f"/api/v1/executions/{asked['id']}/approve")[1]["status"] == "queued"
+        status, now = api.post(f"/api/v1/tasks/{task['id']}/executions", {"reason": "later"})  # requested at B
+        assert status == 202 and ann.post(f"/api/v1/executions/{now['id']}/approve")[0] == 200
+        proc = run_worker()
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        session.rollback()
+        approved, latest = get_execution(api, asked["id"]), get_execution(api, now["id"])
+        assert approved["status"] == "succeeded", approved
+        assert approved["revision"] == first and latest["revision"] == second
+        text = json.dumps(approved["operations"])
+        assert "version-one from-group-vars" in text and "project-role" in text and "version-two" not in text
+        assert "version-two from-group-vars" in json.dumps(latest["operations"]), latest
+    finally:
+        repo.remove()
