@@ -263,3 +263,34 @@ def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, ssh
         assert "version-two from-group-vars" in json.dumps(latest["operations"]), latest
     finally:
         repo.remove()
+
+
+def test_projects_sync_on_the_command_line(app, api, session, env, upstream):
+    from tests.test_cli import flask
+
+    assert api.post("/api/v1/projects", {"name": "cli-proj", "url": upstream.url})[0] == 201
+    done = flask(env, "projects", "sync", "cli-proj")
+    head = upstream.git(upstream.work, "rev-parse", "HEAD")
+    assert done.returncode == 0 and head in done.stdout, done.stderr
+    assert api.patch("/api/v1/projects/" + str(api.get("/api/v1/projects?per_page=200")[1]["items"][0]["id"]),
+                     {"branch": "gone"})[0] == 200
+    failed = flask(env, "projects", "sync", "cli-proj")
+    assert failed.returncode == 1 and "branch" in failed.stderr
+
+
+def test_projects_page_lists_status_and_playbooks_and_adds_with_field_errors(app, api, session, admin_user, upstream):
+    from tests.test_web_resources import Browser, field_error
+
+    assert api.post("/api/v1/projects", {"name": "ops", "url": upstream.url})[0] == 201
+    _sync(app, session, "ops")
+    browser = Browser(app, "admin")
+    status, page = browser.get("/projects")
+    assert status == 200 and 'data-project="ops"' in page and 'data-project="local"' in page
+    head = upstream.git(upstream.work, "rev-parse", "HEAD")
+    assert head[:12] in page and "plays/db.yaml" in page and "requirements.yml" not in page
+    status, page, _ = browser.submit("/projects", data={"name": "bad", "url": "ftp://x/y"})
+    assert status == 422 and "git URL" in field_error(page, "p-url")
+    status, _, location = browser.submit("/projects", f"/projects/{session.execute(select(Project.id).where(Project.name == 'ops')).scalar_one()}/sync")
+    assert status == 302
+    status, page = browser.get("/projects")
+    assert "syncing" in page

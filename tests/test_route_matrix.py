@@ -107,9 +107,10 @@ expect(EDITORS, "GET /tasks/new", "POST /tasks/new", "GET /tasks/<int:task_id>/e
 expect(RUNNERS, "POST /tasks/<int:task_id>/run", "POST /api/v1/tasks/<int:task_id>/executions")
 # Projects: read by all; authors and admins add, change and sync them. The webhook has no user:
 # only the project's webhook secret lets a call in (here: none, so every role is refused).
-expect(ALL, "GET /api/v1/projects", "GET /api/v1/projects/<int:project_id>",
+expect(ALL, "GET /projects", "GET /api/v1/projects", "GET /api/v1/projects/<int:project_id>",
        "GET /api/v1/projects/<int:project_id>/playbooks")
-expect(EDITORS, "POST /api/v1/projects", "PATCH /api/v1/projects/<int:project_id>",
+expect(EDITORS, "POST /projects", "POST /projects/<int:project_id>/sync", "POST /projects/<int:project_id>/delete",
+       "POST /api/v1/projects", "PATCH /api/v1/projects/<int:project_id>",
        "DELETE /api/v1/projects/<int:project_id>", "POST /api/v1/projects/<int:project_id>/sync",
        "DELETE /api/v1/projects/<int:project_id>/host-keys")
 expect(frozenset(), "POST /api/v1/projects/<int:project_id>/webhook")
