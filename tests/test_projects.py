@@ -294,3 +294,120 @@ def test_projects_page_lists_status_and_playbooks_and_adds_with_field_errors(app
     assert status == 302
     status, page = browser.get("/projects")
     assert "syncing" in page
+
+
+def _vault_encrypt(text: str, password: str, vault_id: str, tmp_path) -> str:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pw = tmp_path / "vault-pass"
+    pw.write_text(password)
+    src = tmp_path / "plain.yml"
+    src.write_text(text)
+    subprocess.run([str(Path(sys.executable).parent / "ansible-vault"), "encrypt", "--vault-id", f"{vault_id}@{pw}",
+                    "--encrypt-vault-id", vault_id, str(src)], check=True, capture_output=True)
+    pw.unlink()
+    return src.read_text()
+
+
+class ProcessWatch:
+    """Reads every process's command line and environment while a run happens (the canary's ``ps``)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.seen: set[bytes] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        import os
+
+        while not self._stop.is_set():
+            for pid in os.listdir("/proc"):
+                if pid.isdigit():
+                    for name in ("cmdline", "environ"):
+                        try:
+                            with open(f"/proc/{pid}/{name}", "rb") as fh:
+                                self.seen.add(fh.read())
+                        except OSError:
+                            pass
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> "ProcessWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_canary_deploy_key_and_vault_password_appear_nowhere(app, api, session, sshlab, run_worker, tmp_path):
+    """An encrypted group_vars file decrypts with a vault_password credential; the deploy key, the
+    vault password and the webhook secret are in no row, log, API answer, .git/config or process."""
+    from tests.test_execution_e2e import add_hosts, add_key_credential, get_execution
+
+    lab = sshlab(1)
+    repo = Upstream()
+    vault_password = "canary-VAULT-7f3a9c"
+    hook_secret = "canary-HOOK-51e2b0aa"
+    try:
+        repo.commit({
+            "site.yml": PLAY.format(name="site", msg="{{ greeting }} {{ secret_word }}"),
+            "group_vars/all/main.yml": "greeting: hello\n",
+            "group_vars/all/vault.yml": _vault_encrypt("secret_word: opened-by-vault\n", vault_password, "prod",
+                                                       tmp_path),
+        })
+        repo.serve_as(lab.user)
+        srv = lab.servers[0]
+        hosts = add_hosts(api, lab)
+        cred = add_key_credential(api, lab)
+        assert api.post("/api/v1/credentials", {"name": "deploy", "kind": "ssh_key", "secret": lab.private_key})[0] == 201
+        assert api.post("/api/v1/credentials", {"name": "vault", "kind": "vault_password", "username": "prod",
+                                                "secret": vault_password})[0] == 201
+        url = f"ssh://{lab.user}@{srv.address}:{srv.port}{repo.bare}"
+        status, made = api.post("/api/v1/projects", {"name": "canary", "url": url, "credential": "deploy",
+                                                     "webhook_secret": hook_secret})
+        assert status == 201
+        with ProcessWatch() as watch:
+            sync_proc = run_worker()
+            session.rollback()
+            status, task = api.post("/api/v1/tasks", {"name": "vaulted", "kind": "playbook", "project": "canary",
+                                                      "playbook": "site.yml", "hosts": hosts, "credential": cred,
+                                                      "vault_credential": "vault"})
+            assert status == 201, task
+            status, started = api.post(f"/api/v1/tasks/{task['id']}/executions")
+            assert status == 202
+            run_proc = run_worker()
+        assert run_proc.returncode == 0, run_proc.stderr[-2000:]
+        session.rollback()
+        ex = get_execution(api, started["id"])
+        assert ex["status"] == "succeeded", ex
+        assert "hello opened-by-vault" in json.dumps(ex["operations"])
+
+        key_body = "".join(lab.private_key.strip().splitlines()[1:-1])  # the base64 of the deploy key
+        canaries = {"deploy key": key_body[20:80], "vault password": vault_password, "webhook secret": hook_secret}
+        places = {"worker logs": sync_proc.stdout + sync_proc.stderr + run_proc.stdout + run_proc.stderr}
+        places["api"] = json.dumps([api.get(p)[1] for p in (
+            "/api/v1/projects", f"/api/v1/projects/{made['id']}", "/api/v1/credentials", f"/api/v1/executions/{ex['id']}",
+            "/api/v1/audit?per_page=200", f"/api/v1/tasks/{task['id']}")], default=str)
+        from sqlalchemy import inspect, text
+
+        engine = session.get_bind()
+        rows = []
+        for table in inspect(engine).get_table_names():
+            rows += [repr(tuple(r)) for r in session.execute(text(f'SELECT * FROM "{table}"'))]
+        places["database"] = "\n".join(rows)
+        pdir = app.config["TM"].instance_dir / "projects" / str(made["id"])
+        places["mirror config and files"] = "\n".join(
+            p.read_text(errors="replace") for p in pdir.rglob("*") if p.is_file() and p.stat().st_size < 1_000_000
+            and "objects" not in p.parts)
+        places["processes"] = b"\n".join(watch.seen).decode(errors="replace")
+        assert len(watch.seen) > 20
+        for what, value in canaries.items():
+            for where, content in places.items():
+                assert value not in content, f"the {what} appears in {where}"
+    finally:
+        repo.remove()

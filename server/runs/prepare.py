@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shlex
 import sys
@@ -83,6 +84,19 @@ def _secrets(credential: Credential | None) -> tuple[str | None, str | None, str
     if credential.kind == "password":
         return None, secret, become or secret  # sudo asks for the login password by default
     return None, None, become
+
+
+def vault_answer(credential: Credential) -> tuple[list[str], str, str]:
+    """(ansible-playbook arguments, prompt, password) for a ``vault_password`` credential.
+
+    The password is typed into Ansible's own prompt (never a file or ``--vault-password-file``);
+    the credential's ``username`` is its vault id when set (``--vault-id ID@prompt``).
+    """
+    secret = vault().decrypt(credential.secret_enc) or ""
+    vault_id = (credential.username or "").strip()
+    if vault_id:
+        return ["--vault-id", f"{vault_id}@prompt"], rf"^Vault password \({re.escape(vault_id)}\):\s*$", secret
+    return ["--ask-vault-pass"], r"^Vault password:\s*$", secret
 
 
 def ssh_args(settings: Settings, credential: Credential | None, known_hosts: Path | None = None) -> str:
@@ -162,6 +176,10 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     if become_password and (task.become or task.kind == "playbook"):
         cmdline.append("--ask-become-pass")
         passwords[BECOME_PASS_PROMPT] = Once(become_password)
+    if task.kind == "playbook" and task.vault_credential is not None and not preview:
+        vault_args, vault_prompt, vault_secret = vault_answer(task.vault_credential)
+        cmdline += vault_args
+        passwords[vault_prompt] = Once(vault_secret)
     if task.kind == "playbook":
         # the protocol playbooks' vars_prompt (API secrets): answered like Ansible's own prompts,
         # with the secret only when an API-protocol host needs it (an ssh key stays with ssh-agent)
