@@ -253,7 +253,8 @@ def sync(session: Session, project: Project, *, instance_dir: Path, actor: str |
     with gitsync.locked(pdir):
         try:
             commit = gitsync.fetch(pdir, project.url, project.branch, auth_for(project))
-            found = project.playbooks if commit == before else gitsync.playbooks_at(pdir, commit)
+            found = project.playbooks if commit == before else gitsync.playbooks_at(
+                pdir, commit, before, list(project.playbooks or []) if project.sync_status == "ok" else None)
         except gitsync.GitError as err:
             project.sync_status, project.sync_error = "failed", str(err)
             audit.record(session, "project.sync", actor=actor, target=project, name=project.name,

@@ -4,10 +4,9 @@ Nothing here runs code from the repository. The mirror is bare (no work tree: no
 no smudge/clean filters, no ``core.fsmonitor``), hooks point at ``/dev/null``, the system
 and global git configuration are not read (so no filter driver or credential helper of
 this machine applies), only the ``file``, ``ssh`` and ``https`` transports are allowed
-(``ext::`` would run a command) and git never prompts. A run gets its files through
-``git archive`` of one commit, extracted with tarfile's ``data`` filter (no absolute
-paths, no links out of the checkout, no device files): the exact commit, in the run's
-private directory, so a sync during a run changes nothing.
+(``ext::`` would run a command) and git never prompts. A run gets the files of one commit
+written into its private directory (``checkout``): the exact commit, so a sync during a
+run changes nothing.
 
 Secrets for git stay in memory: a deploy key is loaded into a private ``ssh-agent`` (its
 socket in a 0700 directory removed afterwards) through ``ssh-add -``'s standard input; an
@@ -26,7 +25,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
@@ -244,29 +242,25 @@ def has_commit(project_dir: Path, commit: str) -> bool:
 
 
 def checkout(project_dir: Path, commit: str, dest: Path) -> None:
-    """Extract exactly ``commit`` into ``dest`` (git archive -> tarfile's data filter)."""
-    proc = subprocess.Popen(_git_argv(mirror_of(project_dir), "archive", "--format=tar", commit),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_base_env(dest),
-                            stdin=subprocess.DEVNULL)
+    """Write exactly ``commit``'s files into ``dest`` with a throw-away index.
+
+    ``read-tree`` + ``checkout-index``: git's own fast checkout, without a work tree attached
+    to the mirror. No filter or hook can run (module docstring); symlinks are written as
+    links, which the sandbox confines (only the checkout and the system are visible), and
+    ``playbooks.resolve`` refuses a playbook that leaves the checkout.
+    """
+    fd, index = tempfile.mkstemp(prefix=".tm-index-", dir=dest.parent)
+    os.close(fd)
+    os.unlink(index)
+    env = {**_base_env(dest), "GIT_INDEX_FILE": index}
     try:
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            tar.extractall(dest, filter=_data_only)
-    except tarfile.TarError as exc:
-        proc.kill()
-        raise GitError(f"commit {commit[:12]} could not be checked out: {exc}") from None
+        run_git(mirror_of(project_dir), f"--work-tree={dest}", "read-tree", f"{commit}^{{tree}}", env=env)
+        run_git(mirror_of(project_dir), f"--work-tree={dest}", "checkout-index", "--all", "--force", env=env)
+    except GitError as err:
+        raise GitError(f"commit {commit[:12]} could not be checked out: {err}") from None
     finally:
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        rc = proc.wait()
-    if rc != 0:
-        raise GitError(f"commit {commit[:12]} could not be checked out: {explain(err)}")
-
-
-def _data_only(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-    """tarfile's ``data`` filter; a link leaving the checkout is skipped rather than fatal."""
-    try:
-        return tarfile.data_filter(member, path)
-    except tarfile.FilterError:
-        return None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(index)
 
 
 # --------------------------------------------------------------------------- playbooks at a commit
@@ -295,9 +289,43 @@ def holds_plays(text: str) -> bool:
             and all(isinstance(p, dict) and PLAY_KEYS & set(p) for p in doc))
 
 
-def playbooks_at(project_dir: Path, commit: str) -> list[str]:
-    """The files of ``commit`` that hold plays (the playbook picker's list)."""
+def _holding_plays(mirror: Path, blobs: list[tuple[str, str]]) -> list[str]:
+    """The paths among ``(path, object name)`` whose content holds plays (one ``cat-file --batch``)."""
+    if not blobs:
+        return []
+    request = "".join(f"{name}\n" for _, name in blobs).encode()
+    proc = subprocess.run(_git_argv(mirror, "cat-file", "--batch"), input=request, capture_output=True,
+                          env=_base_env(mirror), timeout=TIMEOUT_S, check=False)
+    out, pos, found = proc.stdout, 0, []
+    for path, _name in blobs:
+        header_end = out.index(b"\n", pos)
+        header = out[pos:header_end].split()
+        if len(header) < 3 or header[1] != b"blob":  # "<name> missing" or not a file
+            pos = header_end + 1
+            continue
+        size = int(header[2])
+        body = out[header_end + 1: header_end + 1 + size]
+        pos = header_end + 1 + size + 1
+        if size <= MAX_PLAYBOOK_BYTES and holds_plays(body.decode("utf-8", errors="replace")):
+            found.append(path)
+    return found
+
+
+def playbooks_at(project_dir: Path, commit: str, previous: str | None = None,
+                 known: list[str] | None = None) -> list[str]:
+    """The files of ``commit`` that hold plays (the playbook picker's list).
+
+    With the ``previous`` commit's list (``known``), only the files that changed are read again.
+    """
     mirror = mirror_of(project_dir)
+    if previous and known is not None and has_commit(project_dir, previous):
+        changes = run_git(mirror, "diff-tree", "-r", "-z", "--no-renames", "--name-status", previous, commit)
+        fields = [f for f in changes.split("\0") if f]
+        changed = {fields[i + 1]: fields[i] for i in range(0, len(fields) - 1, 2)}
+        kept = [p for p in known if p not in changed]
+        candidates = [(p, f"{commit}:{p}") for p, status in changed.items()
+                      if status != "D" and _is_playbook_path(p) and "\n" not in p]
+        return sorted(kept + _holding_plays(mirror, candidates))
     listing = run_git(mirror, "ls-tree", "-r", "-z", "--long", commit)
     blobs = []
     for entry in listing.split("\0"):
@@ -308,16 +336,4 @@ def playbooks_at(project_dir: Path, commit: str) -> list[str]:
         if kind == "blob" and mode in ("100644", "100755") and _is_playbook_path(path) \
                 and size.isdigit() and int(size) <= MAX_PLAYBOOK_BYTES:
             blobs.append((path, sha))
-    if not blobs:
-        return []
-    proc = subprocess.run(_git_argv(mirror, "cat-file", "--batch"), input="".join(f"{sha}\n" for _, sha in blobs).encode(),
-                          capture_output=True, env=_base_env(project_dir), timeout=TIMEOUT_S, check=False)
-    out, pos, found = proc.stdout, 0, []
-    for path, _sha in blobs:
-        header_end = out.index(b"\n", pos)
-        size = int(out[pos:header_end].split()[2])
-        body = out[header_end + 1: header_end + 1 + size]
-        pos = header_end + 1 + size + 1
-        if holds_plays(body.decode("utf-8", errors="replace")):
-            found.append(path)
-    return sorted(found)
+    return sorted(_holding_plays(mirror, blobs))
