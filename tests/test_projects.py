@@ -415,3 +415,49 @@ def test_canary_deploy_key_and_vault_password_appear_nowhere(app, api, session, 
                 assert value not in content, f"the {what} appears in {where}"
     finally:
         repo.remove()
+
+
+def test_https_token_through_askpass_and_nowhere_else(app, api, session, monkeypatch, tmp_path):
+    from tests.githttp import GitHTTPS
+    from tests.protolab import PKI
+
+    token = "canary-TOKEN-9d2c4e1b"
+    pki = PKI(tmp_path / "pki")
+    repo = Upstream()
+    try:
+        first = repo.commit({"site.yml": PLAY.format(name="s", msg="over https")})
+        with GitHTTPS(pki, repo.root, "deployer", token) as server:
+            assert api.post("/api/v1/credentials", {"name": "tok", "kind": "token", "username": "deployer",
+                                                    "secret": token})[0] == 201
+            status, made = api.post("/api/v1/projects", {"name": "web", "url": server.url("repo.git"),
+                                                         "credential": "tok"})
+            assert status == 201, made
+            project = _sync(app, session, "web")  # the machine does not trust the test CA yet
+            assert project.sync_status == "failed" and "certificate" in project.sync_error, project.sync_error
+            monkeypatch.setenv("TASKMANAGER_GIT_CA_BUNDLE", str(pki.ca_file))
+            with ProcessWatch() as watch:
+                project = _sync(app, session, "web")
+            assert (project.sync_status, project.revision) == ("ok", first), project.sync_error
+            assert any("git-upload-pack" in line for line in server.seen)
+            # a wrong token: refused, said so, and the token is not in the message either
+            assert api.post("/api/v1/credentials", {"name": "bad", "kind": "token", "username": "deployer",
+                                                    "secret": "wrong-token-0000"})[0] == 201
+            assert api.patch(f"/api/v1/projects/{made['id']}", {"credential": "bad"})[0] == 200
+            project = _sync(app, session, "web")
+            assert project.sync_status == "failed" and "authentication refused" in project.sync_error
+        pdir = app.config["TM"].instance_dir / "projects" / str(made["id"])
+        from sqlalchemy import inspect, text
+
+        places = {
+            "processes": b"\n".join(watch.seen).decode(errors="replace"),
+            "mirror": "\n".join(p.read_text(errors="replace") for p in pdir.rglob("*")
+                                if p.is_file() and "objects" not in p.parts),
+            "api": json.dumps([api.get(f"/api/v1/projects/{made['id']}")[1], api.get("/api/v1/audit?per_page=200")[1]]),
+            "database": "\n".join(repr(tuple(r)) for t in inspect(session.get_bind()).get_table_names()
+                                  for r in session.execute(text(f'SELECT * FROM "{t}"'))),
+        }
+        assert any("git" in line for line in places["processes"].splitlines())
+        for where, content in places.items():
+            assert token not in content, f"the https token appears in {where}"
+    finally:
+        repo.remove()

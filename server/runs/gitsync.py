@@ -66,8 +66,12 @@ class Auth:
     username: str | None = None
 
 
+CA_BUNDLE_ENV = "TASKMANAGER_GIT_CA_BUNDLE"  # a CA file for https git servers (private CAs)
+
+
 def _base_env(home: Path) -> dict[str, str]:
-    return {
+    ca = os.environ.get(CA_BUNDLE_ENV)
+    return {**({"GIT_SSL_CAINFO": ca} if ca else {}),
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": str(home),
         "LANG": "C.UTF-8",
