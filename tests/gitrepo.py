@@ -34,7 +34,7 @@ class Upstream:
         return subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, capture_output=True, text=True,
                               check=True).stdout.strip()
 
-    def commit(self, files: dict[str, str | None], message: str = "change", branch: str | None = None,
+    def commit(self, files: dict[str, str | bytes | None], message: str = "change", branch: str | None = None,
                force: bool = False) -> str:
         branch = branch or self.branch
         if branch != self.current:
@@ -46,7 +46,10 @@ class Upstream:
                 path.unlink()
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(content)
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content)
         self.git(self.work, "add", "-A")
         self.git(self.work, "commit", "-q", "-m", message)
         self.git(self.work, "push", "-q", *(["--force"] if force else []), str(self.bare), f"HEAD:refs/heads/{branch}")
@@ -67,3 +70,21 @@ class Upstream:
 
 PLAY = ("- name: {name}\n  hosts: all\n  gather_facts: false\n  tasks:\n"
         "    - name: say\n      ansible.builtin.debug:\n        msg: \"{msg}\"\n")
+
+
+def role_tarball(name: str, tasks: str) -> bytes:
+    """A role as ansible-galaxy installs it from a local path (``src: ./vendor/<name>.tar.gz``)."""
+    import io
+    import tarfile
+
+    files = {f"{name}/tasks/main.yml": tasks,
+             f"{name}/meta/main.yml": "galaxy_info:\n  author: t\n  description: t\n  license: MIT\n"
+                                      "  min_ansible_version: '2.9'\n  platforms: []\ndependencies: []\n"}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

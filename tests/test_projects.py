@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from server.core.models import AuditLog, Project
-from tests.gitrepo import PLAY, Upstream
+from tests.gitrepo import PLAY, Upstream, role_tarball
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def upstream():
     repo.commit({"site.yml": PLAY.format(name="site", msg="version-one"),
                  "tasks/extra.yml": "- name: a task file\n  ansible.builtin.debug: {}\n",
                  "handlers/main.yml": "- name: h\n  ansible.builtin.debug: {}\n",
-                 "requirements.yml": "- src: https://example.test/role.git\n",
+                 "requirements.yml": "roles: []\ncollections: []\n",
                  "roles/web/tasks/main.yml": "- name: role task\n  ansible.builtin.debug: {}\n",
                  "plays/db.yaml": PLAY.format(name="db", msg="db"),
                  "README.md": "docs\n"}, "first")
@@ -207,7 +207,8 @@ AAAEBNjBPTf3xl6FAvJ1a7bq8d3yAnlBx+Vcb1y1Rl3g5RO128+PZXc4UmwIfj8CDgSn27
 
 RUN_PLAY = ("- name: site\n  hosts: all\n  gather_facts: false\n  tasks:\n"
             "    - name: say\n      ansible.builtin.debug:\n        msg: \"{msg} {{{{ greeting }}}}\"\n"
-            "    - name: role\n      ansible.builtin.include_role:\n        name: hello\n")
+            "    - name: role\n      ansible.builtin.include_role:\n        name: hello\n"
+            "    - name: required role\n      ansible.builtin.include_role:\n        name: greeter\n")
 
 
 def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, sshlab, run_worker):
@@ -220,6 +221,10 @@ def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, ssh
             "site.yml": RUN_PLAY.format(msg="version-one"),
             "group_vars/all.yml": "greeting: from-group-vars\n",
             "roles/hello/tasks/main.yml": "- name: hello role\n  ansible.builtin.debug:\n    msg: project-role\n",
+            # installed at sync time from a path inside the project (in the sandbox)
+            "roles/requirements.yml": "- src: ./vendor/greeter.tar.gz\n  name: greeter\n",
+            "vendor/greeter.tar.gz": role_tarball("greeter", "- name: greeter\n  ansible.builtin.debug:\n"
+                                                            "    msg: installed-from-requirements\n"),
             # ours win: no callback or connection setting of the project applies
             "ansible.cfg": "[defaults]\nstdout_callback = json\ncallbacks_enabled = tree\nforks = 3\n"
                            "[ssh_connection]\nssh_args = -o ProxyCommand=false\n",
@@ -266,6 +271,7 @@ def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, ssh
         assert approved["revision"] == first and latest["revision"] == second
         text = json.dumps(approved["operations"])
         assert "version-one from-group-vars" in text and "project-role" in text and "version-two" not in text
+        assert "installed-from-requirements" in text
         assert "version-two from-group-vars" in json.dumps(latest["operations"]), latest
     finally:
         repo.remove()

@@ -28,7 +28,7 @@ from server.core.models import LOCAL_PROJECT, Credential, Project, Task, User, u
 from server.core.validation import Fields, Invalid, boolean, text
 from server.core.vault import vault
 from server.people import access
-from server.runs import gitsync
+from server.runs import gitsync, requirements
 
 PROJECT_FIELDS = ("name", "url", "branch", "credential", "sync_on_launch", "webhook_secret")
 READ_ONLY = ("id", "revision", "synced_at", "sync_status", "sync_error", "has_webhook_secret", "created_at",
@@ -255,6 +255,7 @@ def sync(session: Session, project: Project, *, instance_dir: Path, actor: str |
             commit = gitsync.fetch(pdir, project.url, project.branch, auth_for(project))
             found = project.playbooks if commit == before else gitsync.playbooks_at(
                 pdir, commit, before, list(project.playbooks or []) if project.sync_status == "ok" else None)
+            requirements.install(pdir, commit)  # roles/collections requirements, in the sandbox
         except gitsync.GitError as err:
             project.sync_status, project.sync_error = "failed", str(err)
             audit.record(session, "project.sync", actor=actor, target=project, name=project.name,
@@ -277,6 +278,7 @@ def ensure_commit(project: Project, commit: str, instance_dir: Path) -> Path:
             gitsync.fetch(pdir, project.url, project.branch, auth_for(project))
         if not gitsync.has_commit(pdir, commit):
             raise gitsync.GitError(f"commit {commit[:12]} is no longer in the repository of project {project.name!r}")
+    requirements.install(pdir, commit)  # a worker that had not synced this commit yet
     return pdir
 
 

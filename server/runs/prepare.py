@@ -144,6 +144,7 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     roles_path = [str(settings.playbook_dir / "roles"), str(settings.playbook_dir.parent / "roles")]
     commands: list[str] | None = None
     progress: str | None = None
+    collections: str | None = None
     if task.kind == "commands":
         commands = list(task.commands or [])
         progress = f"tm-progress-{secrets.token_hex(8)}"  # only this run's plugin writes such lines
@@ -160,6 +161,7 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         playbook = resolved
         project_dir = str(checkout.root)
         roles_path = project_checkout.roles_path(checkout, resolved)  # the project's, not ours
+        collections = project_checkout.collections_path(checkout)
     else:
         resolved = playbooks.resolve(settings.playbook_dir, task.playbook or "")
         playbook = resolved
@@ -232,9 +234,12 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     envvars["ANSIBLE_ROLES_PATH"] = os.pathsep.join(dict.fromkeys(roles_path + more_roles))
     for k, v in extra.items():
         envvars.setdefault(k, str(v))
+    if collections:
+        envvars["ANSIBLE_COLLECTIONS_PATH"] = collections
     readonly = [Path(project_dir), settings.playbook_dir, STUBS_DIR, *protocols.ca_dirs()]
     readonly += [Path(p) for k in ("ANSIBLE_ROLES_PATH", "ANSIBLE_LIBRARY", "ANSIBLE_MODULE_UTILS",
-                                   "ANSIBLE_CONNECTION_PLUGINS", "ANSIBLE_ACTION_PLUGINS")
+                                   "ANSIBLE_CONNECTION_PLUGINS", "ANSIBLE_ACTION_PLUGINS",
+                                   "ANSIBLE_COLLECTIONS_PATH")
                  for p in envvars.get(k, "").split(os.pathsep) if p]
     return Prepared(
         private_dir=private_dir,

@@ -11,6 +11,7 @@ dropping the rest keeps a project from changing how the run connects or reports.
 from __future__ import annotations
 
 import configparser
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from server.catalog import projects
 from server.core.config import Settings
 from server.core.errors import ValidationError
 from server.core.models import Execution, Project
-from server.runs import gitsync
+from server.runs import gitsync, requirements
 
 # [defaults] keys a project may not set (ours, or a way around the sandbox's reporting).
 DENIED_DEFAULTS = {
@@ -38,6 +39,7 @@ COMMIT_RE = re.compile(r"[0-9a-f]{40,64}")
 class Checkout:
     root: Path
     commit: str
+    cache: Path  # what the requirements installed (requirements.py), read-only for the run
 
 
 def materialise(project: Project, ex: Execution, dest: Path, settings: Settings) -> Checkout:
@@ -47,7 +49,7 @@ def materialise(project: Project, ex: Execution, dest: Path, settings: Settings)
         raise ValidationError(f"execution {ex.id} has no commit of project {project.name!r} to run", field="project")
     pdir = projects.ensure_commit(project, commit, settings.instance_dir)
     gitsync.checkout(pdir, commit, dest)
-    return Checkout(dest, commit)
+    return Checkout(dest, commit, requirements.cache_dir(pdir, commit))
 
 
 def _read_config(path: Path) -> configparser.ConfigParser:
@@ -78,8 +80,18 @@ def roles_path(checkout: Checkout, playbook: Path) -> list[str]:
     ``ansible.cfg`` ``roles_path`` (within the project), never Task Manager's own."""
     cfg = _read_config(checkout.root / "ansible.cfg")
     configured = _inside(checkout.root, cfg.get("defaults", "roles_path", fallback=""))
-    paths = [str(playbook.parent / "roles"), str(checkout.root / "roles"), *configured]
+    paths = [str(playbook.parent / "roles"), str(checkout.root / "roles"), *configured,
+             str(checkout.cache / "roles")]
     return list(dict.fromkeys(paths))
+
+
+def collections_path(checkout: Checkout) -> str:
+    """The project's collections (its ``collections/`` and ``collections_path``) and the installed ones."""
+    cfg = _read_config(checkout.root / "ansible.cfg")
+    configured = _inside(checkout.root, cfg.get("defaults", "collections_path", fallback="")
+                         or cfg.get("defaults", "collections_paths", fallback=""))
+    paths = [str(checkout.root / "collections"), *configured, str(checkout.cache / "collections")]
+    return os.pathsep.join(dict.fromkeys(paths))
 
 
 def merged_config(root: Path) -> Path:
