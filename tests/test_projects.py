@@ -205,7 +205,10 @@ AAAEBNjBPTf3xl6FAvJ1a7bq8d3yAnlBx+Vcb1y1Rl3g5RO128+PZXc4UmwIfj8CDgSn27
 """
 
 
-RUN_PLAY = ("- name: site\n  hosts: all\n  gather_facts: false\n  tasks:\n"
+RUN_PLAY = ("- name: site\n  hosts: all\n  gather_facts: false\n"
+            "  vars_prompt:\n    - name: color\n      prompt: Which color\n      default: teal-default\n"
+            "      private: false\n  tasks:\n"
+            "    - name: prompt\n      ansible.builtin.debug:\n        msg: \"color={{{{ color }}}}\"\n"
             "    - name: say\n      ansible.builtin.debug:\n        msg: \"{msg} {{{{ greeting }}}}\"\n"
             "    - name: role\n      ansible.builtin.include_role:\n        name: hello\n"
             "    - name: required role\n      ansible.builtin.include_role:\n        name: greeter\n")
@@ -220,6 +223,7 @@ def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, ssh
         first = repo.commit({
             "site.yml": RUN_PLAY.format(msg="version-one"),
             "group_vars/all.yml": "greeting: from-group-vars\n",
+            "ask.yml": "- hosts: all\n  vars_prompt:\n    - name: size\n      prompt: Size\n  tasks: []\n",
             "roles/hello/tasks/main.yml": "- name: hello role\n  ansible.builtin.debug:\n    msg: project-role\n",
             # installed at sync time from a path inside the project (in the sandbox)
             "roles/requirements.yml": "- src: ./vendor/greeter.tar.gz\n  name: greeter\n",
@@ -241,6 +245,11 @@ def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, ssh
         assert status == 422 and resp["error"]["field"] == "playbook"
         status, resp = api.patch(f"/api/v1/tasks/{task['id']}", {"playbook": "group_vars/all.yml"})
         assert status == 422 and resp["error"]["field"] == "playbook"
+        status, resp = api.patch(f"/api/v1/tasks/{task['id']}", {"playbook": "ask.yml"})
+        assert status == 422 and "'size'" in resp["error"]["message"] and "default" in resp["error"]["message"]
+        status, resp = api.patch(f"/api/v1/tasks/{task['id']}", {"playbook": "ask.yml", "vars": {"size": "L"}})
+        assert status == 200, resp
+        assert api.patch(f"/api/v1/tasks/{task['id']}", {"playbook": "site.yml", "vars": {}})[0] == 200
         olga, ann = api_as("olga", "operator"), api_as("ann", "approver")
         assert api.post("/api/v1/policies", {"name": "p", "users": ["olga"], "tasks": ["deploy"],
                                              "permissions": ["view", "execute", "schedule"], "requires_approval": True,
@@ -271,7 +280,7 @@ def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, ssh
         assert approved["revision"] == first and latest["revision"] == second
         text = json.dumps(approved["operations"])
         assert "version-one from-group-vars" in text and "project-role" in text and "version-two" not in text
-        assert "installed-from-requirements" in text
+        assert "installed-from-requirements" in text and "color=teal-default" in text
         assert "version-two from-group-vars" in json.dumps(latest["operations"]), latest
     finally:
         repo.remove()

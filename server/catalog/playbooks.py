@@ -72,6 +72,42 @@ def git_commit(directory: Path) -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
+def prompts(text: str) -> list[dict[str, Any]]:
+    """The ``vars_prompt`` entries of a playbook's plays: ``{name, prompt, default, has_default}``.
+
+    Unknown YAML tags (``!vault``, ``!unsafe``) read as opaque values: only the shape matters.
+    """
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    try:
+        doc = yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError:
+        return []
+    found = []
+    for play in doc if isinstance(doc, list) else []:
+        entries = play.get("vars_prompt") if isinstance(play, dict) else None
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                found.append({"name": entry["name"], "prompt": str(entry.get("prompt") or ""),
+                              "default": entry.get("default"), "has_default": "default" in entry})
+    return found
+
+
+def prompt_problem(text: str, declared: set[str]) -> str | None:
+    """Why a playbook would wait for an answer nobody gives: a ``vars_prompt`` without a default
+    whose variable the task does not set (None when every prompt is answered)."""
+    missing = [p["name"] for p in prompts(text) if not p["has_default"] and p["name"] not in declared]
+    if not missing:
+        return None
+    names = ", ".join(repr(n) for n in missing)
+    return (f"the playbook prompts for {names} (vars_prompt) without a default: give the prompt a default "
+            f"or set the variable in the task's vars")
+
+
 def command_step_name(index: int, command: str) -> str:
     """The step name of a ``commands`` task's command line ``index`` (0-based)."""
     return f"command {index + 1}: {command[:80]}"

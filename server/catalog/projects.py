@@ -308,6 +308,18 @@ def check_playbook_in(project: Project, name: Any) -> str:
     return path
 
 
+def playbook_text(project: Project, path: str) -> str:
+    """The playbook's content at the project's last good sync (from the mirror)."""
+    from flask import current_app
+
+    pdir = project_dir(current_app.config["TM"].instance_dir, project)
+    try:
+        return gitsync.run_git(gitsync.mirror_of(pdir), "cat-file", "blob", f"{project.revision}:{path}")
+    except gitsync.GitError:
+        raise ValidationError(f"playbook {path!r} cannot be read from project {project.name!r}; sync it again",
+                              field="playbook") from None
+
+
 # --------------------------------------------------------------------------- webhook
 
 def verify_webhook(project: Project, headers: dict[str, str], body: bytes) -> str:

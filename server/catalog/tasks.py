@@ -104,9 +104,13 @@ def check_task(session: Session, data: Any, task: Task | None = None, *, playboo
             else:
                 try:
                     if project.is_local:
-                        playbooks.resolve(playbook_dir, playbook)
+                        source = playbooks.resolve(playbook_dir, playbook).read_text(errors="replace")
                     else:
-                        projects.check_playbook_in(project, playbook)
+                        source = projects.playbook_text(project, projects.check_playbook_in(project, playbook))
+                    declared = set(clean.get("vars", task.vars if task else {}) or {})
+                    problem = playbooks.prompt_problem(source, declared)
+                    if problem:
+                        f.error("playbook", problem)
                 except ValidationError as err:
                     f.error(err.field or "playbook", err.message)
         clean.pop("project_name", None)

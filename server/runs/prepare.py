@@ -86,6 +86,22 @@ def _secrets(credential: Credential | None) -> tuple[str | None, str | None, str
     return None, None, become
 
 
+def _prompt_defaults(playbook: Path, run_vars: dict, env_dir: Path) -> list[str]:
+    """``-e @file`` with the defaults of the playbook's ``vars_prompt`` that nothing else sets.
+
+    Ansible does not prompt for a variable given as an extra var, so the run never waits for
+    an answer nobody gives; a prompt without a default was refused when the task was saved.
+    """
+    defaults = {p["name"]: p["default"] for p in playbooks.prompts(playbook.read_text(errors="replace"))
+                if p["has_default"] and p["name"] not in run_vars}
+    values = inventory.user_vars(defaults)
+    if not values:
+        return []
+    path = env_dir / "prompt_defaults.yml"
+    path.write_text(inventory.dump(values))
+    return ["-e", f"@{path}"]
+
+
 def vault_answer(credential: Credential) -> tuple[list[str], str, str]:
     """(ansible-playbook arguments, prompt, password) for a ``vault_password`` credential.
 
@@ -178,6 +194,8 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     if become_password and (task.become or task.kind == "playbook"):
         cmdline.append("--ask-become-pass")
         passwords[BECOME_PASS_PROMPT] = Once(become_password)
+    if task.kind == "playbook":  # vars_prompt: the default, as plain ansible-playbook would take it
+        cmdline += _prompt_defaults(Path(playbook), run_vars, env_dir)
     if task.kind == "playbook" and task.vault_credential is not None and not preview:
         vault_args, vault_prompt, vault_secret = vault_answer(task.vault_credential)
         cmdline += vault_args
