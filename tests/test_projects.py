@@ -476,3 +476,18 @@ def test_https_token_through_askpass_and_nowhere_else(app, api, session, monkeyp
             assert token not in content, f"the https token appears in {where}"
     finally:
         repo.remove()
+
+
+def test_task_form_picks_a_project_playbook(app, api, session, admin_user, upstream):
+    from tests.test_web_resources import Browser
+
+    assert api.post("/api/v1/projects", {"name": "ops", "url": upstream.url})[0] == 201
+    _sync(app, session, "ops")
+    browser = Browser(app, "admin")
+    status, page = browser.get("/tasks/new")
+    assert status == 200 and '<optgroup label="ops">' in page and "plays/db.yaml" in page
+    status, _, location = browser.submit("/tasks/new", data={"name": "from-git", "kind": "playbook", "project": "ops",
+                                                             "playbook": "plays/db.yaml", "timeout_s": "60"})
+    assert status == 302, _
+    body = api.get("/api/v1/tasks")[1]["items"][0]
+    assert (body["project"], body["playbook"]) == ("ops", "plays/db.yaml")

@@ -30,7 +30,32 @@ def resolve(playbook_dir: Path, name: str) -> Path:
     return path
 
 
+PLAY_KEYS = {"hosts", "import_playbook", "ansible.builtin.import_playbook"}
+
+
+def _yaml(text: str) -> Any:
+    """Safe YAML that reads ``!vault``/``!unsafe`` values as opaque data (only the shape matters)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    try:
+        return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError:
+        return None
+
+
+def holds_plays(text: str) -> bool:
+    """A playbook is a non-empty list of plays: mappings with ``hosts`` or an ``import_playbook``
+    (not a task list, handlers, variables or a requirements file)."""
+    doc = _yaml(text)
+    return isinstance(doc, list) and bool(doc) and all(isinstance(p, dict) and PLAY_KEYS & set(p) for p in doc)
+
+
 def list_playbooks(playbook_dir: Path) -> list[str]:
+    """The files of the playbook directory that hold plays (the picker's list)."""
     base = playbook_dir.resolve()
     if not base.is_dir():
         return []
@@ -39,6 +64,7 @@ def list_playbooks(playbook_dir: Path) -> list[str]:
         for p in base.rglob("*")
         if p.suffix in PLAYBOOK_SUFFIXES and p.is_file() and not any(part.startswith(".") for part in p.relative_to(base).parts)
         and "roles" not in p.relative_to(base).parts and "vars" not in p.relative_to(base).parts
+        and p.stat().st_size <= 1 << 20 and holds_plays(p.read_text(errors="replace"))
     )
 
 
@@ -77,16 +103,7 @@ def prompts(text: str) -> list[dict[str, Any]]:
 
     Unknown YAML tags (``!vault``, ``!unsafe``) read as opaque values: only the shape matters.
     """
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
-    try:
-        doc = yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError:
-        return []
+    doc = _yaml(text)
     found = []
     for play in doc if isinstance(doc, list) else []:
         entries = play.get("vars_prompt") if isinstance(play, dict) else None

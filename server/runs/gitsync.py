@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import yaml
+from server.catalog import playbooks
 
 TIMEOUT_S = 300
 TARGET_REF = "refs/tm/target"  # what the last fetch brought: the branch, tag or remote HEAD
@@ -50,7 +50,6 @@ NOT_PLAYBOOK_DIRS = {"roles", "tasks", "handlers", "vars", "defaults", "meta", "
                      "molecule", "tests"}
 PLAYBOOK_SUFFIXES = (".yml", ".yaml")
 MAX_PLAYBOOK_BYTES = 1 << 20
-PLAY_KEYS = {"hosts", "import_playbook", "ansible.builtin.import_playbook"}
 
 
 class GitError(RuntimeError):
@@ -276,23 +275,6 @@ def _is_playbook_path(path: str) -> bool:
             and parts[-1] not in ("requirements.yml", "requirements.yaml", "galaxy.yml"))
 
 
-class _AnyTagLoader(yaml.SafeLoader):
-    """Safe YAML that reads ``!vault``/``!unsafe`` values as plain data (only the shape matters)."""
-
-
-_AnyTagLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
-
-
-def holds_plays(text: str) -> bool:
-    """A playbook is a non-empty list of plays: mappings with ``hosts`` or an ``import_playbook``."""
-    try:
-        doc = yaml.load(text, Loader=_AnyTagLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError:
-        return False
-    return (isinstance(doc, list) and bool(doc)
-            and all(isinstance(p, dict) and PLAY_KEYS & set(p) for p in doc))
-
-
 def _holding_plays(mirror: Path, blobs: list[tuple[str, str]]) -> list[str]:
     """The paths among ``(path, object name)`` whose content holds plays (one ``cat-file --batch``)."""
     if not blobs:
@@ -310,7 +292,7 @@ def _holding_plays(mirror: Path, blobs: list[tuple[str, str]]) -> list[str]:
         size = int(header[2])
         body = out[header_end + 1: header_end + 1 + size]
         pos = header_end + 1 + size + 1
-        if size <= MAX_PLAYBOOK_BYTES and holds_plays(body.decode("utf-8", errors="replace")):
+        if size <= MAX_PLAYBOOK_BYTES and playbooks.holds_plays(body.decode("utf-8", errors="replace")):
             found.append(path)
     return found
 
