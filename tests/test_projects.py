@@ -374,7 +374,8 @@ def test_canary_deploy_key_and_vault_password_appear_nowhere(app, api, session, 
     hook_secret = "canary-HOOK-51e2b0aa"
     try:
         repo.commit({
-            "site.yml": PLAY.format(name="site", msg="{{ greeting }} {{ secret_word }}"),
+            "site.yml": PLAY.format(name="site", msg="{{ greeting }} {{ secret_word }}")
+            + "    - name: may fail\n      ansible.builtin.command: /bin/false\n      ignore_errors: true\n",
             "group_vars/all/main.yml": "greeting: hello\n",
             "group_vars/all/vault.yml": _vault_encrypt("secret_word: opened-by-vault\n", vault_password, "prod",
                                                        tmp_path),
@@ -405,6 +406,8 @@ def test_canary_deploy_key_and_vault_password_appear_nowhere(app, api, session, 
         ex = get_execution(api, started["id"])
         assert ex["status"] == "succeeded", ex
         assert "hello opened-by-vault" in json.dumps(ex["operations"])
+        steps = {s["name"]: s["status"] for s in ex["operations"][0]["steps"]}
+        assert steps["may fail"] == "ignored" and ex["operations"][0]["status"] == "succeeded"
 
         key_body = "".join(lab.private_key.strip().splitlines()[1:-1])  # the base64 of the deploy key
         canaries = {"deploy key": key_body[20:80], "vault password": vault_password, "webhook secret": hook_secret}

@@ -65,6 +65,7 @@ TASK_KINDS = ("commands", "playbook")
 PERMISSIONS = ("view", "execute", "schedule", "edit")
 SYNC_STATUSES = ("never", "syncing", "ok", "failed")  # Project.sync_status
 LOCAL_PROJECT = "local"  # the built-in project: TASKMANAGER_PLAYBOOK_DIR
+STEP_IGNORED = "ignored"  # a step that failed under ignore_errors: shown "failed (ignored)", fails nothing
 
 
 class ExecutionStatus(StrEnum):

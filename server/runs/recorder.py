@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from server.catalog import playbooks
 from server.core import db
-from server.core.models import Execution, Operation, Step, utcnow
+from server.core.models import STEP_IGNORED, Execution, Operation, Step, utcnow
 from server.runs import hostkeys
 
 log = logging.getLogger(__name__)
@@ -317,7 +317,7 @@ class Recorder:
     def _record(self, st: HostState, step: Step, status: str, rc: Any, stdout: str | None, stderr: str | None,
                 msg: str | None, *, changed: bool, duration: float | None, ignore_errors: bool = False) -> None:
         """A step's outcome, and what it means for its operation (rc, output, message)."""
-        step.status = status
+        step.status = STEP_IGNORED if status == "failed" and ignore_errors else status
         step.rc = rc if isinstance(rc, int) else step.rc
         step.stdout = _clip(stdout, MAX_STEP_OUTPUT)
         step.stderr = _clip(stderr, MAX_STEP_OUTPUT)
