@@ -33,7 +33,11 @@ def _settings():
 def _start_sync(project: Project, actor: str | None, reason: str) -> None:
     projects.mark_syncing(db.session(), project, actor=actor, reason=reason)
     db.session.commit()
-    enqueue_sync(_settings().queue_name, project.id, actor)
+    try:
+        enqueue_sync(_settings().queue_name, project.id, actor)
+    except Exception:  # noqa: BLE001 - Redis unreachable: say so on the project, never a 500
+        projects.queue_failed(db.session(), project)
+        db.session.commit()
 
 
 @api_bp.get("/projects")

@@ -236,6 +236,11 @@ def mark_syncing(session: Session, project: Project, *, actor: str | None, reaso
     audit.record(session, "project.sync_request", actor=actor, target=project, name=project.name, reason=reason)
 
 
+def queue_failed(session: Session, project: Project) -> None:
+    project.sync_status = "failed"
+    project.sync_error = "the sync could not be queued (Redis unreachable); try again when the queue is back"
+
+
 def auth_for(project: Project) -> gitsync.Auth:
     cred = project.credential
     if cred is None:

@@ -19,6 +19,7 @@ JOB_FUNC = "server.runs.project_jobs.sync_job"
 
 
 def enqueue_sync(queue_name: str, project_id: int, actor: str | None) -> None:
+    """Push a sync job; raises when Redis cannot take it (the caller records that)."""
     Queue(queue_name, connection=redis()).enqueue_call(
         JOB_FUNC, args=(project_id, actor), job_id=f"project-sync-{project_id}-{uuid.uuid4().hex[:12]}",
         timeout=900, result_ttl=600, failure_ttl=86400)
@@ -59,7 +60,12 @@ def sync_on_launch(session, ex, instance_dir) -> None:
     schedule = session.get(Schedule, ex.schedule_id) if ex.schedule_id else None
     if schedule is not None and schedule.approval_status is not None:
         return
-    projects.sync(session, project, instance_dir=instance_dir, actor="launch")
+    try:
+        projects.sync(session, project, instance_dir=instance_dir, actor="launch")
+    except Exception:  # noqa: BLE001 - the run goes ahead on the commit it was requested at
+        log.warning("execution %s: sync on launch of project %s failed", ex.id, project.name, exc_info=True)
+        session.rollback()
+        return
     if project.sync_status == "ok" and project.revision != ex.revision:
         ex.revision, ex.content_hash = revision_of(ex.task)
         session.commit()

@@ -57,6 +57,14 @@ def _data(form) -> dict[str, Any]:
     return data
 
 
+def _enqueue(project: Project) -> None:
+    try:
+        enqueue_sync(current_app.config["TM"].queue_name, project.id, current_user.username)
+    except Exception:  # noqa: BLE001 - Redis unreachable: shown on the project, never a 500
+        projects.queue_failed(db.session(), project)
+        db.session.commit()
+
+
 @web_bp.post("/projects")
 @login_required
 @requires("projects.edit")
@@ -70,7 +78,7 @@ def project_new():
     if errors:
         values = {k: v for k, v in request.form.items() if k not in ("webhook_secret", "csrf_token")}
         return _page(errors, values, errors.status)
-    enqueue_sync(current_app.config["TM"].queue_name, project.id, current_user.username)
+    _enqueue(project)
     flash(f"Project {project.name} added; its first sync has started.", "success")
     return redirect(url_for("web.projects_page"))
 
@@ -84,7 +92,7 @@ def project_sync(project_id: int):
     if errors:
         flash(errors.message, "error")
     else:
-        enqueue_sync(current_app.config["TM"].queue_name, project.id, current_user.username)
+        _enqueue(project)
         flash(f"Sync of {project.name} started.", "success")
     return redirect(url_for("web.projects_page"))
 
