@@ -494,3 +494,30 @@ def test_task_form_picks_a_project_playbook(app, api, session, admin_user, upstr
     assert status == 302, _
     body = api.get("/api/v1/tasks")[1]["items"][0]
     assert (body["project"], body["playbook"]) == ("ops", "plays/db.yaml")
+
+
+def test_migration_moves_playbook_tasks_to_the_local_project(env):
+    from sqlalchemy import text
+
+    from server import create_app
+    from server.core import db
+    from server.core.db import Base
+    from server.core.migrate import upgrade
+
+    create_app({"TESTING": True})
+    engine = db.engine()
+    Base.metadata.drop_all(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+    upgrade("0003")
+    with engine.begin() as conn:
+        for name, kind, playbook in (("pb", "playbook", "site.yml"), ("cmd", "commands", None)):
+            conn.execute(text("INSERT INTO tasks (name, description, kind, commands, playbook, vars, become, timeout_s, "
+                              "allow_simultaneous, retry_attempts, retry_delay_s, retry_on_lost, created_at, updated_at) "
+                              "VALUES (:n, '', :k, '[]', :p, '{}', false, 60, false, 1, 10, false, :t, :t)"),
+                         {"n": name, "k": kind, "p": playbook, "t": "2026-01-01 00:00:00"})
+    upgrade("head")
+    with engine.connect() as conn:
+        local = conn.execute(text("SELECT id FROM projects WHERE name = 'local' AND url = ''")).scalar_one()
+        rows = dict(conn.execute(text("SELECT name, project_id FROM tasks")).all())
+    assert rows == {"pb": local, "cmd": None}
