@@ -16,10 +16,11 @@ users_cli = AppGroup("users", help="Manage users and API tokens.")
 db_cli = AppGroup("db", help="Database migrations.")
 audit_cli = AppGroup("audit", help="The tamper-evident audit trail.")
 hosts_cli = AppGroup("hosts", help="Hosts and inventories.")
+projects_cli = AppGroup("projects", help="Playbook projects (git).")
 
 
 def init_app(app: Flask) -> None:
-    for group in (users_cli, db_cli, audit_cli, hosts_cli):
+    for group in (users_cli, db_cli, audit_cli, hosts_cli, projects_cli):
         app.cli.add_command(group)
     app.cli.add_command(worker_cmd)
     app.cli.add_command(scheduler_cmd)
@@ -30,6 +31,26 @@ def init_app(app: Flask) -> None:
 def _fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
+
+
+@projects_cli.command("sync")
+@click.argument("name")
+def projects_sync(name: str) -> None:
+    """Sync project NAME now, in this process; exit 1 when the sync fails (the reason on stderr)."""
+    from server.catalog import projects
+
+    project = projects.by_name(db.session(), name)
+    if project is None:
+        _fail(f"no project named {name!r}")
+    if project.is_local:
+        _fail(f"project {name!r} is the playbook directory; there is nothing to sync")
+    projects.mark_syncing(db.session(), project, actor="cli", reason="cli")
+    db.session.commit()
+    projects.sync(db.session(), project, instance_dir=current_app.config["TM"].instance_dir, actor="cli")
+    if project.sync_status != "ok":
+        click.echo(f"error: sync of {name} failed: {project.sync_error}", err=True)
+        sys.exit(1)
+    click.echo(f"{name}: {project.revision} ({len(project.playbooks or [])} playbooks)")
 
 
 @users_cli.command("create")

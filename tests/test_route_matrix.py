@@ -106,6 +106,15 @@ expect(EDITORS, "GET /tasks/new", "POST /tasks/new", "GET /tasks/<int:task_id>/e
        "POST /tasks/<int:task_id>/delete", "POST /api/v1/tasks", "PATCH /api/v1/tasks/<int:task_id>",
        "DELETE /api/v1/tasks/<int:task_id>")
 expect(RUNNERS, "POST /tasks/<int:task_id>/run", "POST /api/v1/tasks/<int:task_id>/executions")
+# Projects: read by all; authors and admins add, change and sync them. The webhook has no user:
+# only the project's webhook secret lets a call in (here: none, so every role is refused).
+expect(ALL, "GET /projects", "GET /api/v1/projects", "GET /api/v1/projects/<int:project_id>",
+       "GET /api/v1/projects/<int:project_id>/playbooks")
+expect(EDITORS, "POST /projects", "POST /projects/<int:project_id>/sync", "POST /projects/<int:project_id>/delete",
+       "POST /api/v1/projects", "PATCH /api/v1/projects/<int:project_id>",
+       "DELETE /api/v1/projects/<int:project_id>", "POST /api/v1/projects/<int:project_id>/sync",
+       "DELETE /api/v1/projects/<int:project_id>/host-keys")
+expect(frozenset(), "POST /api/v1/projects/<int:project_id>/webhook")
 # Executions: read by whoever sees the task; cancel / relaunch need "execute".
 expect(ALL, "GET /executions", "GET /executions/<int:execution_id>", "GET /executions/<int:execution_id>/live",
        "GET /api/v1/executions", "GET /api/v1/executions/<int:execution_id>")
@@ -171,6 +180,7 @@ def _samples(session) -> dict[str, Any]:
         Host,
         NotificationChannel,
         Policy,
+        Project,
         PolicyApprover,
         Schedule,
         Task,
@@ -219,6 +229,11 @@ def _samples(session) -> dict[str, Any]:
         session.flush()
     if sch.approval_status != "pending" or approvals.decisions(session, sch):
         approvals.request_schedule_approval(session, sch, users["r-operator"])
+    project = one(Project, name="m-project")
+    if project is None:
+        project = Project(name="m-project", url="https://example.test/x.git", branch="", sync_status="never",
+                          playbooks=[])
+        session.add(project)
     chan = one(NotificationChannel, name="m-chan")
     if chan is None:
         chan = NotificationChannel(name="m-chan", url_enc=vault().encrypt("json://127.0.0.1:9/x"),
@@ -250,7 +265,7 @@ def _samples(session) -> dict[str, Any]:
     return {
         "host_id": host.id, "credential_id": cred.id, "task_id": task.id, "execution_id": ex.id,
         "schedule_id": sch.id, "policy_id": policy.id, "user_id": victim.id, "token_id": token.id,
-        "channel_id": chan.id, "blackout_id": blackout.id, "host_name": "m-host", "filename": "app.css",
+        "channel_id": chan.id, "blackout_id": blackout.id, "project_id": project.id, "host_name": "m-host", "filename": "app.css",
         "rq_static": "css/main.css",
         # rq-dashboard
         "instance_number": 0, "job_id": f"execution-{ex.id}", "queue_name": jobs.queue().name,

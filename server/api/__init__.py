@@ -154,7 +154,7 @@ def register_health(app) -> None:
 # The resource modules whose routes make up the API, one per resource.
 ROUTE_MODULES = (
     "tokens", "users", "policies", "audit_trail", "hosts", "hostkeys", "connections", "credentials", "tasks",
-    "executions", "approvals", "schedules", "notifications", "reports", "openapi",
+    "executions", "approvals", "schedules", "notifications", "reports", "openapi", "projects",
 )
 
 

@@ -32,7 +32,32 @@ def resolve(playbook_dir: Path, name: str) -> Path:
     return path
 
 
+PLAY_KEYS = {"hosts", "import_playbook", "ansible.builtin.import_playbook"}
+
+
+def _yaml(text: str) -> Any:
+    """Safe YAML that reads ``!vault``/``!unsafe`` values as opaque data (only the shape matters)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    try:
+        return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError:
+        return None
+
+
+def holds_plays(text: str) -> bool:
+    """A playbook is a non-empty list of plays: mappings with ``hosts`` or an ``import_playbook``
+    (not a task list, handlers, variables or a requirements file)."""
+    doc = _yaml(text)
+    return isinstance(doc, list) and bool(doc) and all(isinstance(p, dict) and PLAY_KEYS & set(p) for p in doc)
+
+
 def list_playbooks(playbook_dir: Path) -> list[str]:
+    """The files of the playbook directory that hold plays (the picker's list)."""
     base = playbook_dir.resolve()
     if not base.is_dir():
         return []
@@ -41,6 +66,7 @@ def list_playbooks(playbook_dir: Path) -> list[str]:
         for p in base.rglob("*")
         if p.suffix in PLAYBOOK_SUFFIXES and p.is_file() and not any(part.startswith(".") for part in p.relative_to(base).parts)
         and "roles" not in p.relative_to(base).parts and "vars" not in p.relative_to(base).parts
+        and p.stat().st_size <= 1 << 20 and holds_plays(p.read_text(errors="replace"))
     )
 
 
@@ -72,6 +98,33 @@ def git_commit(directory: Path) -> str | None:
         capture_output=True, text=True, timeout=10, check=False,
     ).stdout.strip()
     return commit + ("+dirty" if dirty else "")
+
+
+def prompts(text: str) -> list[dict[str, Any]]:
+    """The ``vars_prompt`` entries of a playbook's plays: ``{name, prompt, default, has_default}``.
+
+    Unknown YAML tags (``!vault``, ``!unsafe``) read as opaque values: only the shape matters.
+    """
+    doc = _yaml(text)
+    found = []
+    for play in doc if isinstance(doc, list) else []:
+        entries = play.get("vars_prompt") if isinstance(play, dict) else None
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                found.append({"name": entry["name"], "prompt": str(entry.get("prompt") or ""),
+                              "default": entry.get("default"), "has_default": "default" in entry})
+    return found
+
+
+def prompt_problem(text: str, declared: set[str]) -> str | None:
+    """Why a playbook would wait for an answer nobody gives: a ``vars_prompt`` without a default
+    whose variable the task does not set (None when every prompt is answered)."""
+    missing = [p["name"] for p in prompts(text) if not p["has_default"] and p["name"] not in declared]
+    if not missing:
+        return None
+    names = ", ".join(repr(n) for n in missing)
+    return (f"the playbook prompts for {names} (vars_prompt) without a default: give the prompt a default "
+            f"or set the variable in the task's vars")
 
 
 def command_step_name(index: int, command: str) -> str:

@@ -15,14 +15,14 @@ from sqlalchemy.orm import Session
 
 from server.people import access
 from server.core import audit
-from server.catalog import launch, playbooks
+from server.catalog import launch, playbooks, projects
 from server.core.errors import Conflict, Forbidden, ValidationError
 from server.core.models import EXECUTION_FINAL, TASK_KINDS, Credential, Execution, Group, Host, Task, User
 from server.core.validation import Fields, Invalid, boolean, choice, integer, name_list, text, type_name, variables
 
 TASK_FIELDS = ("name", "description", "kind", "commands", "playbook", "hosts", "groups", "credential", "vars",
                "timeout_s", "become", "allow_simultaneous", "retry_attempts", "retry_delay_s", "retry_on_lost",
-               "variables", "allowed_tags", "serial", "max_fail_percentage")
+               "variables", "allowed_tags", "serial", "max_fail_percentage", "project", "vault_credential")
 MAX_COMMANDS = 1000
 MAX_COMMAND_LEN = 16 * 1024
 _command_text = text(MAX_COMMAND_LEN, multiline=True)
@@ -72,6 +72,8 @@ def check_task(session: Session, data: Any, task: Task | None = None, *, playboo
     f.take("allowed_tags", launch.tag_list, default=list)
     f.take("serial", launch.serial, default=None)
     f.take("max_fail_percentage", integer(0, 100, nullable=True), default=None)
+    f.take("project", text(120, nullable=True, allow_empty=True), default=None)
+    f.take("vault_credential", text(120, nullable=True, allow_empty=True), default=None)
     f.raise_if_invalid()
     clean = f.clean
 
@@ -81,25 +83,42 @@ def check_task(session: Session, data: Any, task: Task | None = None, *, playboo
     if kind == "commands":
         if clean.get("playbook"):
             f.error("playbook", "'playbook' applies only to tasks of kind playbook")
+        if clean.get("project"):
+            f.error("project", "'project' applies only to tasks of kind playbook")
         commands = clean.get("commands", task.commands if task and not kind_changed else [])
         if "commands" in clean or kind_changed:
             if not commands:
                 f.error("commands", "'commands' must list at least one command line")
             clean["commands"] = commands
             clean["playbook"] = None
+            clean["project"] = None
     else:
         if clean.get("commands"):
             f.error("commands", "'commands' applies only to tasks of kind commands")
         if "playbook" in clean or kind_changed:
-            playbook = clean.get("playbook")
-            if not playbook:
+            clean["commands"] = []
+        if "playbook" in clean or "project" in clean or kind_changed:
+            project = projects.task_project(session, clean, task)
+            playbook = clean.get("playbook", task.playbook if task else None)
+            clean["project"] = project
+            if project is None:
+                f.error("project", f"unknown project: {clean['project_name']}")
+            elif not playbook:
                 f.error("playbook", "'playbook' is required for tasks of kind playbook")
             else:
                 try:
-                    playbooks.resolve(playbook_dir, playbook)
+                    if project.is_local:
+                        source = playbooks.resolve(playbook_dir, playbook).read_text(errors="replace")
+                    else:
+                        source = projects.playbook_text(project, projects.check_playbook_in(project, playbook))
+                    declared = set(clean.get("vars", task.vars if task else {}) or {})
+                    declared |= {v["name"] for v in clean.get("variables", task.variables if task else []) or []}
+                    problem = playbooks.prompt_problem(source, declared)
+                    if problem:
+                        f.error("playbook", problem)
                 except ValidationError as err:
-                    f.error("playbook", err.message)
-            clean["commands"] = []
+                    f.error(err.field or "playbook", err.message)
+        clean.pop("project_name", None)
     _check_placeholders(f, clean, task)
 
     # Names -> rows; report every unknown one.
@@ -116,6 +135,13 @@ def check_task(session: Session, data: Any, task: Task | None = None, *, playboo
         if missing:
             f.error("credential", f"unknown credential: {missing[0]}")
         clean["credential"] = found[0] if found else None
+    if "vault_credential" in clean and clean["vault_credential"] is not None:
+        found, missing = _by_name(session, Credential, [clean["vault_credential"]])
+        if missing:
+            f.error("vault_credential", f"unknown credential: {missing[0]}")
+        elif found[0].kind != "vault_password":
+            f.error("vault_credential", f"credential {found[0].name!r} is a {found[0].kind}, not a vault_password")
+        clean["vault_credential"] = found[0] if found else None
     f.raise_if_invalid()
 
     name = clean.get("name")
@@ -204,7 +230,7 @@ def _apply(task: Task, clean: dict[str, Any]) -> list[str]:
         old = getattr(task, key)
         if key in ("hosts", "groups"):
             same = {o.id for o in old} == {o.id for o in value}
-        elif key == "credential":
+        elif key in ("credential", "project", "vault_credential"):
             same = (old.id if old else None) == (value.id if value else None)
         else:
             same = old == value

@@ -60,9 +60,12 @@ class TZDateTime(TypeDecorator):
 
 ROLES = ("admin", "author", "operator", "approver", "auditor")
 PROTOCOLS = ("ssh", "winrm", "telnet", "https", "ldaps", "rdp", "vnc", "x11", "local")
-CREDENTIAL_KINDS = ("ssh_key", "password", "token", "certificate")
+CREDENTIAL_KINDS = ("ssh_key", "password", "token", "certificate", "vault_password")
 TASK_KINDS = ("commands", "playbook")
 PERMISSIONS = ("view", "execute", "schedule", "edit")
+SYNC_STATUSES = ("never", "syncing", "ok", "failed")  # Project.sync_status
+LOCAL_PROJECT = "local"  # the built-in project: TASKMANAGER_PLAYBOOK_DIR
+STEP_IGNORED = "ignored"  # a step that failed under ignore_errors: shown "failed (ignored)", fails nothing
 
 
 class ExecutionStatus(StrEnum):
@@ -264,6 +267,32 @@ class Credential(Base):
     updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
 
 
+class Project(Base):
+    """A source of playbooks: a git repository cloned into a mirror under ``instance/``, or
+    the built-in ``local`` project (``url`` empty: the playbook directory)."""
+
+    __tablename__ = "projects"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    url: Mapped[str] = mapped_column(String(1000), default="")
+    branch: Mapped[str] = mapped_column(String(255), default="")
+    credential_id: Mapped[int | None] = mapped_column(ForeignKey("credentials.id", ondelete="RESTRICT"))
+    sync_on_launch: Mapped[bool] = mapped_column(Boolean, default=False)
+    revision: Mapped[str | None] = mapped_column(String(64))  # commit of the last good sync
+    synced_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    sync_status: Mapped[str] = mapped_column(String(20), default="never")
+    sync_error: Mapped[str | None] = mapped_column(Text)
+    playbooks: Mapped[list[str]] = mapped_column(JSON, default=list)  # files holding plays at ``revision``
+    webhook_secret_enc: Mapped[bytes | None] = mapped_column(LargeBinary)  # vault.py; write-only
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
+    credential: Mapped[Credential | None] = relationship()
+
+    @property
+    def is_local(self) -> bool:
+        return not self.url
+
+
 class Task(Base):
     __tablename__ = "tasks"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -283,7 +312,11 @@ class Task(Base):
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
-    credential: Mapped[Credential | None] = relationship()
+    credential: Mapped[Credential | None] = relationship(foreign_keys="Task.credential_id")
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"), index=True)
+    vault_credential_id: Mapped[int | None] = mapped_column(ForeignKey("credentials.id"))
+    project: Mapped[Project | None] = relationship()
+    vault_credential: Mapped[Credential | None] = relationship(foreign_keys=[vault_credential_id])
     hosts: Mapped[list[Host]] = relationship(secondary=task_hosts, order_by="Host.name")
     groups: Mapped[list[Group]] = relationship(secondary=task_groups, order_by="Group.name")
     # launch variables and options (catalog/launch.py)

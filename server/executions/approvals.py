@@ -374,7 +374,8 @@ def decide(session: Session, subject: Subject, user: User, decision: str, commen
     _claim(session, req, level)
     if decision == "rejected":
         return _reject(session, req, _record_decision(req, user, decision, comment), user)
-    snap = current_snapshot(session, req.task, subject.vars, req.execution.limit_hosts if req.execution else None, subject)
+    snap = current_snapshot(session, req.task, subject.vars, req.execution.limit_hosts if req.execution else None, subject,
+                            revision=req.execution.revision if req.execution else None)
     if snap.error or snap.fingerprint != req.fingerprint:
         return _refuse_changed(session, req, user, snap.error, explain_change(req.parts, snap.parts))
     _record_decision(req, user, decision, comment)
@@ -507,7 +508,7 @@ def verify_before_run(session: Session, ex: Execution) -> str | None:
         bound, bound_by = request_of(session, schedule), "schedule"
     if bound_by is None:
         return None
-    snap = current_snapshot(session, ex.task, ex.vars, ex.limit_hosts, ex)
+    snap = current_snapshot(session, ex.task, ex.vars, ex.limit_hosts, ex, revision=ex.revision)
     if snap.error:
         return f"refused: {snap.error}"
     if snap.fingerprint == ex.fingerprint:
@@ -613,6 +614,8 @@ def check_schedule_fire(session: Session, schedule: Schedule, ex: Execution | No
         req = request_of(session, schedule)
         what = snap.error or explain_change(req.parts if req else None, snap.parts)
         reason = f"suspended: {what} changed since the schedule was approved; it needs a new approval"
+        if snap.revision:
+            reason += f" (it would run commit {snap.revision[:12]})"
         _suspend(session, schedule, reason)
         return reason
     return None

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from server.catalog import playbooks
 from server.core.errors import ValidationError
-from server.core.models import Host, Task
+from server.core.models import Host, Project, Task
 
 # Part name -> the inputs it covers. A part with one input digests that input's value, one with
 # several digests the list of their values in this order (as released). "task" (the task's id)
@@ -63,10 +63,29 @@ def target_hosts(task: Task, limit: list[str] | None = None) -> list[Host]:
     return result
 
 
-def revision_of(task: Task) -> tuple[str | None, str]:
-    """(git commit or None, content hash) of what the task will run."""
+def git_project(task: Task) -> Project | None:
+    """The task's git project (None for commands and ``local`` tasks)."""
+    project = task.project if task.kind == "playbook" else None
+    return project if project is not None and not project.is_local else None
+
+
+def revision_of(task: Task, revision: str | None = None) -> tuple[str | None, str]:
+    """(git commit or None, content hash) of what the task will run.
+
+    For a git project the commit *is* the content: ``revision`` (a run's pinned commit) or
+    the project's last good sync, hashed with the project, the playbook path and the vault
+    credential, so the approval binds the whole project at that commit (its part is named
+    "project commit"). A local task hashes its playbook and roles (the released formula).
+    """
     if task.kind == "commands":
         return None, playbooks.commands_hash(task.commands or [])
+    project = git_project(task)
+    if project is not None:
+        commit = revision or project.revision
+        if not commit:
+            raise ValidationError(f"project {project.name!r} has not been synced yet", field="project")
+        bound = [project.id, project.url, commit, task.playbook, task.vault_credential_id]
+        return commit, hashlib.sha256(json.dumps(bound).encode()).hexdigest()
     settings = current_app.config["TM"]
     path = playbooks.resolve(settings.playbook_dir, task.playbook or "")
     roles = [settings.playbook_dir / "roles", settings.playbook_dir.parent / "roles"]
@@ -131,7 +150,8 @@ def parts(task: Task, content_hash: str, run_vars: dict[str, Any], hosts: list[H
             continue  # no launch options: the released parts only
         value = doc[keys[0]] if len(keys) == 1 else [doc[k] for k in keys]
         if name == "content":
-            name = "playbook content" if task.kind == "playbook" else "commands"
+            name = ("commands" if task.kind != "playbook" else
+                    "project commit" if git_project(task) is not None else "playbook content")
         result[name] = _sha(value)[:16]
     return result
 
@@ -143,11 +163,14 @@ class Snapshot:
     fingerprint: str | None
     parts: dict[str, str]
     error: str | None = None
+    revision: str | None = None  # the commit a git project's run would use
 
 
 def _reload(session: Session, task: Task) -> None:
     """Read the task and what it targets afresh (long-lived sessions may hold stale copies)."""
     session.refresh(task)
+    if task.project is not None:
+        session.refresh(task.project)
     if task.credential is not None:
         session.refresh(task.credential)
     for host in task.hosts:
@@ -159,19 +182,25 @@ def _reload(session: Session, task: Task) -> None:
 
 
 def current_snapshot(session: Session, task: Task, run_vars: dict[str, Any] | None,
-                     limit_hosts: list[str] | None, row: Any = None) -> Snapshot:
-    """Fingerprint and parts of ``task`` as stored now, or why it can no longer run."""
+                     limit_hosts: list[str] | None, row: Any = None, revision: str | None = None) -> Snapshot:
+    """Fingerprint and parts of ``task`` as stored now, or why it can no longer run.
+
+    ``row``: the execution or schedule whose launch options the approval binds.
+    ``revision``: the commit a run was requested at (git projects run that commit even when
+    the branch moved on); without it, the project's last good sync (a schedule's next run).
+    """
     _reload(session, task)
     run_vars = run_vars or {}
     try:
-        _revision, chash = revision_of(task)
+        commit, chash = revision_of(task, revision)
     except ValidationError as err:
         return Snapshot(None, {}, f"the playbook can no longer be used: {err.message}")
     except OSError as err:
         return Snapshot(None, {}, f"the playbook can no longer be read: {err}")
     hosts = target_hosts(task, limit_hosts)
     launch = launch_inputs(row) if row is not None else None
-    return Snapshot(fingerprint(task, chash, run_vars, hosts, launch), parts(task, chash, run_vars, hosts, launch))
+    return Snapshot(fingerprint(task, chash, run_vars, hosts, launch), parts(task, chash, run_vars, hosts, launch),
+                    revision=commit if git_project(task) is not None else None)
 
 
 def explain_change(before: dict[str, str] | None, after: dict[str, str]) -> str:

@@ -38,8 +38,10 @@ from server.core.models import (
 # Role -> resource actions it holds regardless of policies.
 ROLE_GRANTS: dict[str, set[str]] = {
     "admin": {"hosts.view", "hosts.edit", "credentials.view", "credentials.edit", "tasks.create", "users.manage",
+              "projects.edit",
               "policies.manage", "notifications.manage", "audit.view", "reports.view", "schedules.admin", "rq.view"},
-    "author": {"hosts.view", "hosts.edit", "credentials.view", "credentials.edit", "tasks.create", "reports.view"},
+    "author": {"hosts.view", "hosts.edit", "credentials.view", "credentials.edit", "tasks.create", "reports.view",
+               "projects.edit"},
     "operator": {"hosts.view", "reports.view"},
     "approver": {"hosts.view", "reports.view"},
     "auditor": {"hosts.view", "credentials.view", "audit.view", "reports.view"},

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shlex
 import sys
@@ -39,7 +40,8 @@ from server.core.errors import ValidationError
 from server.core.models import Credential, Execution, Host, Task
 from server.core.vault import vault
 from server.executions.approvals import DRY_RUN_TRIGGER
-from server.runs import hostkeys, inventory, protocols
+from server.executions.fingerprint import git_project
+from server.runs import hostkeys, inventory, project_checkout, protocols
 
 CONTROL_PERSIST_S = 300
 STUBS_DIR = Path(__file__).resolve().parent / "ansible_stubs"
@@ -84,6 +86,35 @@ def _secrets(credential: Credential | None) -> tuple[str | None, str | None, str
     if credential.kind == "password":
         return None, secret, become or secret  # sudo asks for the login password by default
     return None, None, become
+
+
+def _prompt_defaults(playbook: Path, run_vars: dict, env_dir: Path) -> list[str]:
+    """``-e @file`` with the defaults of the playbook's ``vars_prompt`` that nothing else sets.
+
+    Ansible does not prompt for a variable given as an extra var, so the run never waits for
+    an answer nobody gives; a prompt without a default was refused when the task was saved.
+    """
+    defaults = {p["name"]: p["default"] for p in playbooks.prompts(playbook.read_text(errors="replace"))
+                if p["has_default"] and p["name"] not in run_vars}
+    values = inventory.user_vars(defaults)
+    if not values:
+        return []
+    path = env_dir / "prompt_defaults.yml"
+    path.write_text(inventory.dump(values))
+    return ["-e", f"@{path}"]
+
+
+def vault_answer(credential: Credential) -> tuple[list[str], str, str]:
+    """(ansible-playbook arguments, prompt, password) for a ``vault_password`` credential.
+
+    The password is typed into Ansible's own prompt (never a file or ``--vault-password-file``);
+    the credential's ``username`` is its vault id when set (``--vault-id ID@prompt``).
+    """
+    secret = vault().decrypt(credential.secret_enc) or ""
+    vault_id = (credential.username or "").strip()
+    if vault_id:
+        return ["--vault-id", f"{vault_id}@prompt"], rf"^Vault password \({re.escape(vault_id)}\):\s*$", secret
+    return ["--ask-vault-pass"], r"^Vault password:\s*$", secret
 
 
 def ssh_args(settings: Settings, credential: Credential | None, known_hosts: Path | None = None) -> str:
@@ -135,6 +166,7 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     commands: list[str] | None = None
     progress: str | None = None
     overlays: list[tuple[Path, Path]] = []
+    collections: str | None = None
     if task.kind == "commands":
         commands = list(task.commands or [])
         progress = f"tm-progress-{secrets.token_hex(8)}"  # only this run's plugin writes such lines
@@ -152,6 +184,13 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         playbook = project / "commands.yml"
         playbook.write_text(inventory.dump(play))
         project_dir = str(project)
+    elif git_project(task) is not None:
+        checkout = project_checkout.materialise(git_project(task), ex, project, settings)
+        resolved = playbooks.resolve(checkout.root, task.playbook or "")
+        playbook = resolved
+        project_dir = str(checkout.root)
+        roles_path = project_checkout.roles_path(checkout, resolved)  # the project's, not ours
+        collections = project_checkout.collections_path(checkout)
     else:
         resolved = playbooks.resolve(settings.playbook_dir, task.playbook or "")
         playbook = resolved
@@ -179,6 +218,12 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     if become_password and (task.become or task.kind == "playbook"):
         cmdline.append("--ask-become-pass")
         passwords[BECOME_PASS_PROMPT] = Once(become_password)
+    if task.kind == "playbook":  # vars_prompt: the default, as plain ansible-playbook would take it
+        cmdline += _prompt_defaults(Path(playbook), run_vars, env_dir)
+    if task.kind == "playbook" and task.vault_credential is not None and not preview:
+        vault_args, vault_prompt, vault_secret = vault_answer(task.vault_credential)
+        cmdline += vault_args
+        passwords[vault_prompt] = Once(vault_secret)
     if task.kind == "playbook":
         # the protocol playbooks' vars_prompt (API secrets): answered like Ansible's own prompts,
         # with the secret only when a protocol of the run needs it (an ssh key stays with ssh-agent)
@@ -188,6 +233,8 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     hostkeys.seed(settings.instance_dir, hosts, known_hosts)
     cfg_file = private_dir / "ansible.cfg"
     cfg_file.write_text("# empty: every setting comes from the environment below\n")
+    if git_project(task) is not None:  # the project's ansible.cfg, without what our settings decide
+        cfg_file = project_checkout.merged_config(Path(project_dir))
     envvars = {
         "PATH": f"{venv_bin()}:/usr/local/bin:/usr/bin:/bin",
         "HOME": str(private_dir / "home"),
@@ -224,12 +271,17 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     extra = dict(protocols.ansible_env(Path(project_dir) if task.kind == "playbook" else settings.playbook_dir,
                                        hosts))
     more_roles = [r for r in str(extra.pop("ANSIBLE_ROLES_PATH", "")).split(os.pathsep) if r]
+    if git_project(task) is not None:
+        more_roles = []  # a git project's roles are its own (and what its requirements installed)
     envvars["ANSIBLE_ROLES_PATH"] = os.pathsep.join(dict.fromkeys(roles_path + more_roles))
     for k, v in extra.items():
         envvars.setdefault(k, str(v))
+    if collections:
+        envvars["ANSIBLE_COLLECTIONS_PATH"] = collections
     readonly = [Path(project_dir), settings.playbook_dir, STUBS_DIR, *protocols.ca_dirs()]
     readonly += [Path(p) for k in ("ANSIBLE_ROLES_PATH", "ANSIBLE_LIBRARY", "ANSIBLE_MODULE_UTILS",
-                                   "ANSIBLE_CONNECTION_PLUGINS", "ANSIBLE_ACTION_PLUGINS")
+                                   "ANSIBLE_CONNECTION_PLUGINS", "ANSIBLE_ACTION_PLUGINS",
+                                   "ANSIBLE_COLLECTIONS_PATH")
                  for p in envvars.get(k, "").split(os.pathsep) if p]
     return Prepared(
         private_dir=private_dir,

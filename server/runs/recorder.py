@@ -24,7 +24,16 @@ from sqlalchemy.orm import Session
 
 from server.catalog import playbooks
 from server.core import db
-from server.core.models import OPERATION_FAILED, Execution, ExecutionStatus, Operation, OperationStatus, Step, utcnow
+from server.core.models import (
+    OPERATION_FAILED,
+    STEP_IGNORED,
+    Execution,
+    ExecutionStatus,
+    Operation,
+    OperationStatus,
+    Step,
+    utcnow,
+)
 from server.runs import hostkeys
 
 log = logging.getLogger(__name__)
@@ -326,7 +335,7 @@ class Recorder:
     def _record(self, st: HostState, step: Step, status: str, rc: Any, stdout: str | None, stderr: str | None,
                 msg: str | None, *, changed: bool, duration: float | None, ignore_errors: bool = False) -> None:
         """A step's outcome, and what it means for its operation (rc, output, message)."""
-        step.status = status
+        step.status = STEP_IGNORED if status == "failed" and ignore_errors else status
         step.rc = rc if isinstance(rc, int) else step.rc
         step.stdout = _clip(stdout, MAX_STEP_OUTPUT)
         step.stderr = _clip(stderr, MAX_STEP_OUTPUT)

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from server.executions import approvals, concurrency, reaper
 from server.core import audit, db
 from server.reporting import notify
-from server.runs import retries, runner
+from server.runs import project_jobs, retries, runner
 from server.core.config import Settings
 from server.executions.fingerprint import target_hosts
 from server.core.models import OPERATION_OPEN, Execution, ExecutionStatus, Operation, OperationStatus, Step, utcnow
@@ -176,6 +176,7 @@ def _run(app: Flask, execution_id: int) -> str:
     session.flush()
     audit.record(session, "execution.start", actor=ACTOR, target=ex, task=task.name, worker=ex.worker_name,
                  hosts=len(hosts))
+    project_jobs.sync_on_launch(session, ex, settings.instance_dir)
     refusal = _verify(session, ex)
     if refusal:
         _refuse(session, ex, refusal)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import selectinload
 from server.catalog import playbooks
 from server.catalog.tasks import create_task, delete_task, update_task
 from server.core import db
-from server.core.models import Credential, Execution, ExecutionStatus, Group, Host, Task
+from server.core.models import Credential, Execution, ExecutionStatus, Group, Host, Project, Task
 from server.core.pagination import like_pattern
 from server.core.errors import ValidationError
 from server.executions.fingerprint import target_hosts
@@ -92,6 +92,8 @@ def _task_data(form) -> dict[str, Any]:
     }
     if kind == "playbook":
         data["playbook"] = form.get("playbook", "")
+        if form.get("project"):
+            data["project"] = form["project"]
     else:
         data["commands"] = lines(form.get("commands", ""))
     return data
@@ -112,6 +114,7 @@ def _task_form(task: Task | None, errors: dict[str, str] | None = None, status: 
     elif task is not None:
         values = {"name": task.name, "description": task.description, "kind": task.kind,
                   "commands": "\n".join(task.commands or []), "playbook": task.playbook or "",
+                  "project": task.project.name if task.project else "local",
                   "hosts": [h.name for h in task.hosts], "groups": [g.name for g in task.groups],
                   "credential": task.credential.name if task.credential else "", "vars": dump_vars(task.vars),
                   "timeout_s": task.timeout_s, "become": task.become, "allow_simultaneous": task.allow_simultaneous,
@@ -127,8 +130,15 @@ def _task_form(task: Task | None, errors: dict[str, str] | None = None, status: 
     return render_template(
         "tasks/form.html", task=task, form=values, errors=errors or {},
         playbooks=playbooks.list_playbooks(current_app.config["TM"].playbook_dir),
+        git_projects=_git_projects(),
         all_hosts=hosts, all_groups=groups, all_credentials=creds,
     ), status
+
+
+def _git_projects() -> list[tuple[str, list[str]]]:
+    """(name, playbooks at its last good sync) of every git project, for the form's pickers."""
+    rows = db.session.execute(select(Project).where(Project.url != "").order_by(Project.name)).scalars()
+    return [(p.name, list(p.playbooks or [])) for p in rows]
 
 
 def _choices(task: Task | None) -> tuple[list[str], list[str], list[Any]]:

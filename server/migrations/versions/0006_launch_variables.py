@@ -6,7 +6,7 @@ Every new column is nullable or has a default, so existing rows keep working unc
 a task without declarations accepts free-form run variables as before.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0006'
-down_revision = '0004'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 
