@@ -168,3 +168,37 @@ def test_settings_validation(api, slapd):
                        ({"ca_bundle": "/etc/passwd"}, "ca_bundle"), ({"colour": 1}, "colour")):
         status, err = api.call("PUT", "/api/v1/settings/ldap", bad)
         assert status == 422 and err["error"]["field"] == field, (bad, err)
+
+
+def test_settings_page_and_test_button(app, session, api, admin_user, slapd):
+    from resource_factories import csrf_token
+    from test_route_matrix import IsolatedClient
+
+    app.test_client_class = IsolatedClient  # two browsers: nothing cached in g between them
+    assert api.post("/api/v1/credentials", {"name": "ldap-bind", "kind": "password", "username": slapd.ROOT_DN,
+                                            "secret": slapd.ROOT_PW})[0] == 201
+    client = app.test_client()
+    page = client.get("/login").get_data(as_text=True)
+    client.post("/login", data={"username": "admin", "password": ADMIN_PASSWORD, "csrf_token": csrf_token(page)})
+    page = client.get("/admin/sign-in").get_data(as_text=True)
+    form = {"csrf_token": csrf_token(page), "url": slapd.url, "ca_bundle": str(slapd.ca_file), "tls_verify": "on",
+            "bind_dn": slapd.ROOT_DN, "bind_credential": "ldap-bind", "user_base": f"ou=people,{S}",
+            "user_filter": "(uid={username})", "group_base": f"ou=groups,{S}",
+            "group_filter": "(member={dn})", "group_roles": f"{OPS} = operator\n{ADMINS} = admin",
+            "group_policies": "", "recheck_s": "600"}
+    resp = client.post("/admin/sign-in/ldap", data={**form, "group_roles": "no equals sign"})
+    assert resp.status_code == 422 and "group_roles" in resp.get_data(as_text=True)
+    assert client.post("/admin/sign-in/ldap", data=form).status_code == 302
+    assert api.get("/api/v1/settings/ldap")[1]["group_roles"] == {OPS: "operator", ADMINS: "admin"}
+    resp = client.post("/admin/sign-in/ldap/test", data={"username": "alice", "csrf_token": form["csrf_token"]})
+    text = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and f"uid=alice,ou=people,{S}" in text and OPS in text and "operator" in text
+    # The LDAP user signs in on the web page; he has no local password to change.
+    other = app.test_client()
+    page = other.get("/login").get_data(as_text=True)
+    assert other.post("/login", data={"username": "alice", "password": "alice-Pass-1",
+                                      "csrf_token": csrf_token(page)}).status_code == 302
+    account = other.get("/account").get_data(as_text=True)
+    resp = other.post("/account/password", data={"current_password": "alice-Pass-1", "new_password": "x-Pass-12345",
+                                                 "confirm": "x-Pass-12345", "csrf_token": csrf_token(account)})
+    assert resp.status_code == 422 and "directory" in resp.get_data(as_text=True)

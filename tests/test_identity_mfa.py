@@ -170,3 +170,37 @@ def test_confirm_validates_input(api, bad):
     api.post("/api/v1/me/mfa/totp")
     status, err = api.post("/api/v1/me/mfa/totp/confirm", bad)
     assert status == 422 and err["error"]["field"] == "code"
+
+
+def test_web_step_up_and_admin_reset(app, session, api):
+    from server.core.models import User, WebSession, utcnow
+
+    secret, _ = enrol(api)
+    client = app.test_client()
+    page = client.get("/login").get_data(as_text=True)
+    otp_page = client.post("/login", data={"username": "admin", "password": ADMIN_PASSWORD,
+                                           "csrf_token": csrf_token(page)}).get_data(as_text=True)
+    assert client.post("/login/otp", data={"otp": code(secret), "csrf_token": csrf_token(otp_page)}).status_code == 302
+    for row in session.execute(select(WebSession)).scalars():
+        row.mfa_at = utcnow() - timedelta(minutes=20)
+    session.commit()
+    form = client.get("/credentials/new").get_data(as_text=True)
+    data = {"name": "web-cred", "kind": "password", "username": "u", "secret_password": "pw-123456",
+            "csrf_token": csrf_token(form)}
+    resp = client.post("/credentials/new", data=data, headers={"Referer": "http://localhost/credentials/new"})
+    assert resp.status_code == 302 and "/account/mfa/verify" in resp.headers["Location"]
+    verify = client.get(resp.headers["Location"]).get_data(as_text=True)
+    resp = client.post(resp.headers["Location"], data={"otp": code(secret, 1), "csrf_token": csrf_token(verify)})
+    assert resp.status_code == 302 and resp.headers["Location"] == "/credentials/new"
+    assert client.post("/credentials/new", data=data).status_code == 302
+    assert api.get("/api/v1/credentials")[1]["items"][0]["name"] == "web-cred"
+
+    # A lost device: an admin resets another user's factor; he enrols again.
+    make_user(session, "ola", "operator")
+    ola_api = Api(client, exchange(client, "ola")[1]["token"])
+    ola_secret, _ = enrol(ola_api)
+    ola = session.execute(select(User).where(User.username == "ola")).scalar_one()
+    status, body = api.patch(f"/api/v1/users/{ola.id}", {"reset_mfa": True}, headers={"X-TM-OTP": code(secret, 1)})
+    assert status == 200 and body["mfa"] is False
+    assert exchange(client, "ola")[0] == 201  # no code asked any more
+    assert ola_secret
