@@ -134,6 +134,9 @@ def test_step_up_before_credential_edits(app, session, api):
     status, err = fresh.post("/api/v1/credentials", {**cred, "name": "c2"})
     assert status == 401 and err["error"]["code"] == "mfa_step_up_required"
     assert fresh.get("/api/v1/credentials")[0] == 200  # reading needs no step-up
+    for decision in ("/api/v1/executions/1/approve", "/api/v1/schedules/1/reject"):
+        status, err = fresh.post(decision, {})
+        assert status == 401 and err["error"]["code"] == "mfa_step_up_required", decision
     status, _ = fresh.post("/api/v1/credentials", {**cred, "name": "c2"}, headers={"X-TM-OTP": code(secret, 1)})
     assert status == 201
 
