@@ -67,6 +67,7 @@ def configure(api: Api, slapd, **over):
 
 def sign_in(client, user, password=None):
     resp = client.post("/api/v1/auth/token", json={"username": user, "password": password or f"{user}-Pass-1"})
+    # (an empty password is tried directly by the tests that need it)
     return resp.status_code, resp.get_json()
 
 
@@ -159,6 +160,17 @@ def test_start_tls_certificate_checks_and_directory_down(app, session, api, slap
     assert sign_in(client, "admin", ADMIN_PASSWORD)[0] == 201
     status, res = api.post("/api/v1/settings/ldap/test", {"username": "alice"})
     assert status == 200 and not res["ok"] and "cannot be reached" in res["message"]
+
+
+def test_direct_user_bind_without_a_service_account(app, session, api, slapd):
+    configure(api, slapd, bind_dn="", bind_credential="", user_dn_template=f"uid={{username}},ou=people,{S}")
+    client = app.test_client()
+    assert sign_in(client, "alice")[0] == 201
+    assert sign_in(client, "alice", "wrong-Pass-1")[0] == 401
+    resp = client.post("/api/v1/auth/token", json={"username": "alice", "password": ""})
+    assert resp.status_code == 401  # an empty password is never an anonymous bind
+    status, err = api.post("/api/v1/settings/ldap/test", {"username": "alice"})
+    assert status == 422 and err["error"]["field"] == "bind_dn"
 
 
 def test_settings_validation(api, slapd):

@@ -39,7 +39,7 @@ def configure(api: Api, provider, redirect_uris: list[str]) -> None:
     assert "client-Secret-9" not in str(api.get("/api/v1/settings/oidc")[1])
 
 
-def flow(client, user: str, *, state: str | None = None):
+def flow(client, user: str, *, state: str | None = None, seen: list | None = None):
     """The authorization code flow by plain HTTP: our app → the provider's login → back."""
     resp = client.get("/login/oidc")
     assert resp.status_code == 302, resp.data
@@ -52,6 +52,8 @@ def flow(client, user: str, *, state: str | None = None):
     query = target.query
     if state is not None:
         query = "&".join(p if not p.startswith("state=") else f"state={state}" for p in query.split("&"))
+    if seen is not None:
+        seen.append(f"{target.path}?{query}")
     return client.get(f"{target.path}?{query}")
 
 
@@ -80,13 +82,16 @@ def test_refusals_by_plain_http(app, session, api, provider):
     assert resp.status_code == 401 and "mapped" in resp.get_data(as_text=True)
     assert session.execute(select(User).where(User.username.in_(["dana", "finn"]))).first() is None
 
-    resp = flow(client, "dana")
+    callback: list[str] = []
+    resp = flow(client, "dana", seen=callback)
     assert resp.status_code == 302, resp.data
     assert client.get("/tasks").status_code == 200
     dana = session.execute(select(User).where(User.username == "dana")).scalar_one()
     assert (dana.role, dana.auth_source, dana.external_id) == ("operator", "oidc", f"{provider.issuer}|sub-dana")
     assert "dana" in [u.username for u in session.execute(select(Policy).where(Policy.name == "sre-runs")).scalar_one().users]
     # A replayed callback (the same code and state again) is refused: the state was used up.
+    resp = app.test_client().get(callback[0])
+    assert resp.status_code == 401 and "no sign-in in progress" in resp.get_data(as_text=True)
     audit = [(r["action"], r["outcome"], r["detail"].get("method")) for r in
              api.get("/api/v1/audit?per_page=300")[1]["items"]]
     assert ("auth.login", "ok", "oidc") in audit and ("auth.login", "denied", "oidc") in audit

@@ -224,7 +224,8 @@ def directory_confirms(session: Session, user: User) -> bool:
         return oidc.still_valid(session, user)
     try:
         return ldap.still_valid(session, user)
-    except ldap.DirectoryUnavailable:
+    except (ldap.DirectoryUnavailable, ldap.LDAPException):
+        session.rollback()
         return False
 
 

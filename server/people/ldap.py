@@ -222,6 +222,13 @@ def _lookup(session: Session, cfg: dict[str, Any], username: str, password: str 
 def sign_in(session: Session, username: str, password: str, *, known: User | None) -> User:
     """Check the password against the directory and map the user's groups; the account is
     created or updated here. Raises Unauthorized (DirectoryUnavailable when unreachable)."""
+    try:
+        return _sign_in(session, username, password, known=known)
+    except LDAPException as exc:  # the connection broke after the bind
+        raise DirectoryUnavailable(f"the directory stopped answering ({type(exc).__name__})") from exc
+
+
+def _sign_in(session: Session, username: str, password: str, *, known: User | None) -> User:
     cfg = settings(session)
     conn, entry = _lookup(session, cfg, username, password)
     try:
@@ -252,14 +259,16 @@ def test_user(session: Session, username: str) -> dict[str, Any]:
         raise ValidationError("the test needs a service bind (bind_dn, bind_credential)", field="bind_dn")
     try:
         conn, entry = _lookup(session, cfg, username, None)
+        try:
+            if entry is None:
+                return {"ok": False, "message": f"no entry matches {cfg['user_filter']} under {cfg['user_base']}"}
+            groups = _groups(conn, cfg, entry.entry_dn)
+        finally:
+            conn.unbind()
     except DirectoryUnavailable as exc:
         return {"ok": False, "message": exc.message}
-    try:
-        if entry is None:
-            return {"ok": False, "message": f"no entry matches {cfg['user_filter']} under {cfg['user_base']}"}
-        groups = _groups(conn, cfg, entry.entry_dn)
-    finally:
-        conn.unbind()
+    except LDAPException as exc:
+        return {"ok": False, "message": f"the directory stopped answering ({type(exc).__name__})"}
     role = mapping.role_for(groups, cfg["group_roles"])
     return {"ok": role is not None and not _disabled(entry), "dn": entry.entry_dn, "groups": groups, "role": role,
             "policies": mapping.policies_for(groups, cfg["group_policies"]), "disabled": _disabled(entry),
@@ -274,7 +283,7 @@ def still_valid(session: Session, user: User) -> bool:
             seconds=cfg["recheck_s"]):
         return True
     if not cfg["url"] or not cfg["bind_dn"]:
-        return False  # cannot look him up: fail closed once the interval has passed
+        return False  # cannot look him up: fail closed once the interval has passed (he signs in again)
     conn, entry = _lookup(session, cfg, user.username, None)
     try:
         groups = _groups(conn, cfg, entry.entry_dn) if entry is not None and not _disabled(entry) else []
