@@ -73,10 +73,16 @@ def test_wrong_codes_are_throttled_like_passwords(app, session, api):
 
 
 def test_mfa_required_per_role(app, session, monkeypatch):
+    from server.core.models import utcnow
+
     monkeypatch.setenv("TASKMANAGER_MFA_ROLES", "admin,approver")
-    make_user(session, "admin", "admin")
+    admin = make_user(session, "admin", "admin")
     make_user(session, "opal", "operator")
     client = app.test_client()
+    # A new account has a grace period (default 7 days): reminded, not yet held to it.
+    assert exchange(client)[0] == 201
+    admin.created_at = utcnow() - timedelta(days=7, seconds=1)
+    session.commit()
     status, err = exchange(client)
     assert status == 403 and err["error"]["code"] == "mfa_enrollment_required"
     assert exchange(client, "opal")[0] == 201
@@ -96,7 +102,8 @@ def test_mfa_required_per_role(app, session, monkeypatch):
     # The policy is the admin's to change; a required factor cannot be turned off.
     token = exchange(client, otp=code(secret, 1))[1]["token"]
     admin_api = Api(client, token)
-    assert admin_api.get("/api/v1/settings/mfa")[1] == {"required_roles": ["admin", "approver"], "reauth_minutes": 15}
+    assert admin_api.get("/api/v1/settings/mfa")[1] == {"required_roles": ["admin", "approver"], "reauth_minutes": 15,
+                                                        "grace_days": 7}
     status, err = admin_api.delete("/api/v1/me/mfa/totp", json={"code": code(secret, -1)})
     assert status == 422
     status, err = admin_api.call("PUT", "/api/v1/settings/mfa", {"required_roles": ["root"]})

@@ -32,7 +32,9 @@ def put_mfa_policy():
 
 register_schema("MfaPolicy", {"type": "object", "additionalProperties": False, "properties": {
     "required_roles": {"type": "array", "items": {"type": "string"}, "description": "default: admin, approver"},
-    "reauth_minutes": {"type": "integer", "minimum": 1, "maximum": 1440}}})
+    "reauth_minutes": {"type": "integer", "minimum": 1, "maximum": 1440},
+    "grace_days": {"type": "integer", "minimum": 0, "maximum": 90,
+                   "description": "days a new account of a required role may sign in before enrolling"}}})
 
 
 @api_bp.get("/settings/ldap")

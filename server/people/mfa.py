@@ -7,8 +7,10 @@ side (clock drift), and only for a step later than the last one accepted
 Recovery codes (ten, shown once) are stored as SHA-256 hashes and each works once.
 
 Policy (``identity_settings`` ``mfa``): the roles that must use a second factor (default
-admins and approvers, ``TASKMANAGER_MFA_ROLES``), and how many minutes a second factor
-stays fresh for approval decisions and credential edits (``reauth_minutes``).
+admins and approvers, ``TASKMANAGER_MFA_ROLES``), how many days a new account of such a
+role may still sign in without one (``grace_days``, default 7: the account is reminded,
+then held to it), and how many minutes a second factor stays fresh for approval
+decisions and credential edits (``reauth_minutes``).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from server.people import identity_settings
 ISSUER = "Task Manager"
 RECOVERY_CODES = 10
 DEFAULT_REAUTH_MINUTES = 15
+DEFAULT_GRACE_DAYS = 7
 
 
 class OtpRequired(Unauthorized):
@@ -64,13 +67,14 @@ def _default_roles() -> list[str]:
 
 def policy(session: Session) -> dict[str, Any]:
     return identity_settings.load(session, "mfa", {"required_roles": _default_roles(),
-                                                   "reauth_minutes": DEFAULT_REAUTH_MINUTES})
+                                                   "reauth_minutes": DEFAULT_REAUTH_MINUTES,
+                                                   "grace_days": DEFAULT_GRACE_DAYS})
 
 
 def clean_policy(_session: Session, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValidationError("request body must be a JSON object")
-    unknown = sorted(set(data) - {"required_roles", "reauth_minutes"})
+    unknown = sorted(set(data) - {"required_roles", "reauth_minutes", "grace_days"})
     if unknown:
         raise ValidationError(f"unknown field(s): {', '.join(unknown)}", field=unknown[0])
     roles = data.get("required_roles", _default_roles())
@@ -79,7 +83,10 @@ def clean_policy(_session: Session, data: Any) -> dict[str, Any]:
     minutes = data.get("reauth_minutes", DEFAULT_REAUTH_MINUTES)
     if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= 24 * 60:
         raise ValidationError("'reauth_minutes' must be a whole number from 1 to 1440", field="reauth_minutes")
-    return {"required_roles": sorted(set(roles)), "reauth_minutes": minutes}
+    grace = data.get("grace_days", DEFAULT_GRACE_DAYS)
+    if isinstance(grace, bool) or not isinstance(grace, int) or not 0 <= grace <= 90:
+        raise ValidationError("'grace_days' must be a whole number from 0 to 90", field="grace_days")
+    return {"required_roles": sorted(set(roles)), "reauth_minutes": minutes, "grace_days": grace}
 
 
 def enrolled(user: User) -> bool:
@@ -90,8 +97,17 @@ def required_for(session: Session, user: User) -> bool:
     return user.role in policy(session)["required_roles"]
 
 
-def must_enrol(session: Session, user: User) -> bool:
+def should_enrol(session: Session, user: User) -> bool:
+    """The role requires a second factor and the account has none (yet)."""
     return required_for(session, user) and not enrolled(user)
+
+
+def must_enrol(session: Session, user: User) -> bool:
+    """... and its grace period is over: nothing else until it enrols."""
+    if not should_enrol(session, user):
+        return False
+    grace = timedelta(days=policy(session)["grace_days"])
+    return user.created_at is None or utcnow() - user.created_at >= grace
 
 
 def fresh(session: Session, mfa_at: datetime | None) -> bool:

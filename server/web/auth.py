@@ -58,6 +58,7 @@ def login():
                 return render_template("login_otp.html", next=request.args.get("next"))
             complete(db.session(), user, None, via="web")
             _sign_in(user)
+            _remind_enrolment(user)
             return redirect(safe_next(request.args.get("next")))
         except LoginThrottled as err:
             db.session.rollback()
@@ -66,6 +67,13 @@ def login():
             db.session.rollback()
             error, status = err.message, 401
     return render_template("login.html", error=error, oidc=oidc.configured(db.session())), status, headers
+
+
+def _remind_enrolment(user: User) -> None:
+    """During the grace period, a role that requires a second factor is reminded at sign-in."""
+    if mfa.should_enrol(db.session(), user) and not mfa.must_enrol(db.session(), user):
+        flash(f"Role {user.role} must use two-factor sign-in: set it up soon on My account "
+              "(it becomes required when the grace period ends).", "warning")
 
 
 OIDC_KEY = "_tm_oidc_pending"  # state, nonce and PKCE verifier of a sign-in at the provider
@@ -104,6 +112,7 @@ def login_oidc_callback():
         s.commit()
         return render_template("login.html", error=err.message, oidc=True), 401
     _sign_in(user)
+    _remind_enrolment(user)
     return redirect(safe_next((pending or {}).get("next")))
 
 

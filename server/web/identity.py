@@ -80,7 +80,8 @@ def sign_in_settings():
 @requires("users.manage")
 def sign_in_settings_mfa():
     return _save("mfa", lambda: {"required_roles": request.form.getlist("required_roles"),
-                                 "reauth_minutes": _int("reauth_minutes", mfa.DEFAULT_REAUTH_MINUTES)},
+                                 "reauth_minutes": _int("reauth_minutes", mfa.DEFAULT_REAUTH_MINUTES),
+                                 "grace_days": _int("grace_days", mfa.DEFAULT_GRACE_DAYS)},
                  mfa.clean_policy)
 
 
