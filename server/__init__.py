@@ -5,6 +5,7 @@ scheduler call it too, so every process shares one configuration.
 """
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -51,7 +52,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_SAMESITE="Lax",
         REMEMBER_COOKIE_HTTPONLY=True,
         REMEMBER_COOKIE_SAMESITE="Lax",
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        # Web sessions end after this long idle, and at the latest this long after sign-in.
+        PERMANENT_SESSION_LIFETIME=timedelta(seconds=int(os.environ.get("TASKMANAGER_SESSION_IDLE_S", 12 * 3600))),
+        SESSION_ABSOLUTE_LIFETIME=timedelta(seconds=int(os.environ.get("TASKMANAGER_SESSION_MAX_S", 24 * 3600))),
         WTF_CSRF_TIME_LIMIT=None,
         MAX_CONTENT_LENGTH=16 * 1024 * 1024,
         JSON_SORT_KEYS=False,

@@ -77,6 +77,9 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_database: str | None
         "TASKMANAGER_DATABASE_URL": pg_database or f"sqlite:///{instance / 'taskmanager.db'}",
         "TASKMANAGER_REDIS_URL": private_redis_url,
         "TASKMANAGER_QUEUE": f"test-{uuid.uuid4().hex[:8]}",
+        # No role must enrol a second factor unless a test says so (tests/test_identity_mfa.py
+        # covers the default, admins and approvers).
+        "TASKMANAGER_MFA_ROLES": "",
     }
     for key, value in values.items():
         monkeypatch.setenv(key, value)

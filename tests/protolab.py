@@ -259,9 +259,10 @@ class Slapd:
     ROOT_DN = "cn=admin,dc=example,dc=org"
     ROOT_PW = "admin-Secret-1"
 
-    def __init__(self, pki: PKI, directory: Path) -> None:
+    def __init__(self, pki: PKI, directory: Path, *, plain: bool = False) -> None:
         self.addr = free_address(636)
         self.port = 636
+        self.plain = plain  # also ldap:// on 389 (for StartTLS)
         self.dir = directory
         self.cert, self.key = pki.issue(f"ldap-{self.addr}", [self.addr])
         self.ca_file = pki.ca_file
@@ -285,7 +286,8 @@ class Slapd:
         ]))
         log = self.dir / "slapd.log"
         with open(log, "wb") as fh:
-            self.proc = subprocess.Popen(["/usr/sbin/slapd", "-f", str(conf), "-h", f"{self.url}/", "-d", "0"],
+            urls = f"{self.url}/" + (f" ldap://{self.addr}:389/" if self.plain else "")
+            self.proc = subprocess.Popen(["/usr/sbin/slapd", "-f", str(conf), "-h", urls, "-d", "0"],
                                          stdout=fh, stderr=fh, stdin=subprocess.DEVNULL, start_new_session=True)
         wait_port(self.addr, self.port, self.proc, log=log)
         self._populate()

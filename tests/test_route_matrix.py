@@ -56,6 +56,21 @@ expect(ALL, "POST /login", "POST /logout", "GET /", "GET /dashboard")
 # One's own account, tokens and identity.
 expect(ALL, "GET /account", "POST /account/password", "POST /account/tokens", "GET /api/v1/me",
        "GET /api/v1/tokens", "POST /api/v1/tokens")
+# Second factor and sessions: one's own (the sample session is another user's: nobody may end it).
+# The second step of a sign-in answers 401 to anyone without a password that just passed.
+expect(ALL, "GET /api/v1/me/mfa", "POST /api/v1/me/mfa/totp", "POST /api/v1/me/mfa/totp/confirm",
+       "DELETE /api/v1/me/mfa/totp", "GET /api/v1/me/sessions", "DELETE /api/v1/me/sessions")
+expect(set(), "DELETE /api/v1/me/sessions/<int:session_id>", "POST /login/otp",
+       "POST /account/sessions/<int:session_id>/end")
+expect(ALL, "GET /account/mfa", "POST /account/mfa/confirm", "POST /account/mfa/disable", "GET /account/mfa/verify",
+       "POST /account/mfa/verify", "POST /account/sessions/end-all")
+# Sign-in settings: admins. Signing in through the OpenID provider: nobody without one configured.
+expect(ADMIN, "GET /admin/sign-in", "POST /admin/sign-in/mfa", "POST /admin/sign-in/ldap",
+       "POST /admin/sign-in/ldap/test", "POST /admin/sign-in/oidc", "GET /api/v1/settings/oidc",
+       "PUT /api/v1/settings/oidc")
+expect(set(), "GET /login/oidc", "GET /login/oidc/callback")
+expect(ADMIN, "GET /api/v1/settings/mfa", "PUT /api/v1/settings/mfa", "GET /api/v1/settings/ldap",
+       "PUT /api/v1/settings/ldap", "POST /api/v1/settings/ldap/test")
 # Someone else's token (the sample is another user's): admins only.
 expect(ADMIN, "POST /account/tokens/<int:token_id>/revoke", "DELETE /api/v1/tokens/<int:token_id>")
 # Users.
@@ -197,6 +212,12 @@ def _samples(session) -> dict[str, Any]:
     victim.is_active = True
     if one(ApiToken, user_id=victim.id, revoked_at=None) is None:
         token_for(session, victim)
+    from server.core.models import WebSession
+    from server.people import web_sessions
+
+    if one(WebSession, user_id=victim.id, revoked_at=None) is None:
+        web_sessions.start(session, victim, "127.0.0.1")
+    victim_session = one(WebSession, user_id=victim.id, revoked_at=None)
     host = one(Host, name="m-host") or Host(name="m-host", address="127.0.0.1")
     session.add(host)
     cred = one(Credential, name="m-cred")
@@ -265,7 +286,7 @@ def _samples(session) -> dict[str, Any]:
     return {
         "host_id": host.id, "credential_id": cred.id, "task_id": task.id, "execution_id": ex.id,
         "schedule_id": sch.id, "policy_id": policy.id, "user_id": victim.id, "token_id": token.id,
-        "channel_id": chan.id, "blackout_id": blackout.id, "project_id": project.id, "host_name": "m-host", "filename": "app.css",
+        "channel_id": chan.id, "blackout_id": blackout.id, "project_id": project.id, "session_id": victim_session.id, "host_name": "m-host", "filename": "app.css",
         "rq_static": "css/main.css",
         # rq-dashboard
         "instance_number": 0, "job_id": f"execution-{ex.id}", "queue_name": jobs.queue().name,
@@ -294,12 +315,14 @@ def _routes(app) -> list[tuple[str, Any]]:
 
 
 def _order(item: tuple[str, Any]) -> tuple[int, str]:
-    """Reads first, then writes, deletions, and signing out last of all."""
+    """Reads first, then writes, deletions, and signing out (here, then everywhere) last of all."""
     key = item[0]
     method = key.split(" ", 1)[0]
     rank = {"GET": 0, "POST": 1, "PATCH": 1, "PUT": 1, "DELETE": 2}.get(method, 1)
     if "/logout" in key:
         rank = 3
+    if key in ("DELETE /api/v1/me/sessions", "POST /account/sessions/end-all"):
+        rank = 4
     return rank, key
 
 
@@ -407,3 +430,71 @@ def test_a_new_route_without_a_rule_is_caught(app):
     app.add_url_rule("/brand-new/<int:thing_id>", "brand_new", lambda thing_id: "x", methods=["GET", "POST"])
     missing = {key for key, _ in _routes(app)} - set(EXPECT)
     assert missing == {"GET /brand-new/<int:thing_id>", "POST /brand-new/<int:thing_id>"}
+
+
+# ------------------------------------------------------------------ token scopes
+
+# The scope each API write needs (every read needs "read"); "account": a token holding all of
+# its owner's scopes. A write not listed here is an "admin" one.
+SCOPE_OF: dict[str, str] = {}
+for _route in ("POST /api/v1/executions/<int:execution_id>/approve", "POST /api/v1/executions/<int:execution_id>/reject",
+               "POST /api/v1/schedules/<int:schedule_id>/approve", "POST /api/v1/schedules/<int:schedule_id>/reject"):
+    SCOPE_OF[_route] = "approve"
+for _route in ("POST /api/v1/tasks/<int:task_id>/executions", "POST /api/v1/executions/<int:execution_id>/cancel",
+               "POST /api/v1/executions/<int:execution_id>/relaunch", "POST /api/v1/executions/<int:execution_id>/dry-run",
+               "POST /api/v1/tasks/<int:task_id>/schedules",
+               "PATCH /api/v1/schedules/<int:schedule_id>", "DELETE /api/v1/schedules/<int:schedule_id>",
+               "POST /api/v1/projects/<int:project_id>/sync"):
+    SCOPE_OF[_route] = "execute"
+for _route in ("POST /api/v1/tokens", "DELETE /api/v1/tokens/<int:token_id>", "POST /api/v1/me/mfa/totp",
+               "POST /api/v1/me/mfa/totp/confirm", "DELETE /api/v1/me/mfa/totp", "DELETE /api/v1/me/sessions",
+               "DELETE /api/v1/me/sessions/<int:session_id>"):
+    SCOPE_OF[_route] = "account"
+
+
+SCOPE_OF["POST /api/v1/hosts/<int:host_id>/test"] = "read"  # a reachability test changes nothing
+
+
+def scope_of(key: str) -> str:
+    return "read" if key.startswith("GET ") else SCOPE_OF.get(key, "admin")
+
+
+def test_token_scope_matrix(app, session):
+    """An admin's tokens limited to one scope each: every API route answers 403
+    ``insufficient_scope`` to the tokens without its scope, and lets the one with it past
+    the scope check (the refusal comes before the view, so the others change nothing)."""
+    from server.core.models import User
+    from server.people.auth import issue_token
+
+    for r in ROLES:
+        make_user(session, f"r-{r}", r)
+    admin = session.execute(select(User).where(User.username == "r-admin")).scalar_one()
+    tokens = {scope: issue_token(session, admin, scope, scopes=[scope]) for scope in ("read", "execute", "approve",
+                                                                                       "admin")}
+    session.commit()
+    app.test_client_class = IsolatedClient
+    client = app.test_client()
+    wrong = []
+    values = _samples(session)
+    for key, rule in sorted(_routes(app), key=_order):
+        if not rule.rule.startswith("/api/v1/") or key in ("POST /api/v1/auth/token", "GET /api/v1/openapi.json"):
+            continue
+        method = key.split(" ", 1)[0]
+        if method != "GET":
+            values = _samples(session)
+        url = _url(rule, values)
+        # The token holding the route's scope goes last: its call may change what the URL names.
+        for scope, token in sorted(tokens.items(), key=lambda item: item[0] == scope_of(key)):
+            kwargs: dict[str, Any] = {"headers": {"Authorization": f"Bearer {token}"}}
+            if method in ("POST", "PATCH", "PUT"):
+                kwargs["json"] = {}
+            resp = client.open(url, method=method, **kwargs)
+            body = resp.get_json(silent=True) or {}
+            refused = resp.status_code == 403 and body.get("error", {}).get("code") == "insufficient_scope"
+            assert resp.status_code < 500, (key, resp.status_code)
+            if refused != (scope_of(key) != scope):
+                wrong.append(f"{key}: needs {scope_of(key)}, token has {scope}, got {resp.status_code} {body}")
+            resp.close()
+            session.rollback()
+            session.expire_all()
+    assert not wrong, "\n".join(wrong)

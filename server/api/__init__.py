@@ -19,7 +19,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from server.core import db
-from server.people.auth import user_for_token
+from server.people import scopes
+from server.people.auth import token_row
 from server.core.errors import ApiError, Unauthorized, ValidationError
 from server.core.models import User
 
@@ -57,12 +58,14 @@ def _authenticate() -> None:
         return
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
-        user = user_for_token(db.session(), header[7:].strip())
-        if user is None:
-            raise Unauthorized("invalid or revoked API token")
+        row = token_row(db.session(), header[7:].strip())
+        if row is None:
+            raise Unauthorized("invalid, expired or revoked API token")
         db.session.commit()  # last_used_at
-        g.user = user
-        g.api_token = True
+        if request.url_rule is not None:
+            scopes.require(row.scopes, row.user.role, scopes.needed(request.method, request.url_rule.rule))
+        g.user = row.user
+        g.api_token = row
         return
     if current_user.is_authenticated:
         if request.method not in ("GET", "HEAD", "OPTIONS"):
@@ -72,7 +75,7 @@ def _authenticate() -> None:
             except CSRFValidationError as exc:
                 raise ApiError("missing or invalid X-CSRFToken header", code="csrf", status=400) from exc
         g.user = current_user._get_current_object()
-        g.api_token = False
+        g.api_token = None
         return
     raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
 
@@ -155,6 +158,7 @@ def register_health(app) -> None:
 ROUTE_MODULES = (
     "tokens", "users", "policies", "audit_trail", "hosts", "hostkeys", "connections", "credentials", "tasks",
     "executions", "approvals", "schedules", "notifications", "reports", "openapi", "projects",
+    "mfa", "sessions", "identity",
 )
 
 

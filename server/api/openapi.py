@@ -109,7 +109,8 @@ def build_spec(app) -> dict[str, Any]:
         "components": {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer",
-                           "description": "a token from POST /api/v1/auth/token or `flask users token`"},
+                           "description": "a token from POST /api/v1/auth/token or `flask users token`; its "
+                                          "scopes: read (GET), execute, approve, admin (other writes)"},
                 "session": {"type": "apiKey", "in": "cookie", "name": "session",
                             "description": "the web session; writes also need the X-CSRFToken header"},
             },

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import jsonify, request
+from flask import g, jsonify, request
 from sqlalchemy import select
 
 from server.api import api_bp, json_body, me
@@ -17,30 +17,49 @@ from server.core.errors import ValidationError
 from server.core.models import ApiToken, User
 from server.core.pagination import bool_arg, text_arg
 from server.guards import visible_or_404
-from server.people import access
+from server.people.web_sessions import mfa_at as web_mfa_at
+from server.core.models import utcnow
+from server.people import access, mfa, scopes
 from server.people.accounts import revoke_token, token_name, tokens_of
-from server.people.auth import _token_hash, authenticate, issue_token
+from server.people.auth import _token_hash, complete, first_factor, issue_token, token_expiry
 from server.people.login_throttle import LoginThrottled
+
+TOKEN_FIELDS = {"name", "scopes", "expires_in_s"}
 
 
 @api_bp.post("/auth/token")
+@describe(request="TokenRequest", response="TokenValue", status=201)
 def create_token():
-    """Trade a password for a token. Refused (403) while the password must be changed;
-    429 with ``Retry-After`` while sign-ins for this account from this address are delayed."""
+    """Trade a password (and, with MFA, ``otp``) for a token, optionally limited to
+    ``scopes`` and expiring after ``expires_in_s``. Refused (403) while the password must be
+    changed or a required second factor is not enrolled; 401 ``otp_required`` /
+    ``invalid_otp``; 429 with ``Retry-After`` while sign-ins for this account from this
+    address are delayed."""
     data = json_body()
     username, password = data.get("username"), data.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not username:
         raise ValidationError("'username' and 'password' are required strings")
+    unknown = sorted(set(data) - TOKEN_FIELDS - {"username", "password", "otp"})
+    if unknown:
+        raise ValidationError(f"unknown field(s): {', '.join(unknown)}", field=unknown[0])
     name = token_name(data.get("name"))
+    expires_at = token_expiry(data.get("expires_in_s"))
     s = db.session()
     try:
-        user = authenticate(s, username, password)
+        user = first_factor(s, username, password)
+        wanted = scopes.parse(data.get("scopes"), user.role)
+        mfa_at = complete(s, user, data.get("otp"), via="api")
     except LoginThrottled as exc:
         resp = jsonify(exc.to_dict())
         resp.status_code = exc.status
         resp.headers["Retry-After"] = str(exc.retry_after)
         return resp
-    token = issue_token(s, user, name=name, actor=user.username)
+    if mfa.must_enrol(s, user):
+        s.commit()
+        raise mfa.EnrollmentRequired(f"role '{user.role}' must use a second factor: enrol TOTP in the web UI "
+                                     "(Account) before creating API tokens")
+    token = issue_token(s, user, name=name, actor=user.username, scopes=wanted, expires_at=expires_at,
+                        mfa_at=mfa_at)
     s.commit()
     return jsonify({"token": token}), 201
 
@@ -54,7 +73,9 @@ def token_dict(token: ApiToken) -> dict[str, Any]:
         "created_at": iso(token.created_at),
         "last_used_at": iso(token.last_used_at),
         "revoked_at": iso(token.revoked_at),
-        "active": token.revoked_at is None,
+        "expires_at": iso(token.expires_at),
+        "scopes": sorted(scopes.effective(token.scopes, token.user.role)),
+        "active": token.revoked_at is None and (token.expires_at is None or token.expires_at > utcnow()),
     }
 
 
@@ -88,11 +109,17 @@ def create_api_token():
     Refused (403 ``password_change_required``) while your password must be changed."""
     actor = me()
     data = json_body(required=False)
-    unknown = sorted(set(data) - {"name"})
+    unknown = sorted(set(data) - TOKEN_FIELDS)
     if unknown:
-        raise ValidationError(f"unknown field(s): {', '.join(unknown)} (allowed: name)", field=unknown[0])
+        raise ValidationError(f"unknown field(s): {', '.join(unknown)} (allowed: {', '.join(sorted(TOKEN_FIELDS))})",
+                              field=unknown[0])
+    caller = g.api_token
+    within = scopes.effective(caller.scopes, actor.role) if caller is not None else None
+    wanted = scopes.parse(data.get("scopes"), actor.role, within=within)
     s = db.session()
-    value = issue_token(s, actor, name=token_name(data.get("name")), actor=actor.username)
+    value = issue_token(s, actor, name=token_name(data.get("name")), actor=actor.username, scopes=wanted,
+                        expires_at=token_expiry(data.get("expires_in_s")),
+                        mfa_at=caller.mfa_at if caller is not None else web_mfa_at())
     s.commit()
     row = s.execute(select(ApiToken).where(ApiToken.token_hash == _token_hash(value))).scalar_one()
     return jsonify({**token_dict(row), "token": value}), 201
@@ -110,11 +137,20 @@ def revoke_api_token(token_id: int):
     return no_content()
 
 
+SCOPE_LIST = {"type": "array", "items": {"type": "string", "enum": list(scopes.SCOPES)},
+              "description": "default: every scope the owner's role holds"}
 register_schema("Token", {"type": "object", "properties": {
     "id": {"type": "integer"}, "name": {"type": "string"}, "prefix": {"type": "string"},
     "user": {"type": "string"}, "created_at": DATETIME, "last_used_at": DATETIME, "revoked_at": DATETIME,
-    "active": {"type": "boolean"}}})
-register_schema("TokenInput", {"type": "object", "additionalProperties": False,
-                               "properties": {"name": schema_of(token_name)}})
+    "expires_at": DATETIME, "scopes": SCOPE_LIST, "active": {"type": "boolean"}}})
+register_schema("TokenInput", {"type": "object", "additionalProperties": False, "properties": {
+    "name": schema_of(token_name), "scopes": SCOPE_LIST,
+    "expires_in_s": {"type": "integer", "minimum": 60, "description": "default: never expires"}}})
 register_schema("NewToken", {"allOf": [{"$ref": "#/components/schemas/Token"}, {"type": "object", "properties": {
     "token": {"type": "string", "description": "shown once"}}}]})
+register_schema("TokenRequest", {"type": "object", "required": ["username", "password"], "properties": {
+    "username": {"type": "string"}, "password": {"type": "string"},
+    "otp": {"type": "string", "description": "a current TOTP code or an unused recovery code, once TOTP is on"},
+    "name": {"type": "string", "maxLength": 80}, "scopes": SCOPE_LIST,
+    "expires_in_s": {"type": "integer", "minimum": 60, "description": "default: never expires"}}})
+register_schema("TokenValue", {"type": "object", "properties": {"token": {"type": "string"}}})

@@ -26,6 +26,8 @@ def user_dict(user: User) -> dict[str, Any]:
         "email": user.email,
         "is_active": user.is_active,
         "must_change_password": user.must_change_password,
+        "source": user.auth_source,
+        "mfa": user.totp_confirmed_at is not None,
         "last_login_at": iso(user.last_login_at),
         "created_at": iso(user.created_at),
     }
@@ -119,7 +121,9 @@ _USER = {
     "id": {"type": "integer"}, "username": {"type": "string"}, "role": {"type": "string", "enum": list(ROLES)},
     "email": {"type": ["string", "null"]}, "is_active": {"type": "boolean"},
     "must_change_password": {"type": "boolean"}, "last_login_at": DATETIME,
-    "created_at": DATETIME,
+    "created_at": DATETIME, "source": {"type": "string", "enum": ["local", "ldap", "oidc"],
+                                       "description": "where the account signs in; external ones have no local password"},
+    "mfa": {"type": "boolean", "description": "TOTP enrolled"},
 }
 register_schema("User", {"type": "object", "properties": _USER})
 register_schema("UserDetail", {"type": "object", "properties": {**_USER, "login_delays": {

@@ -180,6 +180,18 @@ class User(Base):
     password_from_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     last_login_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    # Where the account lives: "local" (password here), "ldap" or "oidc" (the directory
+    # decides: no local password, role and policies mapped from groups at each sign-in).
+    auth_source: Mapped[str] = mapped_column(String(10), default="local", server_default="local")
+    external_id: Mapped[str | None] = mapped_column(String(512))  # LDAP DN or OIDC issuer|sub
+    directory_checked_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    mapped_policy_ids: Mapped[list[int] | None] = mapped_column(JSON)  # memberships the mapping gave
+    # TOTP: the secret vault-encrypted; the last accepted time step (replays refused);
+    # recovery codes as SHA-256 hashes, each removed once used.
+    totp_secret: Mapped[bytes | None] = mapped_column(LargeBinary)
+    totp_confirmed_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    totp_last_step: Mapped[int | None] = mapped_column(Integer)
+    recovery_codes: Mapped[list[str] | None] = mapped_column(JSON)
 
     # flask-login protocol
     @property
@@ -204,6 +216,9 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    scopes: Mapped[list[str] | None] = mapped_column(JSON)  # None: every scope the owner's role holds
+    expires_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    mfa_at: Mapped[datetime | None] = mapped_column(TZDateTime)  # minted with a second factor
     user: Mapped[User] = relationship()
 
 
@@ -219,6 +234,18 @@ class WebSession(Base):
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    method: Mapped[str | None] = mapped_column(String(10))  # password, ldap, oidc
+    mfa_at: Mapped[datetime | None] = mapped_column(TZDateTime)  # last second factor given
+
+
+class IdentitySetting(Base):
+    """Admin-edited sign-in settings, one JSON document per kind (``ldap``, ``oidc``, ``mfa``).
+    Secrets are never here: they are named vault credentials."""
+
+    __tablename__ = "identity_settings"
+    name: Mapped[str] = mapped_column(String(20), primary_key=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
 
 
 class Group(Base):

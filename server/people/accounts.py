@@ -18,7 +18,7 @@ from server.core.models import ROLES, ApiToken, PolicyApprover, User, policy_use
 
 MAX_EMAIL = 255
 MAX_TOKEN_NAME = 80
-USER_FIELDS = {"username", "role", "password", "email", "is_active", "unlock", "must_change_password"}
+USER_FIELDS = {"username", "role", "password", "email", "is_active", "unlock", "must_change_password", "reset_mfa"}
 
 
 def _check_fields(data: Any, allowed: set[str]) -> dict[str, Any]:
@@ -63,7 +63,16 @@ def add_user(session: Session, data: Any, *, actor: str) -> User:
     email = _email(data.get("email"))
     user = create_user(session, username, data["role"], data["password"], actor=actor)
     user.email = email
+    # The admin knows this password: its owner must choose his own at first sign-in.
+    user.must_change_password = user.password_from_admin = True
     return user
+
+
+def _local_only(user: User, field: str) -> None:
+    """Directory accounts have no password here: the directory (or provider) owns it."""
+    if user.auth_source != "local":
+        raise ValidationError(f"'{user.username}' is an {user.auth_source.upper()} account: its password is "
+                              "managed by the directory, not here", field=field)
 
 
 def update_user(session: Session, user: User, data: Any, *, actor: User) -> User:
@@ -82,6 +91,7 @@ def update_user(session: Session, user: User, data: Any, *, actor: User) -> User
         user.email = _email(data["email"])
         changes["email"] = True
     if "password" in data:
+        _local_only(user, "password")
         password = data["password"]
         if not isinstance(password, str) or len(password) < 8:
             raise ValidationError("'password' must be at least 8 characters", field="password")
@@ -101,6 +111,11 @@ def update_user(session: Session, user: User, data: Any, *, actor: User) -> User
             if not active:
                 _revoke_all(session, user)
                 web_sessions.revoke_all(session, user)
+    if "reset_mfa" in data and _bool(data, "reset_mfa") and user.totp_confirmed_at is not None:
+        from server.people import mfa
+
+        mfa.disable(session, user, None, actor=actor)  # a lost device: he enrols again at next sign-in
+        changes["reset_mfa"] = True
     if "unlock" in data and _bool(data, "unlock"):
         changes["unlock"] = login_throttle.clear_account(user.username)  # addresses cleared
     session.flush()
@@ -153,6 +168,7 @@ def deactivate_user(session: Session, user: User, *, actor: User) -> None:
 def change_own_password(session: Session, user: User, current: Any, new: Any) -> None:
     from server.people.auth import check_password
 
+    _local_only(user, "new_password")
     if not isinstance(current, str) or not check_password(user, current):
         audit.record(session, "user.password", actor=user.username, target=user, outcome="denied",
                      reason="wrong current password")
@@ -205,3 +221,12 @@ def revoke_token(session: Session, token: ApiToken, *, actor: User) -> bool:
     audit.record(session, "token.revoke", actor=actor.username, target=token, user=token.user.username,
                  name=token.name, prefix=token.prefix)
     return True
+
+
+def end_access(session: Session, user: User, *, reason: str) -> None:
+    """The directory says this account is gone: deactivate it, revoke its tokens and sessions."""
+    user.is_active = False
+    tokens = _revoke_all(session, user)
+    sessions = web_sessions.revoke_all(session, user)
+    audit.record(session, "identity.mapping", actor=user.auth_source, target=user, is_active=False, reason=reason,
+                 tokens_revoked=tokens, sessions_revoked=sessions)

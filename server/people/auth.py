@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -58,14 +59,14 @@ def _refuse_throttled(session: Session, username: str, address: str | None, exc:
     raise exc
 
 
-def authenticate(session: Session, username: str, password: str) -> User:
-    """Check a password login; audits both outcomes.
+def first_factor(session: Session, username: str, password: str) -> User:
+    """Check the password (local, or the directory's for LDAP accounts); audit a failure.
 
     Throttled (see ``login_throttle``): after a few failures for an account from one
     address, that address waits longer and longer before it may try that account again,
     and is answered 429 without its password being checked; other addresses are not
     slowed, so nobody can lock the real user out. An address failing with many names is
-    refused for a while.
+    refused for a while. Success is audited by ``complete``, once the second factor passed.
     """
     address = login_throttle.client_address()
     try:
@@ -74,26 +75,77 @@ def authenticate(session: Session, username: str, password: str) -> User:
     except LoginThrottled as exc:
         _refuse_throttled(session, username, address, exc)
     user = session.execute(select(User).where(User.username == username)).scalar_one_or_none()
+    if user is None or user.auth_source == "ldap":
+        from server.people import ldap
+
+        if ldap.configured(session):
+            try:
+                user = ldap.sign_in(session, username, password or "", known=user)
+            except Unauthorized as exc:
+                audit.record(session, "auth.login", actor=username, target=user, outcome="denied", method="ldap",
+                             reason=exc.message, address=address)
+                session.commit()
+                login_throttle.failed(address)
+                raise
+            login_throttle.succeeded(username, address)
+            return user
     if user is None:
         try:
             _hasher.verify(_DUMMY_HASH, password or "")
         except VerificationError:
             pass
-        audit.record(session, "auth.login", actor=username, outcome="denied", reason="unknown user", address=address)
+        audit.record(session, "auth.login", actor=username, outcome="denied", reason="unknown user", address=address,
+                     method="password")
         session.commit()
         login_throttle.failed(address)
         raise Unauthorized("invalid username or password")
     password_ok = check_password(user, password or "")  # checked either way: same timing
     if not password_ok or not user.is_active:
-        audit.record(session, "auth.login", actor=username, target=user, outcome="denied",
-                     reason="deactivated" if password_ok else "bad password", address=address)
+        reason = "deactivated" if password_ok else "bad password"
+        if user.auth_source != "local":
+            reason = f"{user.auth_source} account: no local password"
+        audit.record(session, "auth.login", actor=username, target=user, outcome="denied", reason=reason,
+                     address=address, method="password")
         session.commit()
         login_throttle.failed(address)
         raise Unauthorized("invalid username or password")
     login_throttle.succeeded(username, address)
-    user.last_login_at = utcnow()
-    audit.record(session, "auth.login", actor=username, target=user, address=address)
     return user
+
+
+def second_factor(session: Session, user: User, otp: Any) -> datetime | None:
+    """For an account with TOTP: check ``otp``, throttled like passwords (its own counter).
+    Returns when the factor was given (None: the account has none)."""
+    from server.people import mfa
+
+    if not mfa.enrolled(user):
+        return None
+    if otp is None or otp == "":
+        mfa.verify(session, user, otp)  # raises OtpRequired; not a failed attempt
+    address = login_throttle.client_address()
+    key = user.username + "\x00otp"
+    try:
+        login_throttle.claim_attempt(key, address)
+    except LoginThrottled as exc:
+        _refuse_throttled(session, user.username, address, exc)
+    try:
+        mfa.verify(session, user, otp)
+    except Unauthorized:
+        login_throttle.failed(address)
+        raise
+    login_throttle.succeeded(key, address)
+    return utcnow()
+
+
+def complete(session: Session, user: User, otp: Any, *, via: str) -> datetime | None:
+    """The second factor if the account has one, then the audited sign-in (method, address,
+    factor). ``via`` is "web" or "api". Returns when the second factor was given."""
+    mfa_at = second_factor(session, user, otp)
+    user.last_login_at = utcnow()
+    method = "password" if user.auth_source == "local" else user.auth_source
+    audit.record(session, "auth.login", actor=user.username, target=user, address=login_throttle.client_address(),
+                 method=method, via=via, mfa=mfa_at is not None)
+    return mfa_at
 
 
 def _token_hash(token: str) -> str:
@@ -104,15 +156,31 @@ class PasswordChangeRequired(Forbidden):
     code = "password_change_required"
 
 
-def issue_token(session: Session, user: User, name: str = "", *, actor: str | None = None) -> str:
-    """Mint an API token.
+MAX_TOKEN_LIFETIME_S = 5 * 366 * 86400
+
+
+def token_expiry(value: Any) -> datetime | None:
+    """``expires_in_s``: a whole number of seconds from now (60 s to five years), or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 60 <= value <= MAX_TOKEN_LIFETIME_S:
+        raise ValidationError(f"'expires_in_s' must be a whole number of seconds from 60 to {MAX_TOKEN_LIFETIME_S}",
+                              field="expires_in_s")
+    return utcnow() + timedelta(seconds=value)
+
+
+def issue_token(session: Session, user: User, name: str = "", *, actor: str | None = None,
+                scopes: list[str] | None = None, expires_at: datetime | None = None,
+                mfa_at: datetime | None = None) -> str:
+    """Mint an API token, limited to ``scopes`` (None: every scope the owner's role holds;
+    see ``scopes``) and valid until ``expires_at`` (None: until revoked).
 
     Self-service minting (``actor`` is the user himself: the token exchange, the tokens API,
     the account page) is refused while his password is one an admin set for him: the admin
     knows it, and a token would outlive it. The first admin's one-time password is shown only
     to whoever runs the server, like the command line (``actor="cli"``): both may mint.
     """
-    if user.password_from_admin and actor == user.username:
+    if user.password_from_admin and actor == user.username and user.auth_source == "local":
         audit.record(session, "token.create", actor=actor, target=user, outcome="denied",
                      reason="password change required")
         session.commit()
@@ -120,23 +188,50 @@ def issue_token(session: Session, user: User, name: str = "", *, actor: str | No
             "your password was set by an administrator (or is the one-time password): sign in to the "
             "web UI and choose your own password before creating API tokens")
     token = "tm_" + secrets.token_urlsafe(32)
-    row = ApiToken(user_id=user.id, name=name, token_hash=_token_hash(token), prefix=token[:10])
+    row = ApiToken(user_id=user.id, name=name, token_hash=_token_hash(token), prefix=token[:10],
+                   scopes=scopes, expires_at=expires_at, mfa_at=mfa_at)
     session.add(row)
     session.flush()
-    audit.record(session, "token.create", actor=actor or user.username, target=row, user=user.username, name=name)
+    audit.record(session, "token.create", actor=actor or user.username, target=row, user=user.username, name=name,
+                 scopes=scopes or "all", expires_at=expires_at)
     return token
 
 
-def user_for_token(session: Session, token: str) -> User | None:
+def token_row(session: Session, token: str) -> ApiToken | None:
+    """The live token row for a presented value: not revoked, not expired, its owner active.
+
+    Checked on every request, so a revoked or expired token is refused at once."""
     row = session.execute(
         select(ApiToken).where(ApiToken.token_hash == _token_hash(token), ApiToken.revoked_at.is_(None))
     ).scalar_one_or_none()
-    if row is None or not row.user.is_active:
-        return None
     now = utcnow()
+    if row is None or not row.user.is_active or (row.expires_at is not None and row.expires_at <= now):
+        return None
+    if row.user.auth_source != "local" and not directory_confirms(session, row.user):
+        return None
     if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
         row.last_used_at = now  # coarse, so reads don't write on every request
-    return row.user
+    return row
+
+
+def directory_confirms(session: Session, user: User) -> bool:
+    """An LDAP account is looked up again now and then (``ldap.still_valid``); when the
+    directory cannot be asked once that is due, access is refused (fails closed). An OIDC
+    account is valid for a while after its last sign-in (``oidc.still_valid``)."""
+    from server.people import ldap, oidc
+
+    if user.auth_source == "oidc":
+        return oidc.still_valid(session, user)
+    try:
+        return ldap.still_valid(session, user)
+    except (ldap.DirectoryUnavailable, ldap.LDAPException):
+        session.rollback()
+        return False
+
+
+def user_for_token(session: Session, token: str) -> User | None:
+    row = token_row(session, token)
+    return None if row is None else row.user
 
 
 def ensure_first_admin(session: Session) -> str | None:

@@ -37,6 +37,20 @@ def _idle_limit() -> timedelta:
     return timedelta(hours=12)
 
 
+def _absolute_limit() -> timedelta:
+    """However active, a session ends this long after its sign-in (``SESSION_ABSOLUTE_LIFETIME``)."""
+    from flask import current_app, has_app_context
+
+    if has_app_context():
+        return current_app.config.get("SESSION_ABSOLUTE_LIFETIME", timedelta(hours=24))
+    return timedelta(hours=24)
+
+
+def live(row: WebSession, now) -> bool:
+    return (row.revoked_at is None and now - row.last_seen_at <= _idle_limit()
+            and now - row.created_at <= _absolute_limit())
+
+
 def current_key() -> str | None:
     """This request's session key (None outside a request or when not signed in)."""
     from flask import has_request_context, session
@@ -44,7 +58,8 @@ def current_key() -> str | None:
     return session.get(COOKIE_KEY) if has_request_context() else None
 
 
-def start(s: Session, user: User, address: str | None) -> str:
+def start(s: Session, user: User, address: str | None, *, method: str = "password",
+          mfa_at=None) -> str:
     """Record a new session for ``user``; return the key to put in the cookie.
 
     The user's ended sessions are dropped here, so the table stays the size of the live ones.
@@ -52,10 +67,11 @@ def start(s: Session, user: User, address: str | None) -> str:
     now = utcnow()
     s.execute(delete(WebSession).where(
         WebSession.user_id == user.id,
-        or_(WebSession.revoked_at.is_not(None), WebSession.last_seen_at < now - _idle_limit())))
+        or_(WebSession.revoked_at.is_not(None), WebSession.last_seen_at < now - _idle_limit(),
+            WebSession.created_at < now - _absolute_limit())))
     key = secrets.token_urlsafe(32)
     s.add(WebSession(user_id=user.id, key_hash=_hash(key), address=(address or "")[:64] or None,
-                     created_at=now, last_seen_at=now))
+                     created_at=now, last_seen_at=now, method=method, mfa_at=mfa_at))
     s.flush()
     return key
 
@@ -66,13 +82,16 @@ def user_for(s: Session, user_id: str, key: str | None) -> User | None:
         return None
     row = s.execute(select(WebSession).where(WebSession.key_hash == _hash(key))).scalar_one_or_none()
     now = utcnow()
-    if row is None or row.user_id != int(user_id) or row.revoked_at is not None:
-        return None
-    if now - row.last_seen_at > _idle_limit():
+    if row is None or row.user_id != int(user_id) or not live(row, now):
         return None
     user = s.get(User, row.user_id)
     if user is None or not user.is_active:
         return None
+    if user.auth_source != "local":
+        from server.people.auth import directory_confirms
+
+        if not directory_confirms(s, user):
+            return None
     if now - row.last_seen_at > SEEN_EVERY:
         _touch(row.id, now)
     return user
@@ -103,3 +122,44 @@ def revoke_all(s: Session, user: User, *, keep: str | None = None) -> int:
     if keep:
         q = q.where(WebSession.key_hash != _hash(keep))
     return s.execute(q.values(revoked_at=utcnow()).execution_options(synchronize_session=False)).rowcount
+
+
+def current(s: Session) -> WebSession | None:
+    key = current_key()
+    if not key:
+        return None
+    return s.execute(select(WebSession).where(WebSession.key_hash == _hash(key))).scalar_one_or_none()
+
+
+def mfa_at(s: Session | None = None):
+    """When this request's web session last gave a second factor (None: never, or no session)."""
+    row = current(s or db.session())
+    return None if row is None else row.mfa_at
+
+
+def mark_mfa(s: Session, when) -> None:
+    """A second factor was just given again (step-up) in this session."""
+    row = current(s)
+    if row is not None:
+        row.mfa_at = when
+
+
+def active_of(s: Session, user: User) -> list[WebSession]:
+    """The user's live sessions, newest first (the account page's list)."""
+    now = utcnow()
+    rows = s.execute(select(WebSession).where(WebSession.user_id == user.id, WebSession.revoked_at.is_(None))
+                     .order_by(WebSession.last_seen_at.desc())).scalars()
+    return [r for r in rows if live(r, now)]
+
+
+def is_current(row: WebSession) -> bool:
+    key = current_key()
+    return bool(key) and row.key_hash == _hash(key)
+
+
+def revoke(s: Session, user: User, session_id: int) -> bool:
+    """End one of the user's own sessions (another browser, a lost laptop)."""
+    return bool(s.execute(
+        update(WebSession).where(WebSession.id == session_id, WebSession.user_id == user.id,
+                                 WebSession.revoked_at.is_(None))
+        .values(revoked_at=utcnow()).execution_options(synchronize_session=False)).rowcount)

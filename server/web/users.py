@@ -46,6 +46,8 @@ def user_edit(user_id: int):
             data["password"] = request.form["password"]
         if request.form.get("unlock") == "on":
             data["unlock"] = True
+        if request.form.get("reset_mfa") == "on":
+            data["reset_mfa"] = True
         _, errors = save(update_user, user, data, actor=current_user)
         error, status = errors.text or None, errors.status
         if error is None:

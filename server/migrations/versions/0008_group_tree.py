@@ -5,7 +5,7 @@ NULL meaning Ansible's default of 1). Existing groups keep their hosts and varia
 become roots of the tree, which is what they were.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0008'
-down_revision = '0006'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
