@@ -96,6 +96,8 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
             rc.command = sandbox.argv(layout, command)
         except sandbox.SandboxError as exc:
             return recorder.finish(None, timeout_s, failure=str(exc))
+        if all(op.slice is None for op in ops.values()):  # a slice's execution is made final by slicing.close
+            recorder.on_settled = lambda result: _final_now(session, ex, result)
         runner = SandboxedRunner(config=rc, event_handler=recorder.event_handler,
                                  cancel_callback=recorder.cancel_callback)
         spawned = time.monotonic()
@@ -115,6 +117,15 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
             sandbox.drain_fifo(fifo)
         hostkeys.learn(settings.instance_dir, hosts, private_dir / "ssh" / "known_hosts")
         shutil.rmtree(private_dir, ignore_errors=True)
+
+
+def _final_now(session: Session, ex: Execution, result: RunResult) -> None:
+    """The execution's final status, audit row and notification, committed at its last host's
+    result (worker._finish, conditional on ``running``); the worker's own call after
+    ansible-playbook's exit then finds it final and leaves it."""
+    from server.runs.worker import _finish  # worker imports this module
+
+    _finish(session, ex, result)
 
 
 def _layout(prep: Prepared, rc: RunnerConfig) -> sandbox.Layout:
