@@ -107,6 +107,7 @@ expect(EDITORS, "GET /tasks/new", "POST /tasks/new", "GET /tasks/<int:task_id>/e
 expect(RUNNERS, "POST /tasks/<int:task_id>/run", "POST /api/v1/tasks/<int:task_id>/executions")
 # Executions: read by whoever sees the task; cancel / relaunch need "execute".
 expect(ALL, "GET /executions", "GET /executions/<int:execution_id>", "GET /executions/<int:execution_id>/live",
+       "GET /executions/<int:execution_id>/live/<int:page>",
        "GET /api/v1/executions", "GET /api/v1/executions/<int:execution_id>")
 expect(RUNNERS, "POST /api/v1/executions/<int:execution_id>/cancel", "POST /api/v1/executions/<int:execution_id>/relaunch")
 # Schedules: read by whoever sees the task; writing needs "schedule"; blackouts and pausing are admin matters.

@@ -47,12 +47,12 @@ def workers(env):
             proc.wait()
 
 
-def _setup(api, commands: list[str]) -> int:
+def _setup(api, commands: list[str], **task) -> int:
     status, body = api.post("/api/v1/hosts", [{"name": f"local{i}", "address": "localhost", "protocol": "local"}
                                               for i in range(4)])
     assert status == 201, body
     status, task = api.post("/api/v1/tasks", {"name": "sliced", "kind": "commands", "commands": commands,
-                                              "hosts": [f"local{i}" for i in range(4)]})
+                                              "hosts": [f"local{i}" for i in range(4)], **task})
     assert status == 201, task
     status, ex = api.post(f"/api/v1/tasks/{task['id']}/executions", None)
     assert status == 202, ex
@@ -113,3 +113,34 @@ def test_cancel_ends_every_slice_and_its_whole_tree(api, session, env, workers):
     session.expire_all()
     ops = session.execute(select(Operation.status).where(Operation.execution_id == ex_id)).scalars().all()
     assert sorted(ops) == ["cancelled"] * 4
+
+
+def test_timeout_ends_every_slice(api, session, env, workers):
+    ex_id = _setup(api, ["sleep 120"], timeout_s=8)
+    status, slices = _wait(env, ex_id, lambda ex, sl: ex in EXECUTION_FINAL, timeout=90)
+    assert status == "timed_out" and slices == ["timed_out", "timed_out"]
+    assert not [m for m in procs.marked() if m.startswith(f"{ex_id}:")]
+    session.expire_all()
+    ops = session.execute(select(Operation).where(Operation.execution_id == ex_id)).scalars().all()
+    assert {o.status for o in ops} == {"failed"} and all("timed out" in (o.message or "") for o in ops)
+
+
+def test_a_slice_without_heartbeat_makes_the_execution_lost(api, session, env):
+    from datetime import timedelta
+
+    from server.core.models import utcnow
+    from server.executions import reaper
+
+    ex_id = _setup(api, ["true"])
+    session.expire_all()
+    ex = session.get(Execution, ex_id)
+    now = utcnow()
+    ex.status, ex.started_at, ex.heartbeat_at = "running", now, now  # the other slice still beats
+    session.add_all([ExecutionSlice(execution_id=ex_id, index=0, hosts=2, status="running", heartbeat_at=now),
+                     ExecutionSlice(execution_id=ex_id, index=1, hosts=2, status="running",
+                                    heartbeat_at=now - timedelta(seconds=300))])
+    session.commit()
+    assert reaper.mark_lost(session, utcnow(), 60) == [ex_id]
+    session.expire_all()
+    ex = session.get(Execution, ex_id)
+    assert ex.status == "lost" and ex.cancel_requested  # the live slice sees it and stops
