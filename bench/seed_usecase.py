@@ -244,6 +244,7 @@ class Served:
             "name": "seed", "kind": "commands", "commands": COMMANDS, "credential": "lab",
             "hosts": [s.name for s in lab.servers]})["id"]
         time.sleep(2)  # the worker is up before the clock starts
+        self.timings: list[dict] = []
 
     def call(self, method: str, path: str, body=None) -> dict:
         import urllib.request
@@ -270,6 +271,20 @@ class Served:
         elapsed = time.perf_counter() - start
         if ex["status"] != "succeeded" or any(len(op["steps"]) != 3 for op in ex["operations"]):
             raise RuntimeError(f"make run execution failed: {ex['status']} {ex.get('message')}")
+        from datetime import datetime
+
+        def at(value: str) -> datetime:
+            return datetime.fromisoformat(value)
+
+        first_step = min(at(st["started_at"]) for op in ex["operations"] for st in op["steps"])
+        last_op = max(at(op["finished_at"]) for op in ex["operations"])
+        self.timings.append({
+            "post_to_claim_s": (at(ex["started_at"]) - at(ex["created_at"])).total_seconds(),
+            "claim_to_first_step_s": (first_step - at(ex["started_at"])).total_seconds(),
+            "first_step_to_last_operation_s": (last_op - first_step).total_seconds(),
+            "last_operation_to_execution_final_s": (at(ex["finished_at"]) - last_op).total_seconds(),
+            "final_to_client_s": elapsed - (at(ex["finished_at"]) - at(ex["created_at"])).total_seconds(),
+        })
         return elapsed
 
     def close(self) -> None:
@@ -296,6 +311,9 @@ def interleaved(lab, served: Served, runs: int) -> dict:
     print(f"(a) 20 parallel plain ssh (interleaved)      median {out['a_median_s']:6.3f} s   runs {out['a_runs_s']}")
     print(f"(d) make run over HTTP, POST -> final status median {out['d_median_s']:6.3f} s   runs {out['d_runs_s']}")
     print(f"d/a = {out['d/a']:.2f} (target <= 0.6)", flush=True)
+    runs = served.timings[1:]  # without the warm-up run
+    out["d_breakdown"] = {k: round(statistics.median(t[k] for t in runs), 3) for k in runs[0]}
+    print("    (d) breakdown: " + ", ".join(f"{k} {v}" for k, v in out["d_breakdown"].items()), flush=True)
     return out
 
 

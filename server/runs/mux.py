@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 
@@ -48,6 +49,7 @@ HOLDER_SCRIPT = Path(__file__).resolve().parent / "mux_holder.py"
 CONTROL_PERSIST_S = 300  # as prepare.CONTROL_PERSIST_S: a holder idle that long has no master left
 READY_WAIT_S = 2.0
 CONNECT_TIMEOUT_S = 10
+FAILED_S = 300  # a host whose master failed this recently is tried again, but not waited for
 
 _lock = threading.Lock()
 _holders: dict[int, Holder] = {}  # credential id -> its holder (for the newest version seen)
@@ -57,7 +59,8 @@ _holders: dict[int, Holder] = {}  # credential id -> its holder (for the newest 
 class Target:
     """One host a holder keeps a connection to, and the socket for it."""
 
-    host: Host
+    name: str  # the host's name
+    host: Any  # what hostkeys needs of the host, copied (SimpleNamespace)
     address: str
     port: int
     user: str
@@ -100,6 +103,8 @@ class Holder:
         self.used_at = time.monotonic()
         self._replies: dict[str, threading.Event] = {}
         self._ok: dict[str, bool] = {}
+        self._failed_at: dict[str, float] = {}  # a host that just failed is not waited for again
+        self._sent: dict[str, Target] = {}
         self._write = threading.Lock()
         layout = sandbox.Layout(self.dir, self.dir, readonly=[HOLDER_SCRIPT])
         sandbox.check(layout)
@@ -121,7 +126,15 @@ class Holder:
             except ValueError:
                 continue
             path = str(reply.get("path"))
+            target = self._sent.pop(path, None)
+            if reply.get("ok") and target is not None:  # ssh learnt a new host's key (accept-new): keep it
+                try:
+                    hostkeys.learn(self.settings.instance_dir, [target.host], self._known_hosts(target))
+                except OSError:
+                    log.warning("connection holder %s: could not keep a learnt host key", self.credential_id,
+                                exc_info=True)
             if not reply.get("ok"):
+                self._failed_at[path] = time.monotonic()
                 log.info("connection holder %s: no master for %s: %s", self.credential_id, path, reply.get("error"))
             self._ok[path] = bool(reply.get("ok"))
             event = self._replies.pop(path, None)
@@ -132,17 +145,23 @@ class Holder:
 
     def target(self, host: Host) -> Target:
         address = host.address or host.name
-        port = protocols.port_of(host) or 22
+        port = int(protocols.port_of(host) or 22)
         user = self.user
-        return Target(host, address, int(port), user, self.dir / "cp" / socket_name(address, int(port), user))
+        # a plain copy: the reader thread learns host keys with it, never touching the session
+        snapshot = SimpleNamespace(name=host.name, address=address, port=port, protocol="ssh")
+        return Target(host.name, snapshot, address, port, user, self.dir / "cp" / socket_name(address, port, user))
+
+    def _known_hosts(self, t: Target) -> Path:
+        return self.dir / "ssh" / f"{t.path.name}.known_hosts"
 
     def _argv(self, t: Target) -> list[str]:
         from server.runs.prepare import ssh_args  # prepare imports this module
 
-        known_hosts = self.dir / "ssh" / f"{t.path.name}.known_hosts"
+        known_hosts = self._known_hosts(t)
         hostkeys.seed(self.settings.instance_dir, [t.host], known_hosts)
         # ssh_args has ControlMaster=auto and ControlPersist: with -N -f this ssh becomes the master
-        return ["ssh", *shlex.split(ssh_args(self.settings, None, known_hosts)), "-o", f"ControlPath={t.path}", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}",
+        return ["ssh", *shlex.split(ssh_args(self.settings, None, known_hosts)), "-o", f"ControlPath={t.path}",
+                "-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}",
                 "-N", "-f", "-p", str(t.port), "-l", t.user, "--", t.address]
 
     def ensure(self, targets: list[Target], wait_s: float) -> list[Target]:
@@ -157,12 +176,14 @@ class Holder:
                 t.path.unlink()  # a stale socket (its master was killed): ssh refuses to bind over it
             event = threading.Event()
             self._replies[key] = event
-            waiting.append((t, event))
+            if time.monotonic() - self._failed_at.get(key, -FAILED_S) >= FAILED_S:
+                waiting.append((t, event))  # (a host down a moment ago would delay every run)
+            self._sent[key] = t
             self._send({"path": key, "argv": self._argv(t)})
         deadline = time.monotonic() + wait_s
         for t, event in waiting:
             if event.wait(max(0.0, deadline - time.monotonic())) and self._ok.get(str(t.path)):
-                hostkeys.learn(self.settings.instance_dir, [t.host], self.dir / "ssh" / f"{t.path.name}.known_hosts")
+                self._failed_at.pop(str(t.path), None)
         return [t for t in targets if alive(t.path)]
 
     def _send(self, request: dict[str, Any]) -> None:
@@ -216,7 +237,7 @@ def held(credential: Credential | None, hosts: list[Host], settings: Settings,
             _holders[credential.id] = holder
         holder.user = str(credential.username)
     ready = holder.ensure([holder.target(h) for h in hosts], wait_s)
-    return {t.host.name: t.path for t in ready}
+    return {t.name: t.path for t in ready}
 
 
 def _close_idle() -> None:
