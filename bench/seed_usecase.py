@@ -13,6 +13,10 @@ On 20 real loopback sshd servers (tests/sshlab.py, needs root), in ONE run, meas
       client) until the last operation is final in the database, with a real
       ``flask --app wsgi worker`` process already running, the embedded Redis on a unix
       socket and SQLite, as ``make run`` sets them up.
+  (d) the user's view: ``flask --app wsgi serve`` (what ``make run`` starts: gunicorn, worker,
+      scheduler, embedded Redis, SQLite) in its own instance directory; over HTTP, from the
+      ``POST`` until ``GET /api/v1/executions/<id>`` answers a final status (polled every
+      10 ms). (a) and (d) run interleaved, one of each per round; target d <= 0.6 a.
 
 Each is run once to warm up (ControlPersist masters, page cache) and then ``--runs``
 times; medians are reported with the ratios c/a and c/b (targets: c <= 1.3 a and
@@ -200,6 +204,119 @@ class TaskManager:
             self.redis_proc.wait(timeout=10)
 
 
+# --------------------------------------------------------------------------- (d) make run, over HTTP
+
+class Served:
+    """``flask --app wsgi serve`` in a fresh instance directory, driven over HTTP like a user."""
+
+    def __init__(self, lab, workdir: Path) -> None:
+        import socket
+
+        self.lab = lab
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.base = f"http://127.0.0.1:{port}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMANAGER_")}
+        self.env.update(TASKMANAGER_INSTANCE_DIR=str(workdir / "served"), TASKMANAGER_BIND=f"127.0.0.1:{port}")
+        flask = [str(BIN / "flask"), "--app", "wsgi"]
+        subprocess.run(flask + ["db", "upgrade"], cwd=REPO, env=self.env, check=True, capture_output=True)
+        subprocess.run(flask + ["users", "create", "bench", "--role", "admin", "--password-stdin"], cwd=REPO,
+                       env=self.env, input="bench-password-1\n", text=True, check=True, capture_output=True)
+        self.token = subprocess.run(flask + ["users", "token", "bench"], cwd=REPO, env=self.env, check=True,
+                                    capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        self.proc = subprocess.Popen(flask + ["serve"], cwd=REPO, env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.call("GET", "/api/v1/hosts")
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("make run did not come up in 60 s")
+                time.sleep(0.2)
+        for srv in lab.servers:
+            self.call("POST", "/api/v1/hosts", {"name": srv.name, "address": srv.address})
+        self.call("POST", "/api/v1/credentials", {"name": "lab", "kind": "ssh_key", "username": lab.user,
+                                                  "secret": lab.private_key})
+        self.task_id = self.call("POST", "/api/v1/tasks", {
+            "name": "seed", "kind": "commands", "commands": COMMANDS, "credential": "lab",
+            "hosts": [s.name for s in lab.servers]})["id"]
+        time.sleep(2)  # the worker is up before the clock starts
+        self.timings: list[dict] = []
+
+    def call(self, method: str, path: str, body=None) -> dict:
+        import urllib.request
+
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers={
+            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read() or b"null")
+
+    def run(self) -> float:
+        from server.core.models import EXECUTION_FINAL
+
+        final = {str(getattr(v, "value", v)) for v in EXECUTION_FINAL}
+        start = time.perf_counter()
+        ex_id = self.call("POST", f"/api/v1/tasks/{self.task_id}/executions", {})["id"]
+        while True:
+            ex = self.call("GET", f"/api/v1/executions/{ex_id}")
+            if ex["status"] in final:
+                break
+            if time.perf_counter() - start > 120:
+                raise RuntimeError("execution did not finish in 120 s")
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - start
+        if ex["status"] != "succeeded" or any(len(op["steps"]) != 3 for op in ex["operations"]):
+            raise RuntimeError(f"make run execution failed: {ex['status']} {ex.get('message')}")
+        from datetime import datetime
+
+        def at(value: str) -> datetime:
+            return datetime.fromisoformat(value)
+
+        first_step = min(at(st["started_at"]) for op in ex["operations"] for st in op["steps"])
+        last_op = max(at(op["finished_at"]) for op in ex["operations"])
+        self.timings.append({
+            "post_to_claim_s": (at(ex["started_at"]) - at(ex["created_at"])).total_seconds(),
+            "claim_to_first_step_s": (first_step - at(ex["started_at"])).total_seconds(),
+            "first_step_to_last_operation_s": (last_op - first_step).total_seconds(),
+            "last_operation_to_execution_final_s": (at(ex["finished_at"]) - last_op).total_seconds(),
+            "final_to_client_s": elapsed - (at(ex["finished_at"]) - at(ex["created_at"])).total_seconds(),
+        })
+        return elapsed
+
+    def close(self) -> None:
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def interleaved(lab, served: Served, runs: int) -> dict:
+    """(a) and (d) one after the other per round, so both see the same machine load."""
+    served.run()  # warm-up: the connection holder starts, masters come up
+    plain_ssh(lab)
+    a, d = [], []
+    for _ in range(runs):
+        a.append(plain_ssh(lab))
+        d.append(served.run())
+    out = {"a_runs_s": [round(x, 3) for x in a], "d_runs_s": [round(x, 3) for x in d],
+           "a_median_s": median(a), "d_median_s": median(d), "d/a": round(median(d) / median(a), 2)}
+    print(f"(a) 20 parallel plain ssh (interleaved)      median {out['a_median_s']:6.3f} s   runs {out['a_runs_s']}")
+    print(f"(d) make run over HTTP, POST -> final status median {out['d_median_s']:6.3f} s   runs {out['d_runs_s']}")
+    print(f"d/a = {out['d/a']:.2f} (target <= 0.6)", flush=True)
+    runs = served.timings[1:]  # without the warm-up run
+    out["d_breakdown"] = {k: round(statistics.median(t[k] for t in runs), 3) for k in runs[0]}
+    print("    (d) breakdown: " + ", ".join(f"{k} {v}" for k, v in out["d_breakdown"].items()), flush=True)
+    return out
+
+
 # --------------------------------------------------------------------------- (w) RQ worker class
 
 _WORKER_SCRIPT = """
@@ -249,10 +366,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--hosts", type=int, default=20)
-    parser.add_argument("--only", choices=["a", "b", "c", "w"], action="append",
-                        help="a: plain ssh, b: ansible-playbook, c: Task Manager, w: RQ worker class latency")
+    parser.add_argument("--only", choices=["a", "b", "c", "d", "w"], action="append",
+                        help="a: plain ssh, b: ansible-playbook, c: Task Manager, d: make run over HTTP "
+                             "(interleaved with a), w: RQ worker class latency")
     args = parser.parse_args()
-    only = set(args.only or ["a", "b", "c"])
+    only = set(args.only or ["a", "b", "c", "d"])
     from tests.sshlab import SSHLab
 
     workdir = Path(tempfile.mkdtemp(prefix="tm-bench-"))
@@ -276,8 +394,18 @@ def main() -> None:
                         results["w_worker_latency"] = worker_latency()
                 finally:
                     tm.close()
+            if "d" in only:
+                served = Served(lab, workdir)
+                try:
+                    results["d_make_run"] = interleaved(lab, served, args.runs)
+                finally:
+                    served.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    if results.get("d_make_run") and not {"a", "b", "c"} <= only:
+        out = REPO / "bench" / "results"
+        out.mkdir(exist_ok=True)
+        (out / "seed_usecase_d.json").write_text(json.dumps(results, indent=2) + "\n")
     if {"a", "b", "c"} <= only:
         a = results["a_plain_ssh"]["median_s"]
         b = results["b_ansible_playbook"]["median_s"]

@@ -132,6 +132,7 @@ expect(EDITORS, "POST /projects", "POST /projects/<int:project_id>/sync", "POST 
 expect(frozenset(), "POST /api/v1/projects/<int:project_id>/webhook")
 # Executions: read by whoever sees the task; cancel / relaunch need "execute".
 expect(ALL, "GET /executions", "GET /executions/<int:execution_id>", "GET /executions/<int:execution_id>/live",
+       "GET /executions/<int:execution_id>/live/<int:page>",
        "GET /api/v1/executions", "GET /api/v1/executions/<int:execution_id>")
 expect(RUNNERS, "POST /api/v1/executions/<int:execution_id>/cancel", "POST /api/v1/executions/<int:execution_id>/relaunch")
 # Schedules: read by whoever sees the task; writing needs "schedule"; blackouts and pausing are admin matters.

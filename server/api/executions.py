@@ -28,6 +28,7 @@ from server.core.pagination import text_arg
 from server.core.validation import Fields, text, variables
 from server.api import api_bp, json_body, me
 from server.api.common import iso, page_of
+from server.reporting import operations_page
 from server.api.openapi import DATETIME, describe, register_schema
 from server.api.tasks import visible_task
 from server.guards import visible_or_404
@@ -189,11 +190,23 @@ def list_executions():
 
 
 @api_bp.get("/executions/<int:execution_id>")
-@describe(response="ExecutionDetail")
+@describe(response="ExecutionDetail", query={
+    "ops_page": {"type": "integer", "minimum": 1, "description": "page of operations (big executions)"},
+    "ops_per_page": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
+    "ops_status": {"type": "string", "description": "only operations with this status"}})
 def get_execution(execution_id: int):
-    """One execution with its operations (one per host) and their steps."""
+    """One execution with its operations (one per host) and their steps.
+
+    Up to 500 hosts every operation comes at once. A bigger execution, or a request with
+    ``ops_page``/``ops_per_page`` (at most 500)/``ops_status``, gets one page of operations
+    in host-name order and ``operations_page``: ``{page, per_page, total, pages, status}``."""
     if approvals.expire_if_due(db.session(), visible_execution(execution_id)):
         db.session.commit()
+    ex = db.session.get(Execution, execution_id)
+    if operations_page.wanted(request.args, ex):  # a big execution: one page of hosts at a time
+        ops, where = operations_page.operations_page(db.session(), ex, request.args)
+        return jsonify({**execution_dict(ex), "operations": [operation_dict(op) for op in ops],
+                        "operations_page": where})
     ex = db.session.execute(
         select(Execution).where(Execution.id == execution_id)
         .options(selectinload(Execution.operations).selectinload(Operation.steps))
@@ -282,4 +295,6 @@ register_schema("ExecutionDetail", {"type": "object", "properties": {
                  "status, current level, the hosts it was asked for, and per level the approvers and the decision",
                  "properties": {"status": {"type": "string"}, "level": {"type": "integer"},
                                 "hosts": {"type": "array", "items": {"type": "string"}},
-                                "levels": {"type": "array"}}}}})
+                                "levels": {"type": "array"}}},
+    "operations_page": {"type": "object", "description": "only when paged: page, per_page, total, pages, status"}}})
+

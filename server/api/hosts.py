@@ -9,7 +9,7 @@ from sqlalchemy.orm import selectinload
 
 from server.core import db
 from server.people.access import filter_hosts, require_host
-from server.catalog.hosts import HOST_CHECKS, create_host, delete_host, update_host
+from server.catalog.hosts import HOST_CHECKS, create_host, create_hosts, delete_host, update_host
 from server.core.validation import schema_of
 from server.core.models import Group, Host
 from server.core.pagination import like_pattern, text_arg
@@ -55,12 +55,19 @@ def list_hosts():
 @describe(request="HostInput", response="Host", status=201)
 @requires("hosts.edit")
 def create_host_view():
-    """Add a host; groups named in ``groups`` are created if missing.
+    """Add a host, or many: a JSON array of hosts creates them all or none.
 
-    Variable names starting with ``ansible_`` or ``tm_`` are refused (422), protocol options
-    (``tls_verify``, ``ca_bundle``...) are checked by type and value, and protocol ``local``
-    is for admins only (403)."""
+    Groups named in ``groups`` are created if missing. Variable names starting with
+    ``ansible_`` or ``tm_`` are refused (422), protocol options (``tls_verify``,
+    ``ca_bundle``...) are checked by type and value, and protocol ``local`` is for admins
+    only (403). An array (at most 10,000 hosts) answers ``{"created": n, "hosts": [{"id",
+    "name"}...]}``; a bad item fails the whole request with its index in the message and in
+    ``field`` (``[3].port``)."""
     user = me()
+    if request.is_json and isinstance(request.get_json(silent=True), list):
+        hosts = create_hosts(db.session(), request.get_json(), actor=user.username)
+        db.session.commit()
+        return jsonify({"created": len(hosts), "hosts": [{"id": h.id, "name": h.name} for h in hosts]}), 201
     host = create_host(db.session(), json_body(), actor=user.username)
     db.session.commit()
     return jsonify(host_dict(host)), 201

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from server.core import audit
 from server.runs import protocols
-from server.core.errors import Conflict, Forbidden
+from server.core.errors import ApiError, Conflict, Forbidden, ValidationError
 from server.core.models import PROTOCOLS, Group, Host, Task, User, task_hosts
 from server.core.validation import (
     GROUP_NAME_RE,
@@ -89,7 +89,8 @@ def require_local_rights(session: Session, actor: str | None, *protocol_names: s
                         "their tasks run on the Task Manager server itself", field="protocol")
 
 
-def check_host(session: Session, data: Any, host: Host | None = None, *, actor: str | None = None) -> dict[str, Any]:
+def check_host(session: Session, data: Any, host: Host | None = None, *, actor: str | None = None,
+               name_checked: bool = False) -> dict[str, Any]:
     """Validated values for a new host (``host`` None) or the changed fields of ``host``."""
     if host is not None:
         require_local_rights(session, actor, host.protocol)
@@ -106,7 +107,7 @@ def check_host(session: Session, data: Any, host: Host | None = None, *, actor: 
     if host is None and "address" not in f.clean:
         f.clean["address"] = f.clean["name"]  # like Ansible: the name is the address unless told
     name = f.clean.get("name")
-    if name is not None and (host is None or name != host.name):
+    if name is not None and not name_checked and (host is None or name != host.name):
         if session.execute(select(Host.id).where(Host.name == name)).first():
             raise Conflict(f"a host named {name!r} already exists", field="name")
     return f.clean
@@ -157,6 +158,64 @@ def create_host(session: Session, data: Any, *, actor: str | None) -> Host:
     audit.record(session, "host.create", actor=actor, target=host, name=host.name, address=host.address,
                  groups=clean["groups"])
     return host
+
+
+MAX_BULK_HOSTS = 10_000
+
+
+def _item_error(exc: ApiError, index: int, item: Any) -> ApiError:
+    """``exc`` for one item of a bulk request: the message and field name the item."""
+    name = item.get("name") if isinstance(item, dict) and isinstance(item.get("name"), str) else None
+    label = f"item {index}" + (f" ({name!r})" if name else "")
+    field = f"[{index}]" + (f".{exc.field}" if exc.field else "")
+    return ApiError(f"{label}: {exc.message}", code=exc.code, status=exc.status, field=field)
+
+
+def create_hosts(session: Session, items: Any, *, actor: str | None) -> list[Host]:
+    """Create many hosts at once (an import of a fleet): all or none.
+
+    Every item gets the checks of ``create_host``; the first bad item fails the whole request
+    with a 4xx naming it (``[3].port``: the item's index and field). Names must be unique
+    in the request as in the database. Groups are resolved once, and the audit rows (one
+    ``host.create`` per host, as for a single host) are written in one chained insert.
+    """
+    if not isinstance(items, list) or not items:
+        raise ValidationError("a bulk request is a non-empty JSON array of hosts")
+    if len(items) > MAX_BULK_HOSTS:
+        raise ValidationError(f"at most {MAX_BULK_HOSTS} hosts per request, got {len(items)}")
+    existing = set(session.execute(select(Host.name)).scalars())
+    seen: dict[str, int] = {}
+    cleaned: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            if not isinstance(item, dict):
+                raise ValidationError("each host must be a JSON object")
+            clean = _check_new_host(session, item, existing, actor=actor)
+            if clean["name"] in seen:
+                raise Conflict(f"the name {clean['name']!r} is also item {seen[clean['name']]}", field="name")
+        except ApiError as exc:
+            raise _item_error(exc, index, item) from None
+        seen[clean["name"]] = index
+        cleaned.append(clean)
+    groups = {g.name: g for g in ensure_groups(session, sorted({n for c in cleaned for n in c["groups"]}),
+                                                actor=actor)}
+    hosts = [Host(name=c["name"], address=c["address"], port=c["port"], protocol=c["protocol"], vars=c["vars"],
+                  groups=[groups[n] for n in c["groups"]]) for c in cleaned]
+    session.add_all(hosts)
+    session.flush()
+    audit.record_many(session, [("host.create", {"actor": actor, "target": h, "name": h.name, "address": h.address,
+                                                 "groups": c["groups"], "bulk": True})
+                                for h, c in zip(hosts, cleaned)])
+    return hosts
+
+
+def _check_new_host(session: Session, item: dict[str, Any], existing: set[str], *, actor: str | None
+                    ) -> dict[str, Any]:
+    """``check_host`` for a new host, with the name taken against ``existing`` (one query for all)."""
+    clean = check_host(session, item, actor=actor, name_checked=True)
+    if clean["name"] in existing:
+        raise Conflict(f"a host named {clean['name']!r} already exists", field="name")
+    return clean
 
 
 def update_host(session: Session, host: Host, data: Any, *, actor: str | None) -> Host:

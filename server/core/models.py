@@ -443,6 +443,7 @@ class Operation(Base):
     message: Mapped[str | None] = mapped_column(Text)  # e.g. the unreachable reason
     started_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    slice: Mapped[int | None] = mapped_column(Integer)  # which slice runs this host (None: not sliced)
     execution: Mapped[Execution] = relationship(back_populates="operations")
     steps: Mapped[list["Step"]] = relationship(
         back_populates="operation", order_by="Step.seq", cascade="all, delete-orphan"
@@ -661,3 +662,25 @@ class NotificationDelivery(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+
+
+class ExecutionSlice(Base):
+    """One slice of a big execution: its own ansible-runner process, on any worker.
+
+    The execution stays one record with one operation per host (``Operation.slice`` says
+    which slice runs it); each slice claims its row, beats its own heartbeat (the reaper
+    declares the execution lost when one slice's stops) and records its outcome. Status
+    values come from ``ExecutionStatus`` (queued, running, then a final one)."""
+
+    __tablename__ = "execution_slices"
+    __table_args__ = (UniqueConstraint("execution_id", "index", name="uq_execution_slice"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    execution_id: Mapped[int] = mapped_column(ForeignKey("executions.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default=ExecutionStatus.QUEUED.value)
+    hosts: Mapped[int] = mapped_column(Integer, default=0)
+    worker_name: Mapped[str | None] = mapped_column(String(200))
+    message: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(TZDateTime)

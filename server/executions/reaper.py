@@ -32,7 +32,17 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from server.core import audit, db
-from server.core.models import EXECUTION_FINAL, OPERATION_OPEN, Execution, ExecutionStatus, Operation, OperationStatus, Step, utcnow
+from server.core.models import (
+    EXECUTION_FINAL,
+    OPERATION_OPEN,
+    Execution,
+    ExecutionSlice,
+    ExecutionStatus,
+    Operation,
+    OperationStatus,
+    Step,
+    utcnow,
+)
 from server.core.redis_conn import redis
 from server.executions import approvals, concurrency, jobs
 from server.executions.fingerprint import fingerprint, launch_inputs, revision_of, target_hosts
@@ -83,6 +93,9 @@ def mark_lost(session: Session, now: datetime, lost_after_s: float) -> list[int]
         Execution.heartbeat_at < cutoff,
         and_(Execution.heartbeat_at.is_(None), Execution.started_at < cutoff),
         and_(Execution.heartbeat_at.is_(None), Execution.started_at.is_(None)),
+        # a sliced run is lost as soon as one of its slices stops beating (slicing.py)
+        Execution.id.in_(select(ExecutionSlice.execution_id).where(
+            ExecutionSlice.status == ExecutionStatus.RUNNING, ExecutionSlice.heartbeat_at < cutoff)),
     )
     ids = list(
         session.execute(select(Execution.id).where(Execution.status == ExecutionStatus.RUNNING, stale).order_by(Execution.id)).scalars()

@@ -15,7 +15,8 @@ file. Ansible then hands the login password to ssh through its own ssh_askpass h
 used because it mistakes remote exit codes 1-6 for its own errors. User variables and
 command lines are written as ``!unsafe`` YAML so Jinja never evaluates them.
 
-Speed: ssh ControlMaster connections persist (per credential version) between runs, a
+Speed: ssh ControlMaster connections persist (per credential version) between runs in a
+connection holder outside the run's sandbox (mux.py), a
 ``commands`` task runs all its lines in one ``tm_commands`` task per host (each line still
 its own shell and step, without Ansible's per-task CPU for every line), with the ``free``
 strategy and one fork per host, pipelining is on, only the YAML inventory plugin is
@@ -41,9 +42,9 @@ from server.core.models import Credential, Execution, Host, Task
 from server.core.vault import vault
 from server.executions.approvals import DRY_RUN_TRIGGER
 from server.executions.fingerprint import git_project
-from server.runs import hostkeys, inventory, project_checkout, protocols
+from server.runs import hostkeys, inventory, mux, project_checkout, protocols
 
-CONTROL_PERSIST_S = 300
+CONTROL_PERSIST_S = mux.CONTROL_PERSIST_S
 STUBS_DIR = Path(__file__).resolve().parent / "ansible_stubs"
 ENV_KEEP_PREFIXES = ("ANSIBLE_", "AWX_", "RUNNER_", "ORIGINAL_STDOUT_CALLBACK")
 # Ansible's prompts, anchored to a whole line so command output can never trigger them.
@@ -146,6 +147,7 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     if preview:  # before approval: nothing a playbook could read, only the key inside ssh-agent
         password = become_password = None
     inv = inventory.build_inventory(hosts, credential)
+    held = mux.attach(inv, mux.held(credential, hosts, settings))  # connections kept from earlier runs
     (private_dir / "inventory").mkdir(mode=0o700)
     (private_dir / "inventory" / "hosts.yml").write_text(inventory.dump_inventory(inv))
     env_dir = private_dir / "env"
@@ -292,7 +294,7 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         passwords=passwords,
         ssh_key=key,
         readonly=[p for p in dict.fromkeys(readonly) if p.exists()],
-        sockets=_x11_sockets(envvars.get("DISPLAY")) if any(h.protocol == "x11" for h in hosts) else [],
+        sockets=held + (_x11_sockets(envvars.get("DISPLAY")) if any(h.protocol == "x11" for h in hosts) else []),
         forks=forks,
         names=inv["_meta"]["names"],
         commands=commands,

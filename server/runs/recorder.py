@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -161,6 +161,11 @@ class Recorder:
     the task's result, which is authoritative.
     """
 
+    # Set by runner.run: called once with the outcome when every host has its final result
+    # (a commands task's last host, a playbook's stats), before ansible-playbook exits.
+    on_settled: Callable[[RunResult], None] | None = None
+    settled = False
+
     def __init__(self, session: Session, ex: Execution, ops: dict[str, Operation], names: dict[str, str],
                  commands: list[str] | None = None, progress: str | None = None, attempt: int = 1) -> None:
         self.session = session
@@ -253,6 +258,7 @@ class Recorder:
                 self._item(st, kind, data, event)
         elif kind == "playbook_on_stats":
             self.stats = data
+            self._settle()
         elif kind in ("error", "warning", "verbose", "playbook_on_no_hosts_matched") and event.get("stdout"):
             if kind == "error" or "ERROR" in event["stdout"]:
                 self.errors.append(event["stdout"].strip())
@@ -451,6 +457,26 @@ class Recorder:
             self.ex.hosts_done = (self.ex.hosts_done or 0) + 1
             if st.final and all(h.final for h in self.hosts.values()):
                 self.flush_soon = True  # the last result: visible now, not at the next batch
+                self._settle()
+
+    def _settle(self) -> None:
+        """Every host has its result: the execution is final now; Ansible's exit is cleanup.
+
+        Not for a run whose unreachable hosts will be tried again (retries.py decides after
+        the exit), nor twice. ``finish`` without a runner gives the hosts not yet final
+        (a playbook's, at its stats) the status the stats say.
+        """
+        if self.on_settled is None or self.settled or self.attempt > 1:
+            return
+        dark = (self.stats or {}).get("dark") or {}
+        if int(self.ex.task.retry_attempts or 1) > 1 and any(
+                st.unreachable or st.op.status == "unreachable" or name in dark for name, st in self.hosts.items()):
+            return  # retries.py runs the unreachable hosts again once ansible-playbook has exited
+        self.settled = True
+        result = self.finish(None, int(self.ex.task.timeout_s or 3600))
+        for st in self.hosts.values():
+            st.final = True  # what ansible-playbook's exit brings changes nothing any more
+        self.on_settled(result)
 
     # -- the end -------------------------------------------------------------------------
     def finish(self, runner: Runner | None, timeout_s: int, failure: str | None = None) -> RunResult:

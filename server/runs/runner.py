@@ -19,17 +19,14 @@ keys kept and the private directory removed.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
-import stat
 import time
 from pathlib import Path
 from typing import Any
 
 from ansible_runner.config.runner import RunnerConfig
 from ansible_runner.runner import Runner
-from ansible_runner.utils import open_fifo_write
 from sqlalchemy.orm import Session
 
 from server.core.config import Settings
@@ -94,11 +91,13 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
             command = list(rc.command)
             if prep.ssh_key:  # ssh-agent inside the sandbox reads the key from a fifo only it can open
                 fifo = str(private_dir / "agent" / "key")  # set first: drained even if writing fails
-                _write_key(fifo, prep.ssh_key)
+                sandbox.write_key(fifo, prep.ssh_key)
                 command = rc.wrap_args_with_ssh_agent(command, fifo)
             rc.command = sandbox.argv(layout, command)
         except sandbox.SandboxError as exc:
             return recorder.finish(None, timeout_s, failure=str(exc))
+        if all(op.slice is None for op in ops.values()):  # a slice's execution is made final by slicing.close
+            recorder.on_settled = lambda result: _final_now(session, ex, result)
         runner = SandboxedRunner(config=rc, event_handler=recorder.event_handler,
                                  cancel_callback=recorder.cancel_callback)
         spawned = time.monotonic()
@@ -115,9 +114,18 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
         if mark:
             procs.kill_marked(mark)  # nothing of this run outlives it (exceptions, RQ timeout)
         if fifo:
-            _drain_fifo(fifo)
+            sandbox.drain_fifo(fifo)
         hostkeys.learn(settings.instance_dir, hosts, private_dir / "ssh" / "known_hosts")
         shutil.rmtree(private_dir, ignore_errors=True)
+
+
+def _final_now(session: Session, ex: Execution, result: RunResult) -> None:
+    """The execution's final status, audit row and notification, committed at its last host's
+    result (worker._finish, conditional on ``running``); the worker's own call after
+    ansible-playbook's exit then finds it final and leaves it."""
+    from server.runs.worker import _finish  # worker imports this module
+
+    _finish(session, ex, result)
 
 
 def _layout(prep: Prepared, rc: RunnerConfig) -> sandbox.Layout:
@@ -128,36 +136,3 @@ def _layout(prep: Prepared, rc: RunnerConfig) -> sandbox.Layout:
     sandbox.open_up(prep.private_dir)
     return sandbox.Layout(prep.private_dir, Path(rc.cwd), readonly=prep.readonly, writable=events,
                           sockets=prep.sockets, overlays=prep.overlays)
-
-
-def _write_key(fifo: str, key: str) -> None:
-    """The ssh key, into a fifo that only ssh-agent inside the sandbox can open (a writer thread)."""
-    open_fifo_write(fifo, key)
-    if os.geteuid() == 0:
-        os.chown(fifo, sandbox.SANDBOX_UID, sandbox.SANDBOX_GID)
-
-
-def _drain_fifo(path: str) -> None:
-    """Unblock ansible-runner's key-writer thread if ssh-add never read the fifo."""
-    try:
-        if not stat.S_ISFIFO(os.stat(path).st_mode):
-            return
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return
-    try:
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                time.sleep(0.01)
-                continue
-            if not chunk:
-                break
-    finally:
-        os.close(fd)
-        try:
-            os.unlink(path)
-        except OSError:
-            pass

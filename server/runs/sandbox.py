@@ -26,11 +26,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ansible_runner.utils import open_fifo_write
 
 SANDBOX_UID = 65534  # nobody
 SANDBOX_GID = 65534  # nogroup
@@ -194,3 +198,36 @@ def check(layout: Layout) -> None:
     if proc.returncode != 0:
         raise SandboxError(f"could not create the run's sandbox: {(proc.stderr or proc.stdout).strip()[:500]}")
     _probed = True
+
+
+def write_key(fifo: str, key: str) -> None:
+    """The ssh key, into a fifo that only ssh-agent inside the sandbox can open (a writer thread)."""
+    open_fifo_write(fifo, key)
+    if os.geteuid() == 0:
+        os.chown(fifo, SANDBOX_UID, SANDBOX_GID)
+
+
+def drain_fifo(path: str) -> None:
+    """Unblock ansible-runner's key-writer thread if ssh-add never read the fifo."""
+    try:
+        if not stat.S_ISFIFO(os.stat(path).st_mode):
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                time.sleep(0.01)
+                continue
+            if not chunk:
+                break
+    finally:
+        os.close(fd)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from server.executions import approvals, concurrency, reaper
 from server.core import audit, db
 from server.reporting import notify
-from server.runs import project_jobs, retries, runner
+from server.runs import project_jobs, retries, runner, slicing
 from server.core.config import Settings
 from server.executions.fingerprint import target_hosts
 from server.core.models import OPERATION_OPEN, Execution, ExecutionStatus, Operation, OperationStatus, Step, utcnow
@@ -184,6 +184,10 @@ def _run(app: Flask, execution_id: int) -> str:
         _after_finish(session, ex)
         return f"refused: {refusal}"
     session.commit()
+    slices = slicing.count(len(hosts))
+    if slices > 1:  # a big execution: slices on several workers (slicing.py)
+        return slicing.run_sliced(session, ex, hosts, ops, settings, slices, ex.worker_name or _worker_name(),
+                                  _finish, _after_finish)
 
     result: runner.RunResult
     try:
@@ -263,6 +267,8 @@ def _finish(session: Session, ex: Execution, result: runner.RunResult) -> None:
         session.commit()
     if not ours:
         session.refresh(ex)
+        if ex.status == result.status and ex.finished_at is not None:
+            return  # made final at its last host's result (runner._final_now)
         log.warning("execution %s: finished as %s but is already %s; left as is", ex.id, result.status, ex.status)
 
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from flask import abort, jsonify, render_template, request
+from flask import abort, jsonify, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import select
 from sqlalchemy.orm import joinedload, selectinload
 
 from server.people import access
 from server.core import db
-from server.reporting import reports
+from server.reporting import operations_page, reports
 from server.core.errors import ValidationError
 from server.core.models import (
     EXECUTION_FINAL,
@@ -31,6 +31,7 @@ from server.guards import MAX_ID
 from server.web import web_bp
 
 OUTPUT_TAIL = 64 * 1024  # characters of output shown per host; the API has all of it
+PAGE_HOSTS = 100  # hosts per page of an execution's page, when it has more (~1.7 kB of HTML per host)
 HOST_ORDER = {"failed": 0, "unreachable": 1, "running": 2, "pending": 3}
 
 
@@ -101,13 +102,16 @@ def _ordered(ops: list[Operation]) -> list[Operation]:
 @web_bp.get("/executions/<int:execution_id>")
 @login_required
 def execution(execution_id: int):
-    ex = _load(execution_id)
+    ex = _load(execution_id, with_operations=False)
+    ops, summary, pager = _hosts_page(ex)
     perms = access.task_permissions(db.session(), current_user, ex.task) if ex.task else set()
     return render_template(
         "executions/detail.html",
         ex=ex,
-        ops=_ordered(ex.operations),
-        summary=_summary(ex),
+        ops=ops,
+        summary=summary,
+        pager=pager,
+        live_url=url_for("web.execution_live", execution_id=ex.id, page=pager["page"] if pager else None),
         can_run="execute" in perms,
         tail=OUTPUT_TAIL,
         host_key=_host_key,
@@ -115,9 +119,29 @@ def execution(execution_id: int):
     )
 
 
+def _hosts_page(ex: Execution) -> tuple[list[Operation], dict, dict | None]:
+    """The hosts the page shows: all of them, or for a big execution (or ``?page``/``?status``)
+    one page of ``PAGE_HOSTS`` in name order, so its first screen stays small and fast."""
+    args = {"ops_page": request.args.get("page", ""), "ops_status": request.args.get("status", "")}
+    args = {k: v for k, v in args.items() if v}
+    if not operations_page.wanted(args, ex, unpaged_max=PAGE_HOSTS):
+        ops = list(db.session.execute(select(Operation).where(Operation.execution_id == ex.id)
+                                      .options(selectinload(Operation.steps))).scalars())
+        return _ordered(ops), _summary(ex, [op.status for op in ops]), None
+    try:
+        ops, pager = operations_page.operations_page(db.session(), ex, {**args, "ops_per_page": str(PAGE_HOSTS)})
+    except ValidationError:
+        abort(404)  # a page that does not exist
+    if pager["page"] > pager["pages"]:
+        abort(404)
+    statuses = db.session.execute(select(Operation.status).where(Operation.execution_id == ex.id)).scalars().all()
+    return ops, _summary(ex, list(statuses)), pager
+
+
 @web_bp.get("/executions/<int:execution_id>/live")
+@web_bp.get("/executions/<int:execution_id>/live/<int:page>")
 @login_required
-def execution_live(execution_id: int):
+def execution_live(execution_id: int, page: int | None = None):
     """Polled by the execution page: status, progress, and the hosts that changed."""
     ex = _load(execution_id, with_operations=False)
     now = utcnow()
@@ -131,12 +155,17 @@ def execution_live(execution_id: int):
         select(Operation.id, Operation.status, Operation.started_at, Operation.finished_at)
         .where(Operation.execution_id == ex.id)
     ).all()
+    if page is not None:  # a paged execution page: only its own hosts are sent
+        on_page = set(db.session.execute(
+            select(Operation.id).where(Operation.execution_id == ex.id).order_by(Operation.host_name)
+            .offset((page - 1) * PAGE_HOSTS).limit(PAGE_HOSTS)).scalars())
     changed = [
         r.id for r in light
-        if since is None
-        or r.status not in OPERATION_FINAL
-        or (r.finished_at is not None and r.finished_at >= since)
-        or (r.started_at is not None and r.started_at >= since)
+        if (page is None or r.id in on_page) and (
+            since is None
+            or r.status not in OPERATION_FINAL
+            or (r.finished_at is not None and r.finished_at >= since)
+            or (r.started_at is not None and r.started_at >= since))
     ]
     ops = db.session.execute(
         select(Operation).options(selectinload(Operation.steps)).where(Operation.id.in_(changed))
