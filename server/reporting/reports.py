@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, joinedload
 from server.people import access
 from server.core.dates import parse_moment
 from server.core.errors import ValidationError
+from server.reporting import output
 from server.core.models import (
     EXECUTION_FAILED,
     EXECUTION_OPEN,
@@ -548,7 +549,7 @@ def iter_executions_csv(session: Session, f: Filters) -> Iterator[str]:
             w.writerow([_cell(v) for v in (
                 r.id, r.task, r.status, r.trigger, r.requested_by, r.created_at, r.started_at, r.finished_at,
                 _duration(r.started_at, r.finished_at), r.host_count, r.hosts_done, failed.get(r.id, 0),
-                r.revision, r.reason, r.message,
+                r.revision, r.reason, output.strip(r.message),
             )])
         yield line.take()
         session.expunge_all()
@@ -579,7 +580,7 @@ def iter_operations_csv(session: Session, f: Filters) -> Iterator[str]:
         for ex_id, host, status, rc, started, finished, message in session.connection().execute(stmt):
             ex = by_id[ex_id]
             write((ex_id, tasks[ex_id], _text(host), status, "" if rc is None else rc, _iso(started), _iso(finished),
-                   _secs(started, finished), ex.status, ex.trigger, _text(message)))
+                   _secs(started, finished), ex.status, ex.trigger, _text(output.strip(message))))
         return line.take()
 
     for rows in _execution_batches(session, f, batch=min(200, CSV_BATCH)):
