@@ -107,7 +107,10 @@ expect(EDITORS, "GET /tasks/new", "POST /tasks/new", "GET /tasks/<int:task_id>/e
 expect(RUNNERS, "POST /tasks/<int:task_id>/run", "POST /api/v1/tasks/<int:task_id>/executions")
 # Executions: read by whoever sees the task; cancel / relaunch need "execute".
 expect(ALL, "GET /executions", "GET /executions/<int:execution_id>", "GET /executions/<int:execution_id>/live",
-       "GET /api/v1/executions", "GET /api/v1/executions/<int:execution_id>")
+       "GET /api/v1/executions", "GET /api/v1/executions/<int:execution_id>",
+       "GET /executions/<int:execution_id>/steps/<int:step_id>/output",
+       "GET /executions/<int:execution_id>/operations/<int:op_id>/output",
+       "GET /api/v1/executions/<int:execution_id>/steps/<int:step_id>/output")
 expect(RUNNERS, "POST /api/v1/executions/<int:execution_id>/cancel", "POST /api/v1/executions/<int:execution_id>/relaunch")
 # Schedules: read by whoever sees the task; writing needs "schedule"; blackouts and pausing are admin matters.
 expect(ALL, "GET /schedules", "GET /schedules/<int:schedule_id>", "GET /api/v1/schedules",
@@ -169,9 +172,11 @@ def _samples(session) -> dict[str, Any]:
         Execution,
         Host,
         NotificationChannel,
+        Operation,
         Policy,
         PolicyApprover,
         Schedule,
+        Step,
         Task,
         User,
         utcnow,
@@ -210,6 +215,14 @@ def _samples(session) -> dict[str, Any]:
                          .order_by(Execution.id)).scalars().first()
     if ex is None:
         ex = request_execution(session, task, users["r-operator"], reason="matrix", enqueue=False)
+    op = one(Operation, execution_id=ex.id)
+    if op is None:  # output to read (the routes that serve it)
+        op = Operation(execution_id=ex.id, host_name="m-host", status="pending")
+        session.add(op)
+        session.flush()
+        session.add(Step(operation_id=op.id, seq=1, name="command 1: true", status="running", stdout="x\n"))
+        session.flush()
+    step = one(Step, operation_id=op.id)
     sch = one(Schedule, task_id=task.id)
     if sch is None:
         sch = Schedule(task_id=task.id, task=task, cron="0 6 * * *", timezone="UTC", vars={},
@@ -247,7 +260,7 @@ def _samples(session) -> dict[str, Any]:
         FailedJobRegistry(queue=jobs.queue()).add(job, ttl=3600)
     token = one(ApiToken, user_id=victim.id, revoked_at=None)
     return {
-        "host_id": host.id, "credential_id": cred.id, "task_id": task.id, "execution_id": ex.id,
+        "host_id": host.id, "credential_id": cred.id, "task_id": task.id, "execution_id": ex.id, "op_id": op.id, "step_id": step.id,
         "schedule_id": sch.id, "policy_id": policy.id, "user_id": victim.id, "token_id": token.id,
         "channel_id": chan.id, "blackout_id": blackout.id, "host_name": "m-host", "filename": "app.css",
         "rq_static": "css/main.css",

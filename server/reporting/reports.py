@@ -246,7 +246,10 @@ def status_counts(session: Session, task_ids: set[int] | None, now: datetime, ta
 
 
 def task_success(session: Session, task_ids: set[int] | None, since: datetime, limit: int = 50) -> list[dict[str, Any]]:
-    """Per task over the window: finished runs, successes, failures, rate, mean duration."""
+    """Per task over the window: finished runs, successes, failures, rate, mean duration.
+
+    The rate is successes over runs that succeeded or failed: a cancelled run says nothing
+    about the task, so a task whose only run was cancelled has no rate, not "0 %"."""
     finished = Execution.status.in_(FINISHED_RUN)
     dur = seconds_between(session, Execution.started_at, Execution.finished_at)
     stmt = (
@@ -265,7 +268,8 @@ def task_success(session: Session, task_ids: set[int] | None, since: datetime, l
     )
     rows = []
     for r in session.execute(stmt):
-        rate = (r.ok or 0) / r.runs if r.runs else None
+        decided = int(r.ok or 0) + int(r.bad or 0)
+        rate = (r.ok or 0) / decided if decided else None
         rows.append({"task_id": r.task_id, "task": r.name, "runs": r.runs, "succeeded": int(r.ok or 0),
                      "failed": int(r.bad or 0), "rate": rate, "avg_s": float(r.avg_s) if r.avg_s is not None else None,
                      "last_id": r.last_id})

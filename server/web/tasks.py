@@ -89,8 +89,11 @@ def _task_data(form) -> dict[str, Any]:
     return data
 
 
-def _task_form(task: Task | None, errors: dict[str, str] | None = None, status: int = 200):
-    if request.method == "POST":
+def _task_form(task: Task | None, errors: dict[str, str] | None = None, status: int = 200,
+               copy_of: Task | None = None):
+    if copy_of is not None:
+        values = _copy_values(copy_of)
+    elif request.method == "POST":
         values: dict[str, Any] = request.form.to_dict()
         values["hosts"], values["groups"] = request.form.getlist("hosts"), request.form.getlist("groups")
     elif task is not None:
@@ -135,12 +138,24 @@ def _choices(task: Task | None) -> tuple[list[str], list[str], list[Any]]:
     return s.execute(hosts_q).scalars().all(), s.execute(groups_q).scalars().all(), s.execute(creds_q).all()
 
 
+def _copy_values(src: Task) -> dict[str, Any]:
+    """The new-task form filled from ``src``: "Copy task" saves nothing until the form is sent."""
+    return {"name": f"Copy of {src.name}"[:120], "description": src.description, "kind": src.kind,
+            "commands": "\n".join(src.commands or []), "playbook": src.playbook or "",
+            "hosts": [h.name for h in src.hosts], "groups": [g.name for g in src.groups],
+            "credential": src.credential.name if src.credential else "", "vars": dump_vars(src.vars),
+            "timeout_s": src.timeout_s, "become": src.become, "allow_simultaneous": src.allow_simultaneous,
+            "retry_attempts": src.retry_attempts, "retry_delay_s": src.retry_delay_s,
+            "retry_on_lost": src.retry_on_lost}
+
+
 @web_bp.route("/tasks/new", methods=["GET", "POST"])
 @login_required
 @requires("tasks.create")
 def task_new():
     if request.method == "GET":
-        return _task_form(None)
+        copy = request.args.get("copy", "")
+        return _task_form(None, copy_of=_visible_task(int(copy))[0] if copy.isdigit() and len(copy) <= 10 else None)
     task, errors = save(lambda s: create_task(s, _task_data(request.form), user=current_user._get_current_object(),
                                                playbook_dir=current_app.config["TM"].playbook_dir))
     if errors:

@@ -222,6 +222,10 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    // a box that scrolls sideways (wide table, long output) can be scrolled with the keyboard
+    document.querySelectorAll(".table-wrap, pre").forEach(function (el) {
+      if (el.scrollWidth > el.clientWidth || el.scrollHeight > el.clientHeight) el.tabIndex = 0;
+    });
     TM.localizeTimes(document);
     markActiveNav();
     // Keep relative times fresh.
