@@ -211,3 +211,32 @@ def test_every_page_clean_on_a_phone_and_accessible(api, session, live_server, b
     assert serious == {}, serious
     assert page.problems == [] or all("404" in p for p in page.problems), page.problems
     page.context.close()
+
+
+def test_hosts_bulk_select_sort_and_task_host_picker(api, live_server, browser):
+    for i in range(6):
+        status, body = api.post("/api/v1/hosts", {"name": f"node-{i}", "address": "127.0.0.1", "port": 1})
+        assert status == 201, body
+    page = new_page(browser)
+    login(page, live_server)
+    page.goto(live_server + "/hosts")
+    page.click("#hosts th button.sort >> text=Name")
+    page.click("#hosts th button.sort >> text=Name")  # descending
+    names = page.eval_on_selector_all("#hosts tbody tr td:nth-child(2)", "els => els.map(e => e.textContent.trim())")
+    assert names == [f"node-{i}" for i in reversed(range(6))]
+    page.check("[data-select-all=host]")
+    assert page.inner_text("[data-bulk-count]") == "6 ticked"
+    page.fill("#bulk-group", "rack-1")
+    page.click("button[name=action][value=group]")
+    page.wait_for_selector(".flash.success")
+    assert "Added 6 hosts to group rack-1" in page.inner_text(".flash.success")
+    assert page.locator("#hosts tbody .badge", has_text="rack-1").count() == 6
+    shot(page, "hosts-bulk")
+
+    page.goto(live_server + "/tasks/new")
+    page.fill(".picker input[type=search]", "node-3")
+    page.click(".picker [data-pick=shown]")
+    assert page.eval_on_selector("#t-hosts", "s => [...s.selectedOptions].map(o => o.value)") == ["node-3"]
+    assert "1 of 6 selected" in page.inner_text(".picker")
+    assert page.problems == []
+    page.context.close()
