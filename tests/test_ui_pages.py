@@ -160,3 +160,24 @@ def test_bulk_host_actions(app, session, admin_user):
     operator = Browser(app, "opal")
     status, _, _ = operator.submit("/hosts", "/hosts/bulk", {"action": "delete", "host": [str(ids["b1"])]})
     assert status == 403 and session.get(Host, ids["b1"]) is not None
+
+
+def test_dashboard_upcoming_runs_and_recent_failures_and_task_next_run(app, session, admin_user):
+    from server.core.models import Schedule
+
+    task = make_task(session, "daily-restart", hosts=("d1",))
+    now = utcnow()
+    session.add(Schedule(task_id=task.id, task=task, cron="0 6 * * *", timezone="Europe/Paris", vars={},
+                         next_fire_at=now + timedelta(hours=3)))
+    failed = make_execution(session, task, "failed", started_at=now, finished_at=now, message="1 failed of 1 hosts")
+    session.commit()
+    web = Browser(app, "admin")
+    status, page = web.get("/dashboard")
+    assert status == 200
+    upcoming = page.split('id="upcoming"')[1].split("</section>")[0]
+    assert "daily-restart" in upcoming and "<time datetime=" in upcoming
+    failures = page.split('id="recent-failures"')[1].split("</section>")[0]
+    assert f"#{failed.id}" in failures and "1 failed of 1 hosts" in failures
+    status, page = web.get(f"/tasks/{task.id}")
+    next_run = page.split('id="next-run"')[1].split("</dd>")[0]
+    assert "<time datetime=" in next_run and "not scheduled" not in next_run

@@ -31,6 +31,7 @@ from server.core.models import (
     ExecutionStatus,
     Operation,
     OperationStatus,
+    Schedule,
     Task,
     User,
     utcnow,
@@ -342,6 +343,29 @@ def active_executions(session: Session, task_ids: set[int] | None, limit: int = 
     return list(session.execute(stmt).scalars())
 
 
+def upcoming_runs(session: Session, task_ids: set[int] | None, limit: int = 8) -> list[Schedule]:
+    """The next fires of enabled schedules, soonest first (suspended or unapproved ones do not fire)."""
+    stmt = (
+        select(Schedule).options(joinedload(Schedule.task))
+        .where(Schedule.enabled.is_(True), Schedule.next_fire_at.is_not(None), Schedule.suspended_reason.is_(None),
+               or_(Schedule.approval_status.is_(None), Schedule.approval_status == "approved"))
+        .order_by(Schedule.next_fire_at, Schedule.id).limit(limit)
+    )
+    if task_ids is not None:
+        stmt = stmt.where(Schedule.task_id.in_(sorted(task_ids)))
+    return list(session.execute(stmt).scalars())
+
+
+def recent_failures(session: Session, task_ids: set[int] | None, since: datetime, limit: int = 8) -> list[Execution]:
+    """The latest runs that failed, timed out or were lost, newest first."""
+    stmt = (
+        select(Execution).options(joinedload(Execution.task))
+        .where(Execution.status.in_(FAILED_EXECUTION), *_execution_conditions(Filters(task_ids=task_ids, start=since)))
+        .order_by(Execution.id.desc()).limit(limit)
+    )
+    return list(session.execute(stmt).scalars())
+
+
 def dashboard(session: Session, user: User, window: str = "7d", now: datetime | None = None) -> dict[str, Any]:
     if window not in WINDOWS:
         raise ValidationError(f"'window' must be one of {', '.join(WINDOWS)}", field="window")
@@ -359,6 +383,8 @@ def dashboard(session: Session, user: User, window: str = "7d", now: datetime | 
         "hosts": failing_hosts(session, task_ids, since),
         "trend": duration_trend(session, task_ids, trend_since, now),
         "active": active_executions(session, task_ids),
+        "upcoming": upcoming_runs(session, task_ids),
+        "failures": recent_failures(session, task_ids, since),
     }
 
 

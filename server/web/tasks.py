@@ -21,6 +21,7 @@ from server.core.pagination import like_pattern
 from server.executions.request import request_execution, target_hosts
 from server.guards import requires, visible_or_404
 from server.people import access
+from server.reporting import reports
 from server.web import web_bp
 from server.web.common import page_of, save, search_arg
 from server.web.forms import checkbox, dump_vars, int_or_text, lines, parse_vars
@@ -181,7 +182,7 @@ def _task_page(task: Task, perms: set[str], errors: dict[str, str] | None = None
     run_form = request.form.to_dict() if request.method == "POST" else {}
     return render_template("tasks/detail.html", task=task, perms=perms, recent=recent, rules=rules,
                            targets=target_hosts(task), vars_text=dump_vars(task.vars), errors=errors or {},
-                           run_form=run_form), status
+                           run_form=run_form, next_run=next(iter(reports.upcoming_runs(s, {task.id}, limit=1)), None)), status
 
 
 @web_bp.route("/tasks/<int:task_id>/edit", methods=["GET", "POST"])
