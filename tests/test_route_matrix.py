@@ -113,6 +113,8 @@ expect(ALL, "GET /executions", "GET /executions/<int:execution_id>", "GET /execu
        "GET /api/v1/executions/<int:execution_id>/steps/<int:step_id>/output")
 # The hosts list's bulk actions: testing needs hosts.view (every role); delete/group check hosts.edit inside.
 expect(ALL, "POST /hosts/bulk")
+# "Notify me" on a task: whoever sees the task (all roles here).
+expect(ALL, "POST /tasks/<int:task_id>/subscription")
 expect(RUNNERS, "POST /api/v1/executions/<int:execution_id>/cancel", "POST /api/v1/executions/<int:execution_id>/relaunch")
 # Schedules: read by whoever sees the task; writing needs "schedule"; blackouts and pausing are admin matters.
 expect(ALL, "GET /schedules", "GET /schedules/<int:schedule_id>", "GET /api/v1/schedules",

@@ -14,6 +14,7 @@ from server.core.models import Operation, Step, utcnow
 from server.reporting import output, reports
 from server.runs.recorder import Recorder
 from tests.test_robustness_reaper import make_execution, make_task
+from tests.test_notify import smtp_server  # noqa: F401  (fixture)
 from tests.test_web_resources import Browser
 
 
@@ -181,3 +182,42 @@ def test_dashboard_upcoming_runs_and_recent_failures_and_task_next_run(app, sess
     status, page = web.get(f"/tasks/{task.id}")
     next_run = page.split('id="next-run"')[1].split("</dd>")[0]
     assert "<time datetime=" in next_run and "not scheduled" not in next_run
+
+
+def test_operator_subscribes_to_a_task_and_gets_its_failures_by_email(app, session, admin_user, smtp_server):  # noqa: F811
+    from email import message_from_bytes
+
+    from server.core.models import Policy, TaskSubscription
+    from server.reporting import notify
+    from tests.conftest import make_user
+
+    controller, handler = smtp_server
+    notify.create_channel(session, {"name": "mail", "events": ["execution.succeeded"],
+                                    "url": f"mailto://127.0.0.1:{controller.port}/?to=ops@example.com"
+                                           "&from=tm@example.com&smtp=127.0.0.1"}, actor="test")
+    task = make_task(session, "backup-db", hosts=("s1",))
+    hidden = make_task(session, "secret-task", hosts=("s1",))
+    olaf = make_user(session, "olaf", "operator")
+    olaf.email = "olaf@example.com"
+    session.add(Policy(name="olaf-sees-backup", permissions=["view"], users=[olaf], tasks=[task]))
+    session.commit()
+
+    web = Browser(app, "olaf")
+    status, page = web.get(f"/tasks/{task.id}")
+    assert status == 200 and "Notify me of failures" in page
+    status, _, _ = web.submit(f"/tasks/{task.id}", f"/tasks/{task.id}/subscription", {"on": "1"})
+    assert status == 302 and "Stop notifying me" in web.get(f"/tasks/{task.id}")[1]
+    assert web.submit(f"/tasks/{task.id}", f"/tasks/{hidden.id}/subscription", {"on": "1"})[0] == 404
+    assert session.execute(select(TaskSubscription.task_id)).scalars().all() == [task.id]
+
+    now = utcnow()
+    ex = make_execution(session, task, "failed", started_at=now, finished_at=now, message="1 failed of 1 hosts")
+    assert len(notify.execution_finished(session, ex)) == 1  # the channel itself only wants successes
+    session.commit()
+    assert notify.deliver_due(session) == 1
+    (envelope,) = handler.messages
+    assert envelope.rcpt_tos == ["olaf@example.com"]  # his address, not the channel's
+    assert "backup-db" in message_from_bytes(envelope.original_content)["Subject"]
+
+    status, _, _ = web.submit(f"/tasks/{task.id}", f"/tasks/{task.id}/subscription", {"on": ""})
+    assert session.execute(select(TaskSubscription)).first() is None
