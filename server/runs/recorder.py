@@ -477,8 +477,8 @@ class Recorder:
                 if step.status == "running":
                     step.status = "cancelled" if cancelled else "failed"
                     # the output it printed so far stays, on the step and its host
-                    op.stdout = _clip(_join(op.stdout, step.stdout), MAX_OPERATION_OUTPUT) or None
-                    op.stderr = _clip(_join(op.stderr, step.stderr), MAX_OPERATION_OUTPUT) or None
+                    op.stdout = _clip(_join(op.stdout, step.stdout), MAX_OPERATION_OUTPUT)
+                    op.stderr = _clip(_join(op.stderr, step.stderr), MAX_OPERATION_OUTPUT)
                     if timed_out:
                         step.stderr = _join(step.stderr, f"timed out after {timeout_s} s")
                     if step.started_at is not None:
