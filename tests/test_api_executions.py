@@ -77,6 +77,7 @@ def test_detail_carries_operations_and_steps(api, session):
     (got,) = detail["operations"]
     assert got["host"] == "e1" and got["status"] == "failed" and got["rc"] == 2 and got["message"] == "step 1 failed"
     assert got["stdout"] == "out" and got["stderr"] == "err" and got["finished_at"].endswith("+00:00")
+    assert isinstance(got["steps"][0].pop("id"), int)  # the step's output can be followed by id
     assert got["steps"] == [{"name": "command 1: false", "status": "failed", "rc": 2, "stdout": "", "stderr": "boom",
                              "changed": False, "duration_s": 0.25, "started_at": None}]
     listing = api.get("/api/v1/executions")[1]

@@ -133,7 +133,15 @@ expect(frozenset(), "POST /api/v1/projects/<int:project_id>/webhook")
 # Executions: read by whoever sees the task; cancel / relaunch need "execute".
 expect(ALL, "GET /executions", "GET /executions/<int:execution_id>", "GET /executions/<int:execution_id>/live",
        "GET /executions/<int:execution_id>/live/<int:page>",
-       "GET /api/v1/executions", "GET /api/v1/executions/<int:execution_id>")
+       "GET /api/v1/executions", "GET /api/v1/executions/<int:execution_id>",
+       "GET /executions/<int:execution_id>/steps/<int:step_id>/output",
+       "GET /executions/<int:execution_id>/operations/<int:op_id>/output",
+       "GET /api/v1/executions/<int:execution_id>/steps/<int:step_id>/output")
+# The hosts list's bulk actions: testing needs hosts.view (every role); delete/group check hosts.edit inside.
+expect(ALL, "POST /hosts/bulk")
+# "Notify me" on a task: whoever sees the task (all roles here).
+expect(ALL, "POST /tasks/<int:task_id>/subscription")
+
 expect(RUNNERS, "POST /api/v1/executions/<int:execution_id>/cancel", "POST /api/v1/executions/<int:execution_id>/relaunch")
 # Schedules: read by whoever sees the task; writing needs "schedule"; blackouts and pausing are admin matters.
 expect(ALL, "GET /schedules", "GET /schedules/<int:schedule_id>", "GET /api/v1/schedules",
@@ -195,10 +203,12 @@ def _samples(session) -> dict[str, Any]:
         Execution,
         Host,
         NotificationChannel,
+        Operation,
         Policy,
         Project,
         PolicyApprover,
         Schedule,
+        Step,
         Task,
         User,
         utcnow,
@@ -243,6 +253,14 @@ def _samples(session) -> dict[str, Any]:
                          .order_by(Execution.id)).scalars().first()
     if ex is None:
         ex = request_execution(session, task, users["r-operator"], reason="matrix", enqueue=False)
+    op = one(Operation, execution_id=ex.id)
+    if op is None:  # output to read (the routes that serve it)
+        op = Operation(execution_id=ex.id, host_name="m-host", status="pending")
+        session.add(op)
+        session.flush()
+        session.add(Step(operation_id=op.id, seq=1, name="command 1: true", status="running", stdout="x\n"))
+        session.flush()
+    step = one(Step, operation_id=op.id)
     sch = one(Schedule, task_id=task.id)
     if sch is None:
         sch = Schedule(task_id=task.id, task=task, cron="0 6 * * *", timezone="UTC", vars={},
@@ -285,7 +303,7 @@ def _samples(session) -> dict[str, Any]:
         FailedJobRegistry(queue=jobs.queue()).add(job, ttl=3600)
     token = one(ApiToken, user_id=victim.id, revoked_at=None)
     return {
-        "host_id": host.id, "credential_id": cred.id, "task_id": task.id, "execution_id": ex.id,
+        "host_id": host.id, "credential_id": cred.id, "task_id": task.id, "execution_id": ex.id, "op_id": op.id, "step_id": step.id,
         "schedule_id": sch.id, "policy_id": policy.id, "user_id": victim.id, "token_id": token.id,
         "channel_id": chan.id, "blackout_id": blackout.id, "project_id": project.id, "session_id": victim_session.id, "host_name": "m-host", "filename": "app.css",
         "rq_static": "css/main.css",

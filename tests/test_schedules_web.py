@@ -54,8 +54,11 @@ def test_create_schedule_with_live_preview_pause_and_blackout(live_server, brows
     page.fill("#sch-timezone", "America/Sao_Paulo")
     page.wait_for_function("() => document.getElementById('sch-description').textContent.includes('Sao_Paulo')")
     assert page.text_content("#sch-description") == "At 06:00 every day, America/Sao_Paulo"
-    runs = page.locator("#sch-next-runs li").all_text_contents()
+    runs = page.locator("#sch-next-runs li time").evaluate_all("els => els.map(e => e.getAttribute('datetime'))")
     assert len(runs) == 5 and all(r.endswith("T06:00:00-03:00") for r in runs)
+    # shown in the viewer's zone (this browser's is UTC), never as raw ISO
+    shown = page.locator("#sch-next-runs li").all_text_contents()
+    assert all("09:00:00" in r and "T06" not in r for r in shown), shown
     # a broken expression is flagged next to its field while typing
     page.fill("#sch-cron", "0 6 * *")
     page.wait_for_function("() => document.querySelector('.field-error[data-for=\"sch-cron\"]').textContent.length > 0")
@@ -67,7 +70,8 @@ def test_create_schedule_with_live_preview_pause_and_blackout(live_server, brows
     page.wait_for_url(re.compile(r"/schedules/\d+$"))
     assert page.text_content("#description") == "At 02:30 every day, Europe/Berlin"
     nxt = page.locator("#next-runs li").all_text_contents()
-    assert nxt[:2] == ["2031-03-29 02:30 CET (+01:00)", "2031-03-30 03:00 CEST (+02:00)"]  # spring forward
+    # in the viewer's zone, then where the schedule lives: spring forward
+    assert nxt[0].endswith("· 2031-03-29 02:30 CET (+01:00)") and nxt[1].endswith("· 2031-03-30 03:00 CEST (+02:00)")
     s = session.execute(select(Schedule)).scalar_one()
     assert (s.cron, s.timezone, s.enabled) == ("30 2 * * *", "Europe/Berlin", True)
 

@@ -22,15 +22,23 @@ arguments, so never in an event). Each line is substituted in one pass at the mo
 (a value is never scanned again), and every secret value is replaced by ``********`` in the
 output this plugin reports.
 
+While a command runs over SSH its output is reported too, whole lines at most every
+``LIVE_EVERY_S`` (``"status": "running"`` progress lines carrying only the new text), so a
+long command's first lines reach the page while it still runs. Ansible's connection plugins
+have no streaming interface: ``_live_output`` tees the ssh process's pipes as the ssh plugin
+reads them, in this task's own worker process only. Other connections report at the end.
+
 Arguments: ``commands`` (list of command lines, passed as ``!unsafe``), ``progress`` (the
 per-run prefix of progress lines; none are written without it), ``values``, ``secrets``.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shlex
 import time
+from contextlib import contextmanager
 
 from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure
 from ansible.plugins.action import ActionBase
@@ -41,6 +49,8 @@ MAX_PROGRESS_OUTPUT = 256 * 1024  # per stream, in a progress line; the task res
 PLACEHOLDER_RE = re.compile(r"\[#([A-Za-z_][A-Za-z0-9_]*)#\]")
 SECRET_PREFIX = "tm_secret__"
 MASK = "********"
+LIVE_EVERY_S = 0.3
+BECOME_MARKER = re.compile(rb"^BECOME-SUCCESS-[a-z]+\r?\n", re.MULTILINE)
 
 
 def _clip(text: str) -> str:
@@ -62,6 +72,84 @@ def masker(secret_values: list[str]):
         return text
 
     return mask
+
+
+class _Tee:
+    """A pipe whose reads are also handed to ``sink`` (same object for the selector)."""
+
+    def __init__(self, pipe, sink):
+        self._pipe = pipe
+        self._sink = sink
+
+    def read(self, *args):
+        data = self._pipe.read(*args)
+        if data:
+            self._sink(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+
+class _LiveStream:
+    """Collects one command's output and reports its whole new lines, throttled."""
+
+    def __init__(self, emit):
+        self.emit = emit  # emit(stream, text)
+        self.pending = {"stdout": b"", "stderr": b""}
+        self.sent = 0
+        self.last = 0.0
+
+    def sink(self, stream):
+        def add(data: bytes) -> None:
+            self.pending[stream] += data
+            self.flush()
+        return add
+
+    def flush(self) -> None:
+        """Whole lines only; what is still pending at the end is in the command's result."""
+        now = time.monotonic()
+        if now - self.last < LIVE_EVERY_S:
+            return
+        for stream, data in self.pending.items():
+            cut = data.rfind(b"\n") + 1
+            if cut <= 0 or self.sent >= 2 * MAX_PROGRESS_OUTPUT:
+                continue
+            text = BECOME_MARKER.sub(b"", data[:cut]).decode("utf-8", "replace")
+            self.pending[stream] = data[cut:]
+            if text:
+                self.sent += len(text)
+                self.emit(stream, text)
+                self.last = now
+
+
+@contextmanager
+def _live_output(connection, live: _LiveStream | None):
+    """Tee the ssh plugin's subprocess pipes into ``live`` while the block runs."""
+    if live is None or getattr(connection, "transport", None) != "ssh":
+        yield
+        return
+    module = importlib.import_module("ansible.plugins.connection.ssh")
+    real = module.subprocess
+
+    class Subprocess:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        @staticmethod
+        def Popen(*args, **kwargs):  # noqa: N802 (subprocess's name)
+            proc = real.Popen(*args, **kwargs)
+            if proc.stdout is not None:
+                proc.stdout = _Tee(proc.stdout, live.sink("stdout"))
+            if proc.stderr is not None:
+                proc.stderr = _Tee(proc.stderr, live.sink("stderr"))
+            return proc
+
+    module.subprocess = Subprocess()
+    try:
+        yield
+    finally:
+        module.subprocess = real
 
 
 class ActionModule(ActionBase):
@@ -104,11 +192,20 @@ class ActionModule(ActionBase):
             result.update(skipped=True, msg="commands do not run in check mode")
             return result
 
+        def live_for(index: int) -> _LiveStream | None:
+            if not progress:
+                return None
+            if any("\n" in v for v in secret_values):
+                return None  # live lines could split a multi-line secret past the mask: report at the end
+            return _LiveStream(lambda stream, text: display.display(f"{progress} " + json.dumps(
+                {"index": index, "status": "running", "host": host, stream: mask(text)})))
+
         for i, command in enumerate(commands):
             started = time.time()
             try:
                 # exactly what ansible.builtin.raw does (executable=False: no 'sh -c' wrapper)
-                res = self._execute(command, words, secret_names)
+                with _live_output(self._connection, live_for(i)):
+                    res = self._execute(command, words, secret_names)
             except AnsibleConnectionFailure as exc:
                 report({"index": i, "status": "unreachable", "rc": None, "stdout": "", "stderr": str(exc),
                         "start": started, "end": time.time()})
@@ -119,7 +216,6 @@ class ActionModule(ActionBase):
             report({"index": i, "status": "succeeded" if ok else "failed", "rc": rc,
                     "stdout": res.get("stdout") or "", "stderr": res.get("stderr") or "",
                     "start": started, "end": time.time()})
-            result["changed"] = True
             if not ok:
                 result.update(failed=True, rc=rc, msg=f"command {i + 1}: non-zero return code")
                 return result

@@ -11,7 +11,7 @@ from sqlalchemy.orm import joinedload, selectinload
 from server.executions import approvals
 from server.core import db
 from server.people.access import can_view_execution, filter_executions, require_task, task_permissions
-from server.core.errors import Forbidden, ValidationError
+from server.core.errors import Forbidden, NotFound, ValidationError
 from server.executions.relaunch import relaunch
 from server.executions.request import MAX_REASON, cancel_execution, request_execution
 from server.core.models import (
@@ -22,6 +22,7 @@ from server.core.models import (
     Execution,
     ExecutionStatus,
     Operation,
+    Step,
     Task,
 )
 from server.core.pagination import text_arg
@@ -31,7 +32,8 @@ from server.api.common import iso, page_of
 from server.reporting import operations_page
 from server.api.openapi import DATETIME, describe, register_schema
 from server.api.tasks import visible_task
-from server.guards import visible_or_404
+from server.guards import MAX_ID, visible_or_404
+from server.reporting import output
 
 RUN_FIELDS = ("vars", "reason", "limit", "dry_run", "ticket", "tags", "skip_tags")
 _TRIGGER_RE = re.compile(r"^[a-z_]{1,20}$")
@@ -86,7 +88,7 @@ def operation_dict(op: Operation) -> dict[str, Any]:
         "started_at": iso(op.started_at),
         "finished_at": iso(op.finished_at),
         "steps": [
-            {"name": s.name, "status": s.status, "rc": s.rc, "stdout": s.stdout or "", "stderr": s.stderr or "",
+            {"id": s.id, "name": s.name, "status": s.status, "rc": s.rc, "stdout": s.stdout or "", "stderr": s.stderr or "",
              "changed": s.changed, "duration_s": s.duration_s, "started_at": iso(s.started_at)}
             for s in op.steps
         ],
@@ -280,6 +282,7 @@ _EX_PROPS = {
 }
 register_schema("Execution", {"type": "object", "properties": _EX_PROPS})
 register_schema("Step", {"type": "object", "properties": {
+    "id": {"type": "integer", "description": "for GET /executions/{id}/steps/{step_id}/output"},
     "name": {"type": "string"}, "status": {"type": "string"}, "rc": {"type": ["integer", "null"]},
     "stdout": {"type": "string"}, "stderr": {"type": "string"}, "changed": {"type": "boolean"},
     "duration_s": {"type": ["number", "null"]}, "started_at": DATETIME}})
@@ -298,3 +301,41 @@ register_schema("ExecutionDetail", {"type": "object", "properties": {
                                 "levels": {"type": "array"}}},
     "operations_page": {"type": "object", "description": "only when paged: page, per_page, total, pages, status"}}})
 
+
+
+
+register_schema("StepOutput", {"type": "object", "required": ["step_id", "status", "stdout", "stderr"], "properties": {
+    "step_id": {"type": "integer"}, "status": {"type": "string"},
+    "stdout": {"$ref": "#/components/schemas/OutputSlice"}, "stderr": {"$ref": "#/components/schemas/OutputSlice"}}})
+register_schema("OutputSlice", {"type": "object", "properties": {
+    "text": {"type": "string", "description": "the output after the offset, escape codes included"},
+    "next_offset": {"type": "integer", "description": "the offset to ask from next time"}}})
+
+
+def _offset_arg(name: str) -> int:
+    raw = request.args.get(name, "0")
+    if not raw.isdigit() or len(raw) > 10:
+        raise ValidationError(f"'{name}' must be a whole number of characters", field=name)
+    return int(raw)
+
+
+@api_bp.get("/executions/<int:execution_id>/steps/<int:step_id>/output")
+@describe(response="StepOutput", query={"stdout_offset": {"type": "integer", "minimum": 0, "default": 0},
+                                        "stderr_offset": {"type": "integer", "minimum": 0, "default": 0}})
+def step_output(execution_id: int, step_id: int):
+    """One step's output after the given offsets (in characters), to follow a running step.
+
+    While the step runs only whole lines are returned; ask again from ``next_offset``. Output
+    printed before a cancel, a timeout or a lost worker stays on the step."""
+    ex = visible_execution(execution_id)
+    offsets = (_offset_arg("stdout_offset"), _offset_arg("stderr_offset"))
+    step = db.session.execute(
+        select(Step).join(Operation).where(Step.id == step_id, Operation.execution_id == ex.id)
+    ).scalar_one_or_none() if 0 < step_id <= MAX_ID else None
+    if step is None:
+        raise NotFound(f"step {step_id} does not exist in execution {ex.id}")
+    body: dict[str, Any] = {"step_id": step.id, "status": step.status}
+    for stream, offset in zip(("stdout", "stderr"), offsets, strict=True):
+        sl = output.slice_from(getattr(step, stream), offset, running=step.status == "running")
+        body[stream] = {"text": sl.text, "next_offset": sl.next_offset}
+    return jsonify(body)

@@ -662,6 +662,7 @@ class NotificationDelivery(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    recipient: Mapped[str | None] = mapped_column(String(255))  # a subscriber's e-mail, through a mail channel
 
 
 class ExecutionSlice(Base):
@@ -684,3 +685,15 @@ class ExecutionSlice(Base):
     started_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+
+
+class TaskSubscription(Base):
+    """A user's "notify me" on a task: the failures of its runs by e-mail, while he may see it."""
+
+    __tablename__ = "task_subscriptions"
+    __table_args__ = (UniqueConstraint("user_id", "task_id", name="uq_task_subscriptions_user_task"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    user: Mapped[User] = relationship()

@@ -18,7 +18,7 @@ import logging
 import threading
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from flask import current_app, has_app_context
 from sqlalchemy import select, update
@@ -35,9 +35,11 @@ from server.core.models import (
     NotificationDelivery,
     Operation,
     OperationStatus,
+    TaskSubscription,
     utcnow,
 )
 from server.core.vault import vault
+from server.people import access
 
 log = logging.getLogger(__name__)
 
@@ -330,8 +332,55 @@ def execution_finished(session: Session, ex: Execution) -> list[NotificationDeli
     if ex.status == ExecutionStatus.SUCCEEDED:
         return emit(session, "execution.succeeded", execution=ex)
     if ex.status in EXECUTION_FAILED:
-        return emit(session, "execution.failed", execution=ex)
+        return emit(session, "execution.failed", execution=ex) + emit_to_subscribers(session, ex)
     return []
+
+
+# --- personal subscriptions ("notify me" on a task) -------------------------------------------
+
+MAIL_SCHEMES = ("mailto", "mailtos")
+
+
+def mail_channel(session: Session) -> NotificationChannel | None:
+    """The admin's e-mail channel (the first enabled mailto:// one): its SMTP server also
+    carries the subscribers' messages, each to the subscriber's own address."""
+    for ch in session.execute(select(NotificationChannel).where(NotificationChannel.enabled.is_(True))
+                              .order_by(NotificationChannel.id)).scalars():
+        try:
+            if urlsplit(channel_url(ch)).scheme in MAIL_SCHEMES:
+                return ch
+        except Exception:  # noqa: BLE001 - an undecryptable channel is no mail server
+            continue
+    return None
+
+
+def to_recipient(url: str, recipient: str) -> str:
+    """The channel's mailto:// URL addressed to ``recipient`` only."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() not in ("to", "cc", "bcc")]
+    return urlunsplit(parts._replace(query=urlencode(query + [("to", recipient)])))
+
+
+def emit_to_subscribers(session: Session, ex: Execution) -> list[NotificationDelivery]:
+    """One delivery per subscriber of the failed run's task who has an e-mail address and
+    may still see the task. Never raises, like ``emit``."""
+    try:
+        subs = session.execute(select(TaskSubscription).where(TaskSubscription.task_id == ex.task_id)).scalars().all()
+        people = [s.user for s in subs if s.user.email and s.user.is_active and ex.task is not None
+                  and "view" in access.task_permissions(session, s.user, ex.task)]
+        channel = mail_channel(session) if people else None
+        if channel is None:
+            return []
+        title, body = render("execution.failed", {"execution": ex})
+        now = utcnow()
+        rows = [NotificationDelivery(channel_id=channel.id, event="execution.failed", title=title[:500], body=body,
+                                     status="pending", attempts=0, next_attempt_at=now, created_at=now,
+                                     recipient=user.email) for user in people]
+        session.add_all(rows)
+        return rows
+    except Exception:  # noqa: BLE001 - by design
+        log.exception("could not record subscribers' notifications of execution %s", ex.id)
+        return []
 
 
 # --- delivery ----------------------------------------------------------------------------
@@ -408,7 +457,7 @@ def deliver_due(session: Session, now: datetime | None = None, *, limit: int = 2
                 url, ok, error = None, False, f"cannot decrypt the channel URL: {exc}"
             session.commit()  # end the read transaction before the slow network call
             if url:
-                ok, error = _send(url, row.title, row.body)
+                ok, error = _send(to_recipient(url, row.recipient) if row.recipient else url, row.title, row.body)
         done = utcnow()
         if ok:
             row.status, row.sent_at, row.last_error, row.next_attempt_at = "sent", done, None, None

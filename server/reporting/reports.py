@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, joinedload
 from server.people import access
 from server.core.dates import parse_moment
 from server.core.errors import ValidationError
+from server.reporting import output
 from server.core.models import (
     EXECUTION_FAILED,
     EXECUTION_OPEN,
@@ -31,6 +32,7 @@ from server.core.models import (
     ExecutionStatus,
     Operation,
     OperationStatus,
+    Schedule,
     Task,
     User,
     utcnow,
@@ -246,7 +248,10 @@ def status_counts(session: Session, task_ids: set[int] | None, now: datetime, ta
 
 
 def task_success(session: Session, task_ids: set[int] | None, since: datetime, limit: int = 50) -> list[dict[str, Any]]:
-    """Per task over the window: finished runs, successes, failures, rate, mean duration."""
+    """Per task over the window: finished runs, successes, failures, rate, mean duration.
+
+    The rate is successes over runs that succeeded or failed: a cancelled run says nothing
+    about the task, so a task whose only run was cancelled has no rate, not "0 %"."""
     finished = Execution.status.in_(FINISHED_RUN)
     dur = seconds_between(session, Execution.started_at, Execution.finished_at)
     stmt = (
@@ -265,7 +270,8 @@ def task_success(session: Session, task_ids: set[int] | None, since: datetime, l
     )
     rows = []
     for r in session.execute(stmt):
-        rate = (r.ok or 0) / r.runs if r.runs else None
+        decided = int(r.ok or 0) + int(r.bad or 0)
+        rate = (r.ok or 0) / decided if decided else None
         rows.append({"task_id": r.task_id, "task": r.name, "runs": r.runs, "succeeded": int(r.ok or 0),
                      "failed": int(r.bad or 0), "rate": rate, "avg_s": float(r.avg_s) if r.avg_s is not None else None,
                      "last_id": r.last_id})
@@ -338,6 +344,29 @@ def active_executions(session: Session, task_ids: set[int] | None, limit: int = 
     return list(session.execute(stmt).scalars())
 
 
+def upcoming_runs(session: Session, task_ids: set[int] | None, limit: int = 8) -> list[Schedule]:
+    """The next fires of enabled schedules, soonest first (suspended or unapproved ones do not fire)."""
+    stmt = (
+        select(Schedule).options(joinedload(Schedule.task))
+        .where(Schedule.enabled.is_(True), Schedule.next_fire_at.is_not(None), Schedule.suspended_reason.is_(None),
+               or_(Schedule.approval_status.is_(None), Schedule.approval_status == "approved"))
+        .order_by(Schedule.next_fire_at, Schedule.id).limit(limit)
+    )
+    if task_ids is not None:
+        stmt = stmt.where(Schedule.task_id.in_(sorted(task_ids)))
+    return list(session.execute(stmt).scalars())
+
+
+def recent_failures(session: Session, task_ids: set[int] | None, since: datetime, limit: int = 8) -> list[Execution]:
+    """The latest runs that failed, timed out or were lost, newest first."""
+    stmt = (
+        select(Execution).options(joinedload(Execution.task))
+        .where(Execution.status.in_(FAILED_EXECUTION), *_execution_conditions(Filters(task_ids=task_ids, start=since)))
+        .order_by(Execution.id.desc()).limit(limit)
+    )
+    return list(session.execute(stmt).scalars())
+
+
 def dashboard(session: Session, user: User, window: str = "7d", now: datetime | None = None) -> dict[str, Any]:
     if window not in WINDOWS:
         raise ValidationError(f"'window' must be one of {', '.join(WINDOWS)}", field="window")
@@ -355,6 +384,8 @@ def dashboard(session: Session, user: User, window: str = "7d", now: datetime | 
         "hosts": failing_hosts(session, task_ids, since),
         "trend": duration_trend(session, task_ids, trend_since, now),
         "active": active_executions(session, task_ids),
+        "upcoming": upcoming_runs(session, task_ids),
+        "failures": recent_failures(session, task_ids, since),
     }
 
 
@@ -550,7 +581,7 @@ def iter_executions_csv(session: Session, f: Filters) -> Iterator[str]:
             w.writerow([_cell(v) for v in (
                 r.id, r.task, r.status, r.trigger, r.requested_by, r.created_at, r.started_at, r.finished_at,
                 _duration(r.started_at, r.finished_at), r.host_count, r.hosts_done, failed.get(r.id, 0),
-                r.revision, r.reason, r.message, r.ticket,
+                r.revision, r.reason, output.strip(r.message), r.ticket,
                 json.dumps(r.vars, sort_keys=True, ensure_ascii=False) if r.vars else "",
             )])
         yield line.take()
@@ -582,7 +613,7 @@ def iter_operations_csv(session: Session, f: Filters) -> Iterator[str]:
         for ex_id, host, status, rc, started, finished, message in session.connection().execute(stmt):
             ex = by_id[ex_id]
             write((ex_id, tasks[ex_id], _text(host), status, "" if rc is None else rc, _iso(started), _iso(finished),
-                   _secs(started, finished), ex.status, ex.trigger, _text(message)))
+                   _secs(started, finished), ex.status, ex.trigger, _text(output.strip(message))))
         return line.take()
 
     for rows in _execution_batches(session, f, batch=min(200, CSV_BATCH)):

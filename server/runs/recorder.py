@@ -34,6 +34,7 @@ from server.core.models import (
     Step,
     utcnow,
 )
+from server.reporting import output
 from server.runs import hostkeys
 
 log = logging.getLogger(__name__)
@@ -362,8 +363,22 @@ class Recorder:
         elif status == OperationStatus.FAILED and not ignore_errors:
             st.failed = True
             if st.first_failure is None:
-                st.first_failure = _clip(f"{step.name}: {msg or stderr or 'failed'}", MAX_MESSAGE)
+                st.first_failure = _clip(self._failure(step, msg, stderr, step.rc), MAX_MESSAGE)
                 op.message = st.first_failure
+
+    def _failure(self, step: Step, msg: str | None, stderr: str | None, rc: int | None) -> str:
+        """A failed host's message: its error first (the last stderr line), then where it happened.
+
+        A ``commands`` step is named by its command line, which says nothing about what went
+        wrong: it is "command N" there."""
+        error = output.last_line(stderr)
+        reason = msg or "failed"
+        if rc not in (None, 0) and "return code" in reason:
+            reason = f"{reason} {rc}"
+        where = step.name.split(":", 1)[0] if self.commands is not None else step.name
+        if error and error != (msg or "").strip():
+            return f"{error} ({where}: {reason})"
+        return f"{where}: {reason}"
 
     # -- commands tasks (tm_commands) ------------------------------------------------------
     def _start_command(self, st: HostState, index: int, started: datetime) -> Step | None:
@@ -396,7 +411,7 @@ class Recorder:
         duration = (ended - began).total_seconds() if began and ended else None
         msg = "non-zero return code" if status == OperationStatus.FAILED else None  # as ansible.builtin.raw says it
         self._record(st, step, status, result.get("rc"), _text(result.get("stdout")), _text(result.get("stderr")),
-                     msg, changed=status == OperationStatus.SUCCEEDED, duration=duration)
+                     msg, changed=False, duration=duration)  # a command line says nothing of change
         if status == OperationStatus.SUCCEEDED:
             self._start_command(st, index + 1, ended or _now())  # the next line starts now
 
@@ -407,8 +422,21 @@ class Recorder:
             return
         if isinstance(result, dict):
             st = self.hosts.get(str(result.get("host") or ""))
-            if st is not None and not st.final:
+            if st is not None and not st.final and result.get("status") == "running":
+                self._command_output(st, result)
+            elif st is not None and not st.final:
                 self._command_result(st, result)
+
+    def _command_output(self, st: HostState, result: dict[str, Any]) -> None:
+        """A running command's new lines: kept on its step as they come (the result replaces them)."""
+        index = result.get("index")
+        if not isinstance(index, int) or index in st.commands_done:
+            return
+        step = self._start_command(st, index, _now())
+        if step is not None:
+            for stream in ("stdout", "stderr"):
+                if isinstance(result.get(stream), str):
+                    setattr(step, stream, _clip((getattr(step, stream) or "") + result[stream], MAX_STEP_OUTPUT))
 
     def _finish_commands(self, st: HostState, kind: str, data: dict[str, Any]) -> None:
         """The host's tm_commands task ended: its result completes every step, and the host."""
@@ -494,6 +522,9 @@ class Recorder:
             for step in st.steps:
                 if step.status == OperationStatus.RUNNING:
                     step.status = OperationStatus.CANCELLED if cancelled else OperationStatus.FAILED
+                    # the output it printed so far stays, on the step and its host
+                    op.stdout = _clip(_join(op.stdout, step.stdout), MAX_OPERATION_OUTPUT)
+                    op.stderr = _clip(_join(op.stderr, step.stderr), MAX_OPERATION_OUTPUT)
                     if timed_out:
                         step.stderr = _join(step.stderr, f"timed out after {timeout_s} s")
                     if step.started_at is not None:

@@ -3,27 +3,33 @@
 The live page polls ``web.execution_live`` (JSON) rather than holding a server-sent-event
 stream open: a poll is a short request that any web worker answers, so hundreds of open
 tabs do not pin hundreds of gunicorn threads. Each poll returns the header and only the
-hosts that can still change (or changed since the previous poll).
+hosts that can still change (or changed since the previous poll), and for each running
+step the page tails (``tail=<step>:<stdout offset>:<stderr offset>``) only the lines after
+what it already has. Hosts come failures first: what needs the reader comes before what
+went well.
 """
 from __future__ import annotations
 
 from datetime import timedelta
 
-from flask import abort, jsonify, render_template, request, url_for
+from flask import Response, abort, jsonify, render_template, request, url_for
 from flask_login import current_user, login_required
+from markupsafe import Markup
 from sqlalchemy import select
 from sqlalchemy.orm import joinedload, selectinload
 
 from server.people import access
 from server.core import db
-from server.reporting import operations_page, reports
+from server.reporting import operations_page, output, reports
 from server.core.errors import ValidationError
 from server.core.models import (
     EXECUTION_FINAL,
     EXECUTION_STATUSES,
+    OPERATION_FAILED,
     OPERATION_FINAL,
     Execution,
     Operation,
+    Step,
     Task,
     utcnow,
 )
@@ -32,7 +38,8 @@ from server.web import web_bp
 
 OUTPUT_TAIL = 64 * 1024  # characters of output shown per host; the API has all of it
 PAGE_HOSTS = 100  # hosts per page of an execution's page, when it has more (~1.7 kB of HTML per host)
-HOST_ORDER = {"failed": 0, "unreachable": 1, "running": 2, "pending": 3}
+HOST_ORDER = {"failed": 0, "unreachable": 1, "cancelled": 2, "running": 3, "pending": 4}
+MAX_TAILS = 50  # running steps tailed per poll
 
 
 def visible_tasks(session, user) -> list[tuple[int, str]]:
@@ -96,7 +103,17 @@ def _host_key(op: Operation) -> str:
 
 
 def _ordered(ops: list[Operation]) -> list[Operation]:
-    return sorted(ops, key=lambda op: op.host_name)
+    """Failed and unreachable hosts first, then running ones, succeeded last; by name within."""
+    return sorted(ops, key=lambda op: (HOST_ORDER.get(op.status, len(HOST_ORDER)), op.host_name))
+
+
+@web_bp.app_template_global("ansi_html")
+def _ansi_html(text: str | None) -> Markup:
+    """Command output as escaped HTML with its colours (the templates' only way to show it)."""
+    return Markup(output.to_html(text))
+
+
+web_bp.add_app_template_global(output.tail, "output_tail")
 
 
 @web_bp.get("/executions/<int:execution_id>")
@@ -112,11 +129,20 @@ def execution(execution_id: int):
         summary=summary,
         pager=pager,
         live_url=url_for("web.execution_live", execution_id=ex.id, page=pager["page"] if pager else None),
+        failed_hosts=_failed_hosts(ex),
         can_run="execute" in perms,
         tail=OUTPUT_TAIL,
         host_key=_host_key,
         now=utcnow(),
     )
+
+
+def _failed_hosts(ex: Execution) -> list[str]:
+    """Every failed or unreachable host's name, for "copy failed host names" (all pages)."""
+    return list(db.session.execute(
+        select(Operation.host_name).where(Operation.execution_id == ex.id,
+                                          Operation.status.in_(OPERATION_FAILED)).order_by(Operation.host_name)
+    ).scalars())
 
 
 def _hosts_page(ex: Execution) -> tuple[list[Operation], dict, dict | None]:
@@ -180,6 +206,7 @@ def execution_live(execution_id: int, page: int | None = None):
         for op in _ordered(list(ops))
     ]
     return jsonify({
+        "tails": _tails(ex, request.args.get("tail", "")),
         "id": ex.id,
         "status": ex.status,
         "final": summary["final"],
@@ -189,3 +216,71 @@ def execution_live(execution_id: int, page: int | None = None):
         "summary_html": render_template("executions/_summary.html", ex=ex, summary=summary),
         "hosts": hosts,
     })
+
+
+def _parse_tails(raw: str) -> dict[int, tuple[int, int]]:
+    """``step:out:err,...`` from the page; malformed parts are ignored (it asks again)."""
+    tails: dict[int, tuple[int, int]] = {}
+    for part in raw.split(",")[:MAX_TAILS]:
+        bits = part.split(":")
+        if len(bits) == 3 and all(b.isdigit() and len(b) <= 10 for b in bits) and 0 < int(bits[0]) <= MAX_ID:
+            tails[int(bits[0])] = (int(bits[1]), int(bits[2]))
+    return tails
+
+
+def _tails(ex: Execution, raw: str) -> list[dict]:
+    """The new whole lines of the running steps the page tails (never what it already has)."""
+    wanted = _parse_tails(raw)
+    if not wanted:
+        return []
+    steps = db.session.execute(
+        select(Step).join(Operation).where(Step.id.in_(list(wanted)), Operation.execution_id == ex.id)
+    ).scalars().all()
+    out = []
+    for step in steps:
+        running = step.status == "running"
+        item: dict = {"step": step.id, "running": running}
+        for stream, offset in zip(("stdout", "stderr"), wanted[step.id], strict=True):
+            sl = output.slice_from(getattr(step, stream), offset, running=running)
+            item[stream] = {"html": sl.html, "next_offset": sl.next_offset}
+        out.append(item)
+    return out
+
+
+def _output_response(text: str | None, name: str) -> Response:
+    """All of one output: as HTML for "show all", or as a text file without colour codes."""
+    if request.args.get("download"):
+        return Response(output.strip(text), mimetype="text/plain",
+                        headers={"Content-Disposition": f'attachment; filename="{name}.txt"'})
+    return Response(output.to_html(text), mimetype="text/html")
+
+
+def _stream() -> str:
+    stream = request.args.get("stream", "stdout")
+    if stream not in ("stdout", "stderr"):
+        abort(404)
+    return stream
+
+
+@web_bp.get("/executions/<int:execution_id>/steps/<int:step_id>/output")
+@login_required
+def step_output(execution_id: int, step_id: int):
+    ex = _load(execution_id, with_operations=False)
+    stream = _stream()
+    step = db.session.execute(
+        select(Step).join(Operation).where(Step.id == step_id, Operation.execution_id == ex.id)
+    ).scalar_one_or_none() if 0 < step_id <= MAX_ID else None
+    if step is None:
+        abort(404)
+    return _output_response(getattr(step, stream), f"execution-{ex.id}-step-{step.id}-{stream}")
+
+
+@web_bp.get("/executions/<int:execution_id>/operations/<int:op_id>/output")
+@login_required
+def operation_output(execution_id: int, op_id: int):
+    ex = _load(execution_id, with_operations=False)
+    stream = _stream()
+    op = db.session.get(Operation, op_id) if 0 < op_id <= MAX_ID else None
+    if op is None or op.execution_id != ex.id:
+        abort(404)
+    return _output_response(getattr(op, stream), f"execution-{ex.id}-{op.host_name}-{stream}")

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import flash, redirect, render_template, request, url_for
+from flask import abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import or_, select
 from sqlalchemy.orm import selectinload
 
-from server.catalog.hosts import create_host, delete_host, update_host
+from server.catalog.connections import test_hosts
+from server.catalog.hosts import create_host, delete_host, group_name, update_host
+from server.core.errors import ApiError, ValidationError
+from server.core.validation import Invalid
 from server.core import db
 from server.core.models import PROTOCOLS, Group, Host
 from server.core.pagination import like_pattern
@@ -104,3 +107,66 @@ def host_delete(host_id: int):
     else:
         flash(f"Host {name} deleted; its past operations are kept.", "success")
     return redirect(url_for("web.hosts"))
+
+
+MAX_BULK = 200
+
+
+def _selected_hosts() -> list[Host]:
+    """The hosts ticked on the list (``host`` ids), each one the user may see."""
+    raw = request.form.getlist("host")
+    if not raw:
+        raise ValidationError("tick at least one host", field="host")
+    if len(raw) > MAX_BULK or not all(r.isdigit() and len(r) <= 10 for r in raw):
+        raise ValidationError(f"'host' must be at most {MAX_BULK} host ids", field="host")
+    hosts = [visible_or_404(Host, int(r), "host") for r in dict.fromkeys(raw)]
+    for host in hosts:
+        access.require_host(db.session(), current_user, host)
+    return hosts
+
+
+def _bulk_delete(session, hosts: list[Host]) -> str:
+    for host in hosts:
+        delete_host(session, host, actor=current_user.username)
+    return f"Deleted {len(hosts)} host{'s' if len(hosts) != 1 else ''}; their past operations are kept."
+
+
+def _bulk_group(session, hosts: list[Host]) -> str:
+    try:
+        name = group_name(request.form.get("group"))
+    except Invalid as exc:
+        raise ValidationError(f"group name {exc}", field="group") from exc
+    for host in hosts:
+        if name not in [g.name for g in host.groups]:
+            update_host(session, host, {"groups": [g.name for g in host.groups] + [name]}, actor=current_user.username)
+    return f"Added {len(hosts)} host{'s' if len(hosts) != 1 else ''} to group {name}."
+
+
+@web_bp.post("/hosts/bulk")
+@login_required
+@requires("hosts.view")
+def hosts_bulk():
+    """The hosts list's actions on the ticked hosts: delete, add to a group (all or none),
+    or test their connections."""
+    action = request.form.get("action", "")
+    if action not in ("delete", "group", "test"):
+        flash("Choose an action: delete, add to group or test connection.", "error")
+        return redirect(url_for("web.hosts"))
+    if action != "test" and not access.has(current_user, "hosts.edit"):
+        abort(403)
+    try:
+        hosts = _selected_hosts()
+        if action == "test":
+            results = test_hosts(db.session(), current_user, hosts)
+            db.session.commit()
+            bad = [r for r in results if not r["ok"]]
+            flash(f"{len(results) - len(bad)} of {len(results)} hosts answered.", "success" if not bad else "error")
+            for r in bad:
+                flash(f"{r['host']}: {r['reason']}", "error")
+        else:
+            done, errors = save(_bulk_delete if action == "delete" else _bulk_group, hosts)
+            flash(errors.text if errors else done, "error" if errors else "success")
+    except ApiError as err:
+        db.session.rollback()
+        flash(err.message, "error")
+    return redirect(request.referrer if (request.referrer or "").startswith(request.host_url) else url_for("web.hosts"))

@@ -8,10 +8,11 @@ from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
-from server.core import db
+from server.core import audit, db
 from server.core.errors import ValidationError
-from server.core.models import NotificationChannel
+from server.core.models import NotificationChannel, Task, TaskSubscription
 from server.guards import requires, visible_or_404
+from server.people import access
 from server.reporting import notify
 from server.web import web_bp
 from server.web.common import save
@@ -100,3 +101,40 @@ def notification_test(channel_id: int):
     s.commit()
     flash(f"Test message queued for “{channel.name}”; its result appears below within a few seconds.", "success")
     return redirect(url_for("web.notifications"))
+
+
+# --- "notify me": a user's own subscription to a task's failures ------------------------------
+
+@web_bp.app_template_global("subscribed_to")
+def subscribed_to(task_id: int) -> bool:
+    return db.session.execute(select(TaskSubscription.id).where(
+        TaskSubscription.task_id == task_id, TaskSubscription.user_id == current_user.id)).first() is not None
+
+
+@web_bp.post("/tasks/<int:task_id>/subscription")
+@login_required
+def task_subscription(task_id: int):
+    """Subscribe (``on=1``) or unsubscribe the signed-in user to failures of a task he may see,
+    sent to his e-mail address through the admin's e-mail channel."""
+    task = visible_or_404(Task, task_id, "task", lambda t: "view" in access.task_permissions(db.session(), current_user, t))
+    s = db.session()
+    current = s.execute(select(TaskSubscription).where(
+        TaskSubscription.task_id == task.id, TaskSubscription.user_id == current_user.id)).scalar_one_or_none()
+    if request.form.get("on") == "1":
+        if not current_user.email:
+            flash("Add your e-mail address to your account first: failures are sent there.", "error")
+            return redirect(url_for("web.task", task_id=task.id))
+        if current is None:
+            s.add(TaskSubscription(user_id=current_user.id, task_id=task.id))
+            audit.record(s, "subscription.create", actor=current_user.username, target=task, email=current_user.email)
+        note = f"You will get an e-mail at {current_user.email} when a run of {task.name} fails."
+        if notify.mail_channel(s) is None:
+            note += " No e-mail channel is set up yet: an admin must add one before anything is sent."
+    else:
+        if current is not None:
+            s.delete(current)
+            audit.record(s, "subscription.delete", actor=current_user.username, target=task)
+        note = f"You no longer get e-mails about {task.name}."
+    s.commit()
+    flash(note, "success")
+    return redirect(url_for("web.task", task_id=task.id))

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from flask import abort, flash, redirect, render_template, request, url_for
+from markupsafe import Markup
 from flask_login import current_user, login_required
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
@@ -69,7 +70,8 @@ def _form_from(schedule: Schedule | None) -> dict[str, Any]:
     default_tz = current_user.timezone if current_user.timezone in svc.zone_names() else "UTC"
     if schedule is None:
         return {"cron": "0 6 * * *", "timezone": default_tz, "enabled": True, "misfire_grace_s": svc.DEFAULT_GRACE_S,
-                "vars": "", "start_at": "", "end_at": ""}
+                "vars": "", "start_at": "", "end_at": "",
+                "zone_from_browser": current_user.timezone not in svc.zone_names()}  # no zone of his own
     return {"cron": schedule.cron, "timezone": schedule.timezone, "enabled": schedule.enabled,
             "misfire_grace_s": schedule.misfire_grace_s,
             "vars": json.dumps(schedule.vars, indent=2) if schedule.vars else "",
@@ -255,11 +257,15 @@ def blackout_delete(blackout_id: int):
 
 @web_bp.app_template_filter("in_zone")
 def in_zone(value: datetime | None, tz: str = "UTC") -> str:
-    """``2025-03-30 03:00 CEST (+02:00)``: a wall-clock time where the schedule lives."""
+    """A time as ``<time>``, shown by app.js in the viewer's zone like every other time,
+    followed by the wall-clock time where the schedule lives (``2025-03-30 03:00 CEST
+    (+02:00)``), which is what makes its DST behaviour readable."""
     if value is None:
         return "–"
     local = value.astimezone(svc.zone(tz))
     offset = local.isoformat()[-6:]
-    return f"{local:%Y-%m-%d %H:%M} {local.tzname()} ({offset})" if local.tzname() not in (offset, None) \
+    text = f"{local:%Y-%m-%d %H:%M} {local.tzname()} ({offset})" if local.tzname() not in (offset, None) \
         else f"{local:%Y-%m-%d %H:%M} ({offset})"
+    return Markup('<time datetime="{}" data-format="full">{}</time> <span class="muted small">· {}</span>').format(
+        value.isoformat(), text, text)
 

@@ -25,6 +25,7 @@ from server.executions.fingerprint import target_hosts
 from server.executions.request import request_execution, select_targets
 from server.guards import requires, visible_or_404
 from server.people import access
+from server.reporting import reports
 from server.web import web_bp
 from server.web.common import page_of, save, search_arg
 from server.web.forms import checkbox, dump_vars, int_or_text, lines, parse_vars
@@ -107,8 +108,11 @@ def _serial_text(raw: str) -> Any:
     return raw or None
 
 
-def _task_form(task: Task | None, errors: dict[str, str] | None = None, status: int = 200):
-    if request.method == "POST":
+def _task_form(task: Task | None, errors: dict[str, str] | None = None, status: int = 200,
+               copy_of: Task | None = None):
+    if copy_of is not None:
+        values = _copy_values(copy_of)
+    elif request.method == "POST":
         values: dict[str, Any] = request.form.to_dict()
         values["hosts"], values["groups"] = request.form.getlist("hosts"), request.form.getlist("groups")
     elif task is not None:
@@ -165,12 +169,24 @@ def _choices(task: Task | None) -> tuple[list[str], list[str], list[Any]]:
     return s.execute(hosts_q).scalars().all(), s.execute(groups_q).scalars().all(), s.execute(creds_q).all()
 
 
+def _copy_values(src: Task) -> dict[str, Any]:
+    """The new-task form filled from ``src``: "Copy task" saves nothing until the form is sent."""
+    return {"name": f"Copy of {src.name}"[:120], "description": src.description, "kind": src.kind,
+            "commands": "\n".join(src.commands or []), "playbook": src.playbook or "",
+            "hosts": [h.name for h in src.hosts], "groups": [g.name for g in src.groups],
+            "credential": src.credential.name if src.credential else "", "vars": dump_vars(src.vars),
+            "timeout_s": src.timeout_s, "become": src.become, "allow_simultaneous": src.allow_simultaneous,
+            "retry_attempts": src.retry_attempts, "retry_delay_s": src.retry_delay_s,
+            "retry_on_lost": src.retry_on_lost}
+
+
 @web_bp.route("/tasks/new", methods=["GET", "POST"])
 @login_required
 @requires("tasks.create")
 def task_new():
     if request.method == "GET":
-        return _task_form(None)
+        copy = request.args.get("copy", "")
+        return _task_form(None, copy_of=_visible_task(int(copy))[0] if copy.isdigit() and len(copy) <= 10 else None)
     task, errors = save(lambda s: create_task(s, _task_data(request.form), user=current_user._get_current_object(),
                                                playbook_dir=current_app.config["TM"].playbook_dir))
     if errors:
@@ -204,7 +220,8 @@ def _task_page(task: Task, perms: set[str], errors: dict[str, str] | None = None
     return render_template("tasks/detail.html", task=task, perms=perms, recent=recent, rules=rules,
                            targets=target_hosts(task), vars_text=dump_vars(task.vars), errors=errors or {},
                            run_form=run_form, run_form_lists=run_lists, preview=preview, preview_limit=preview_limit,
-                           launch_keys=[f"vars.{v['name']}" for v in task.variables or []]), status
+                           launch_keys=[f"vars.{v['name']}" for v in task.variables or []],
+                           next_run=next(iter(reports.upcoming_runs(s, {task.id}, limit=1)), None)), status
 
 
 @web_bp.route("/tasks/<int:task_id>/edit", methods=["GET", "POST"])

@@ -150,9 +150,10 @@
     box.textContent = err.message;
   };
 
+  /* field.validity, not checkValidity(): that fires "invalid", whose handler lands here. */
   function validateField(field) {
     if (!field.willValidate) return true;
-    if (field.checkValidity()) { TM.setFieldError(field, ""); return true; }
+    if (field.validity.valid) { TM.setFieldError(field, ""); return true; }
     TM.setFieldError(field, field.getAttribute("data-error") || field.validationMessage);
     return false;
   }
@@ -176,12 +177,24 @@
     validateField(ev.target);
   }, true);
 
-  document.addEventListener("input", function (ev) {
+  /* A field shown in error (by the browser or the server) is checked again as it is fixed. */
+  function recheck(ev) {
     var f = ev.target;
-    if (f.classList && f.classList.contains("invalid")) validateField(f);
-  });
+    if (!f.willValidate || !f.form) return;
+    var slot = f.form.querySelector('.field-error[data-for="' + (f.id || f.name) + '"]');
+    if (f.classList.contains("invalid") || f.getAttribute("aria-invalid") === "true" || (slot && slot.textContent.trim())) {
+      validateField(f);
+    }
+  }
+  document.addEventListener("input", recheck);
+  document.addEventListener("change", recheck);
 
   document.addEventListener("click", function (ev) {
+    var toggle = ev.target.closest(".nav-toggle");
+    if (toggle) {
+      var nav = document.getElementById(toggle.getAttribute("aria-controls"));
+      toggle.setAttribute("aria-expanded", String(nav.classList.toggle("open")));
+    }
     document.querySelectorAll("details.nav-menu[open]").forEach(function (menu) {
       if (!menu.contains(ev.target)) menu.open = false;
     });
@@ -209,6 +222,10 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    // a box that scrolls sideways (wide table, long output) can be scrolled with the keyboard
+    document.querySelectorAll(".table-wrap, pre").forEach(function (el) {
+      if (el.scrollWidth > el.clientWidth || el.scrollHeight > el.clientHeight) el.tabIndex = 0;
+    });
     TM.localizeTimes(document);
     markActiveNav();
     // Keep relative times fresh.

@@ -25,10 +25,19 @@
       }
       desc.textContent = r.body.description;
       r.body.next_runs.forEach(function (run) {
-        var li = document.createElement("li"); li.textContent = run; list.appendChild(li);
+        var li = document.createElement("li"), time = document.createElement("time");
+        time.setAttribute("datetime", run); time.setAttribute("data-format", "full"); time.textContent = run;
+        li.appendChild(time); list.appendChild(li);
       });
+      TM.localizeTimes(list);
     });
   }
   function later() { clearTimeout(timer); timer = setTimeout(refresh, 250); }
+  // A new schedule of a user without a zone of his own: the browser's zone, not UTC.
+  var browserZone = (Intl.DateTimeFormat().resolvedOptions() || {}).timeZone;
+  if (tz.hasAttribute("data-browser-default") && browserZone && tz.value !== browserZone) {
+    tz.value = browserZone;
+    later();
+  }
   cron.addEventListener("input", later); tz.addEventListener("input", later); tz.addEventListener("change", later);
 })();
