@@ -138,28 +138,28 @@ def test_bulk_host_actions(app, session, admin_user):
     make_task(session, "uses-b1", hosts=("b1", "b2", "b3"))
     ids = {h.name: h.id for h in session.execute(select(Host)).scalars()}
     web = Browser(app, "admin")
-    status, _, where = web.submit("/hosts", "/hosts/bulk", {"action": "group", "group": "web",
+    status, _, where = web.submit("/hosts", "/hosts/selected", {"action": "group", "group": "web",
                                                           "host": [str(ids["b1"]), str(ids["b2"])]})
     assert status == 302
     session.expire_all()
     assert [g.name for g in session.get(Host, ids["b1"]).groups] == ["web"]
     assert session.get(Host, ids["b3"]).groups == []
-    status, _, _ = web.submit("/hosts", "/hosts/bulk", {"action": "group", "group": "bad name!",
+    status, _, _ = web.submit("/hosts", "/hosts/selected", {"action": "group", "group": "bad name!",
                                                       "host": [str(ids["b1"])]})
     assert "web" in [g.name for g in session.get(Host, ids["b1"]).groups]
     assert "group name must start with a letter" in web.get("/hosts")[1]
 
-    status, _, _ = web.submit("/hosts", "/hosts/bulk", {"action": "delete",
+    status, _, _ = web.submit("/hosts", "/hosts/selected", {"action": "delete",
                                                       "host": [str(ids["b2"]), str(ids["b3"])]})
     session.expire_all()
     assert status == 302 and session.get(Host, ids["b2"]) is None and session.get(Host, ids["b3"]) is None
     assert "Deleted 2 hosts" in web.get("/hosts")[1]
-    assert web.submit("/hosts", "/hosts/bulk", {"action": "delete", "host": ["99999"]})[0] == 302
+    assert web.submit("/hosts", "/hosts/selected", {"action": "delete", "host": ["99999"]})[0] == 302
     assert "host 99999 does not exist" in web.get("/hosts")[1]
 
     make_user(session, "opal", "operator")
     operator = Browser(app, "opal")
-    status, _, _ = operator.submit("/hosts", "/hosts/bulk", {"action": "delete", "host": [str(ids["b1"])]})
+    status, _, _ = operator.submit("/hosts", "/hosts/selected", {"action": "delete", "host": [str(ids["b1"])]})
     assert status == 403 and session.get(Host, ids["b1"]) is not None
 
 

@@ -142,10 +142,10 @@ def _bulk_group(session, hosts: list[Host]) -> str:
     return f"Added {len(hosts)} host{'s' if len(hosts) != 1 else ''} to group {name}."
 
 
-@web_bp.post("/hosts/bulk")
+@web_bp.post("/hosts/selected")
 @login_required
 @requires("hosts.view")
-def hosts_bulk():
+def hosts_selected():
     """The hosts list's actions on the ticked hosts: delete, add to a group (all or none),
     or test their connections."""
     action = request.form.get("action", "")
