@@ -56,6 +56,11 @@ def install(project_dir: Path, commit: str) -> Path:
     target = cache_dir(project_dir, commit)
     if target.is_dir():
         return target
+    listed = gitsync.run_git(gitsync.mirror_of(project_dir), "ls-tree", "--name-only", commit, "--",
+                             *(rel for rel, _ in FILES))
+    if not listed.strip():  # nothing to install: no checkout, no sandbox
+        target.mkdir(parents=True)
+        return target
     private = sandbox.new_private_dir()
     try:
         checkout = private / "project"
