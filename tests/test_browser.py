@@ -126,7 +126,9 @@ def test_login_create_schedule_run_watch_report_download(api, lab, live_server, 
     page.fill("#sch-cron", "0 6 * * *")
     page.fill("#sch-timezone", "Europe/Paris")
     # The preview (schedule_preview.js, under the CSP) describes it and lists the next runs.
-    page.wait_for_selector("#sch-next-runs li")
+    # (wait for the preview of the zone typed last: an earlier one may still be on screen)
+    page.wait_for_function("() => /T06:00:00\\+0[12]:00$/.test((document.querySelector('#sch-next-runs li time')"
+                           " || {getAttribute: () => ''}).getAttribute('datetime'))")
     assert "06:00" in page.inner_text("#sch-next-runs")
     assert page.inner_text("#sch-description").strip()
     page.fill("#sch-cron", "61 * * * *")
