@@ -234,7 +234,7 @@ class Served:
                 break
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("make run did not come up in 60 s")
+                    raise RuntimeError("make run did not come up in 60 s") from None
                 time.sleep(0.2)
         for srv in lab.servers:
             self.call("POST", "/api/v1/hosts", {"name": srv.name, "address": srv.address})

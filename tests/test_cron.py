@@ -173,7 +173,7 @@ def test_new_york_and_london_hourly_jobs_follow_real_time():
         for start in (spring, fall):
             end = start + timedelta(hours=10)
             got = ours("0 * * * *", tz, start, end)
-            assert all(b - a == timedelta(hours=1) for a, b in zip(got, got[1:])), (tz, local(got, tz))
+            assert all(b - a == timedelta(hours=1) for a, b in zip(got, got[1:], strict=False)), (tz, local(got, tz))
 
 
 # ------------------------------------------------------------------ which days

@@ -68,7 +68,7 @@ def test_output_slices_by_offset_in_whole_lines():
     rest = output.slice_from(text, first.next_offset, running=False)
     assert rest.text == "c" and rest.html == '<span class="ansi-bold ansi-fg-red">c</span>'  # style carried over
     assert output.slice_from(text, first.next_offset, running=True).text == ""  # half a line waits
-    assert output.strip("\x1b[1;32mok\x1b[0m \x1b]0;t\x07done") == "ok done"
+    assert output.strip("\x1b[1;32mok\x1b[0m \x1b]0;t\x07done") == "ok done"  # noqa: B005 (output.strip removes escape codes, not characters)
     assert output.to_html("<b>&") == "&lt;b&gt;&amp;"
     shown, hidden = output.tail("".join(f"{i}\n" for i in range(250)))
     assert hidden == 50 and shown.startswith("50\n")

@@ -205,7 +205,7 @@ def create_hosts(session: Session, items: Any, *, actor: str | None) -> list[Hos
     session.flush()
     audit.record_many(session, [("host.create", {"actor": actor, "target": h, "name": h.name, "address": h.address,
                                                  "groups": c["groups"], "bulk": True})
-                                for h, c in zip(hosts, cleaned)])
+                                for h, c in zip(hosts, cleaned, strict=True)])
     return hosts
 
 

@@ -354,6 +354,5 @@ def select_hosts(hosts: list[Any], terms: list[str]) -> list[Any]:
             found = {h.id for h in _term_hosts(term[1:], hosts)}
             if not found:
                 raise Invalid(f"term {term!r} matches none of the task's target hosts")
-            keep = (lambda i: i in found) if term[0] == "&" else (lambda i: i not in found)
-            chosen = {i: h for i, h in chosen.items() if keep(i)}
+            chosen = {i: h for i, h in chosen.items() if (i in found) == (term[0] == "&")}
     return sorted(chosen.values(), key=lambda h: h.name)

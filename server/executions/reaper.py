@@ -354,12 +354,12 @@ def expire_approvals(session: Session, now: datetime) -> int:
 def erase_final_secrets(session: Session) -> int:
     """Secret launch values live (encrypted) only while a run may still start: any execution
     that ended on a path that did not erase them itself (rejected, expired, lost) loses them here."""
-    erased = session.execute(
+    erased = db.rowcount(session.execute(
         update(Execution)
         .where(Execution.secret_vars_enc.is_not(None), Execution.status.in_(EXECUTION_FINAL))
         .values(secret_vars_enc=None)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    ))
     session.commit()
     return erased
 

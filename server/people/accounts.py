@@ -63,8 +63,9 @@ def add_user(session: Session, data: Any, *, actor: str) -> User:
     email = _email(data.get("email"))
     user = create_user(session, username, data["role"], data["password"], actor=actor)
     user.email = email
-    # The admin knows this password: its owner must choose his own at first sign-in.
-    user.must_change_password = user.password_from_admin = True
+    # The admin knows this password: its owner must choose his own at his first web sign-in.
+    # The API token exchange stays open to him (the contract's way in for API clients).
+    user.must_change_password = True
     return user
 
 

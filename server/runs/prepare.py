@@ -186,8 +186,8 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         playbook = project / "commands.yml"
         playbook.write_text(inventory.dump(play))
         project_dir = str(project)
-    elif git_project(task) is not None:
-        checkout = project_checkout.materialise(git_project(task), ex, project, settings)
+    elif (source := git_project(task)) is not None:
+        checkout = project_checkout.materialise(source, ex, project, settings)
         resolved = playbooks.resolve(checkout.root, task.playbook or "")
         playbook = resolved
         project_dir = str(checkout.root)

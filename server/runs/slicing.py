@@ -171,7 +171,7 @@ def close(session: Session, ex: Execution, index: int, result: runner.RunResult,
         return f"slice {index}: {result.status}"
     statuses = set(session.execute(select(ExecutionSlice.status).where(ExecutionSlice.execution_id == ex.id)).scalars())
     session.rollback()
-    ex = session.get(Execution, ex.id, populate_existing=True)
+    ex = session.get(Execution, ex.id, populate_existing=True) or ex
     if ExecutionStatus.CANCELLED in statuses:
         final = runner.RunResult(ExecutionStatus.CANCELLED, "cancelled on request")
     elif ExecutionStatus.TIMED_OUT in statuses:
@@ -190,10 +190,10 @@ def _claim(session: Session, ex_id: int, index: int, worker_name: str, to: str =
     now = utcnow()
     values: dict[str, Any] = {"status": to, "worker_name": worker_name or None}
     values.update(started_at=now, heartbeat_at=now) if to == ExecutionStatus.RUNNING else values.update(finished_at=now)
-    return session.execute(update(ExecutionSlice).where(
+    return db.rowcount(session.execute(update(ExecutionSlice).where(
         ExecutionSlice.execution_id == ex_id, ExecutionSlice.index == index,
         ExecutionSlice.status == ExecutionStatus.QUEUED).values(**values)
-        .execution_options(synchronize_session=False)).rowcount == 1
+        .execution_options(synchronize_session=False))) == 1
 
 
 def run_slice_job(execution_id: int, index: int) -> str:

@@ -171,7 +171,7 @@ def parse(expr: str) -> Cron:
     parts = text.split(" ")
     if len(parts) != 5:
         raise CronError(f"must have 5 fields (minute hour day-of-month month day-of-week), got {len(parts)}")
-    sets = [_field(part, *spec) for part, spec in zip(parts, FIELDS)]
+    sets = [_field(part, *spec) for part, spec in zip(parts, FIELDS, strict=True)]
     minutes, hours, days, months, weekdays = sets
     return Cron(
         minutes=tuple(sorted(minutes)), hours=tuple(sorted(hours)), days=frozenset(days),
