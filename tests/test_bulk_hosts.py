@@ -20,14 +20,14 @@ def test_bulk_create_validates_audits_and_is_fast(api, session):
     status, body = api.post("/api/v1/hosts", items)
     elapsed = time.monotonic() - began
     assert status == 201, body
-    assert body["created"] == 2000 and [h["name"] for h in body["hosts"]] == [i["name"] for i in items]
+    assert len(body) == 2000 and [h["name"] for h in body] == [i["name"] for i in items]
     assert elapsed < 20  # one request, one transaction (about 1 s here), not 2000 round trips
     assert _count(session, Host) == 2000
     assert sorted(session.execute(select(Group.name)).scalars()) == ["fleet", "rack0", "rack1", "rack2", "rack3"]
     created = session.execute(select(func.count()).select_from(AuditLog).where(AuditLog.action == "host.create")
                               ).scalar_one()
     assert created == 2000
-    status, one = api.get(f"/api/v1/hosts/{body['hosts'][7]['id']}")
+    status, one = api.get(f"/api/v1/hosts/{body[7]['id']}")
     assert status == 200 and one["address"] == "10.1.0.8" and one["groups"] == ["fleet", "rack3"]
 
 

@@ -60,14 +60,14 @@ def create_host_view():
     Groups named in ``groups`` are created if missing. Variable names starting with
     ``ansible_`` or ``tm_`` are refused (422), protocol options (``tls_verify``,
     ``ca_bundle``...) are checked by type and value, and protocol ``local`` is for admins
-    only (403). An array (at most 10,000 hosts) answers ``{"created": n, "hosts": [{"id",
-    "name"}...]}``; a bad item fails the whole request with its index in the message and in
+    only (403). An array (at most 10,000 hosts) answers the list of the hosts created, in
+    order; a bad item fails the whole request (422) with its index in the message and in
     ``field`` (``[3].port``)."""
     user = me()
     if request.is_json and isinstance(request.get_json(silent=True), list):
         hosts = create_hosts(db.session(), request.get_json(), actor=user.username)
         db.session.commit()
-        return jsonify({"created": len(hosts), "hosts": [{"id": h.id, "name": h.name} for h in hosts]}), 201
+        return jsonify([host_dict(h) for h in hosts]), 201
     host = create_host(db.session(), json_body(), actor=user.username)
     db.session.commit()
     return jsonify(host_dict(host)), 201
