@@ -34,6 +34,12 @@ SEMANTIC = {
         "GET /api/v1/schedules/preview", "POST /api/v1/blackouts", "POST /api/v1/notifications",
     ),
     "a wrong password is a 401 the spec cannot predict": ("POST /api/v1/auth/token",),
+    "git URLs and branch names by git's own rules": ("POST /api/v1/projects",),
+    "directory settings: LDAP/OIDC URLs, DNs and credential names checked as a sign-in uses them; "
+    "a test needs LDAP configured first": (
+        "PUT /api/v1/settings/ldap", "POST /api/v1/settings/ldap/test", "PUT /api/v1/settings/oidc",
+        "PUT /api/v1/settings/mfa",
+    ),
 }
 _SEMANTIC = {label for labels in SEMANTIC.values() for label in labels}
 

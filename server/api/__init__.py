@@ -35,8 +35,8 @@ def me() -> User:
     return g.user
 
 
-def json_body(required: bool = True) -> dict[str, Any]:
-    """The request's JSON object, or a clear 400."""
+def json_body(required: bool = True, allow_list: bool = False) -> Any:
+    """The request's JSON object (or, with ``allow_list``, array), or a clear 400."""
     if not request.data and not required:
         return {}
     try:
@@ -47,8 +47,8 @@ def json_body(required: bool = True) -> dict[str, Any]:
         if not request.data and not required:
             return {}
         raise ApiError("request body must be valid JSON (Content-Type: application/json)", code="malformed_json")
-    if not isinstance(data, dict):
-        raise ValidationError("request body must be a JSON object")
+    if not isinstance(data, dict) and not (allow_list and isinstance(data, list)):
+        raise ValidationError("request body must be a JSON object" + (" or array" if allow_list else ""))
     return data
 
 

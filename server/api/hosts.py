@@ -64,11 +64,12 @@ def create_host_view():
     order; a bad item fails the whole request (422) with its index in the message and in
     ``field`` (``[3].port``)."""
     user = me()
-    if request.is_json and isinstance(request.get_json(silent=True), list):
-        hosts = create_hosts(db.session(), request.get_json(), actor=user.username)
+    data = json_body(allow_list=True)
+    if isinstance(data, list):
+        hosts = create_hosts(db.session(), data, actor=user.username)
         db.session.commit()
         return jsonify([host_dict(h) for h in hosts]), 201
-    host = create_host(db.session(), json_body(), actor=user.username)
+    host = create_host(db.session(), data, actor=user.username)
     db.session.commit()
     return jsonify(host_dict(host)), 201
 

@@ -7,6 +7,7 @@ from server.api import api_bp, json_body, me
 from server.api.openapi import describe, register_schema
 from server.core import audit, db
 from server.core.errors import ValidationError
+from server.core.models import ROLES
 from server.guards import requires
 from server.people import identity_settings, ldap, mfa, oidc
 
@@ -31,7 +32,8 @@ def put_mfa_policy():
 
 
 register_schema("MfaPolicy", {"type": "object", "additionalProperties": False, "properties": {
-    "required_roles": {"type": "array", "items": {"type": "string"}, "description": "default: admin, approver"},
+    "required_roles": {"type": "array", "items": {"type": "string", "enum": list(ROLES)},
+                       "description": "default: admin, approver"},
     "reauth_minutes": {"type": "integer", "minimum": 1, "maximum": 1440},
     "grace_days": {"type": "integer", "minimum": 0, "maximum": 90,
                    "description": "days a new account of a required role may sign in before enrolling"}}})

@@ -116,10 +116,16 @@ def prompts(text: str) -> list[dict[str, Any]]:
     return found
 
 
+# The prompt the runner always answers: the protocol playbooks' credential secret
+# (runs.protocols.SECRET_VAR, an empty line when the run has no such credential).
+ANSWERED_PROMPTS = frozenset({"tm_secret"})
+
+
 def prompt_problem(text: str, declared: set[str]) -> str | None:
     """Why a playbook would wait for an answer nobody gives: a ``vars_prompt`` without a default
     whose variable the task does not set (None when every prompt is answered)."""
-    missing = [p["name"] for p in prompts(text) if not p["has_default"] and p["name"] not in declared]
+    missing = [p["name"] for p in prompts(text)
+               if not p["has_default"] and p["name"] not in declared | ANSWERED_PROMPTS]
     if not missing:
         return None
     names = ", ".join(repr(n) for n in missing)
