@@ -26,8 +26,8 @@ def _worker(env: dict[str, str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _run_alive(ex_id: int) -> bool:
-    return any(mark.startswith(f"{ex_id}:") and any(not p.is_ssh_master for p in found)
+def _run_alive(ex_id: int, worker_pid: int) -> bool:
+    return any(mark.startswith(f"{ex_id}:{worker_pid}:") and any(not p.is_ssh_master for p in found)
                for mark, found in procs.marked().items())
 
 
@@ -48,7 +48,7 @@ def test_final_at_the_last_hosts_result_not_at_ansibles_exit(api, session, env):
                 now = conn.execute(select(Execution.status).where(Execution.id == ex["id"])).scalar()
                 conn.rollback()
                 if now in EXECUTION_FINAL:
-                    alive_then = _run_alive(ex["id"])
+                    alive_then = _run_alive(ex["id"], worker.pid)
                     final_seen = now
                     break
                 time.sleep(0.003)

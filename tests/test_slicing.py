@@ -28,7 +28,7 @@ def workers(env):
 
     from server.core.redis_conn import redis
 
-    env = {**os.environ, **env, "TASKMANAGER_SLICE_HOSTS": "2"}
+    env = {**os.environ, **env, "TASKMANAGER_SLICE_HOSTS": "2", "TASKMANAGER_HEARTBEAT_S": "0.5"}
     flask = str(Path(sys.executable).parent / "flask")
     started = [subprocess.Popen([flask, "--app", "wsgi", "worker", "--name", f"slicer-{i}-{os.getpid()}"], cwd=REPO,
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in (1, 2)]
@@ -78,7 +78,7 @@ def _wait(env, ex_id: int, until, timeout: float = 120):
 
 
 def test_two_workers_run_the_slices_of_one_execution(api, session, env, workers):
-    ex_id = _setup(api, ["sleep 1", "echo slice-of-$(hostname)"])
+    ex_id = _setup(api, ["sleep 2", "echo slice-of-$(hostname)"])
     status, slices = _wait(env, ex_id, lambda ex, sl: ex in EXECUTION_FINAL)
     assert status == "succeeded" and slices == ["succeeded", "succeeded"]
     session.expire_all()
@@ -86,6 +86,7 @@ def test_two_workers_run_the_slices_of_one_execution(api, session, env, workers)
                            .order_by(ExecutionSlice.index)).scalars().all()
     assert [r.hosts for r in rows] == [2, 2]
     assert len({r.worker_name for r in rows}) == 2  # each worker ran one slice
+    assert all(r.heartbeat_at > r.started_at for r in rows)  # each slice beat its own heartbeat
     ops = session.execute(select(Operation).where(Operation.execution_id == ex_id)
                           .order_by(Operation.host_name)).scalars().all()
     assert [(o.host_name, o.slice, o.status) for o in ops] == [
@@ -102,14 +103,15 @@ def test_cancel_ends_every_slice_and_its_whole_tree(api, session, env, workers):
     ex_id = _setup(api, ["sleep 120"])
     _wait(env, ex_id, lambda ex, sl: sl == ["running", "running"])
     time.sleep(2)  # ansible-playbook and the sleeps are up in both slices
-    assert any(m.startswith(f"{ex_id}:") for m in procs.marked())
+    mine = tuple(f"{ex_id}:{w.pid}:" for w in workers)  # other tests on the machine have an execution 1 too
+    assert any(m.startswith(mine) for m in procs.marked())
     began = time.monotonic()
     status, body = api.post(f"/api/v1/executions/{ex_id}/cancel", None)
     assert status == 202, body
     status, slices = _wait(env, ex_id, lambda ex, sl: ex in EXECUTION_FINAL, timeout=30)
     assert status == "cancelled" and slices == ["cancelled", "cancelled"]
     assert time.monotonic() - began < 15
-    assert not [m for m in procs.marked() if m.startswith(f"{ex_id}:")]  # no process of either slice is left
+    assert not [m for m in procs.marked() if m.startswith(mine)]  # no process of either slice is left
     session.expire_all()
     ops = session.execute(select(Operation.status).where(Operation.execution_id == ex_id)).scalars().all()
     assert sorted(ops) == ["cancelled"] * 4
@@ -119,7 +121,7 @@ def test_timeout_ends_every_slice(api, session, env, workers):
     ex_id = _setup(api, ["sleep 120"], timeout_s=8)
     status, slices = _wait(env, ex_id, lambda ex, sl: ex in EXECUTION_FINAL, timeout=90)
     assert status == "timed_out" and slices == ["timed_out", "timed_out"]
-    assert not [m for m in procs.marked() if m.startswith(f"{ex_id}:")]
+    assert not [m for m in procs.marked() if m.startswith(tuple(f"{ex_id}:{w.pid}:" for w in workers))]
     session.expire_all()
     ops = session.execute(select(Operation).where(Operation.execution_id == ex_id)).scalars().all()
     assert {o.status for o in ops} == {"failed"} and all("timed out" in (o.message or "") for o in ops)

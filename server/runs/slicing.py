@@ -23,6 +23,7 @@ import functools
 import logging
 import math
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -74,35 +75,41 @@ def remaining_s(ex: Execution) -> int:
 
 
 class SliceHeartbeat:
-    """The execution's heartbeat and the slice's own, while the slice runs."""
+    """The execution's heartbeat and the slice's own, while the slice runs (the reaper watches both)."""
 
-    def __init__(self, execution_id: int, index: int) -> None:
-        from server.runs.worker import Heartbeat  # worker imports this module
+    def __init__(self, execution_id: int, index: int, interval: float | None = None) -> None:
+        from server.runs.worker import HEARTBEAT_S  # worker imports this module
 
+        self.execution_id = execution_id
         self.index = index
-        self.beat = Heartbeat(execution_id)
-        self.beat._loop = self._loop  # type: ignore[method-assign]
+        self.interval = interval or HEARTBEAT_S
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{execution_id}-{index}", daemon=True)
 
     def __enter__(self) -> SliceHeartbeat:
-        self.beat.__enter__()
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.beat.__exit__(*exc)
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def beat(self) -> None:
+        now = utcnow()
+        with db.engine().begin() as conn:
+            conn.execute(update(Execution).where(Execution.id == self.execution_id,
+                                                 Execution.status == ExecutionStatus.RUNNING)
+                         .values(heartbeat_at=now))
+            conn.execute(update(ExecutionSlice).where(ExecutionSlice.execution_id == self.execution_id,
+                                                      ExecutionSlice.index == self.index)
+                         .values(heartbeat_at=now))
 
     def _loop(self) -> None:
-        ex_id = self.beat.execution_id
-        while not self.beat._stop.wait(self.beat.interval):
+        while not self._stop.wait(self.interval):
             try:
-                now = utcnow()
-                with db.engine().begin() as conn:
-                    conn.execute(update(Execution).where(Execution.id == ex_id, Execution.status == "running")
-                                 .values(heartbeat_at=now))
-                    conn.execute(update(ExecutionSlice).where(ExecutionSlice.execution_id == ex_id,
-                                                              ExecutionSlice.index == self.index)
-                                 .values(heartbeat_at=now))
+                self.beat()
             except Exception:  # noqa: BLE001 - the next beat tries again
-                log.warning("execution %s slice %s: heartbeat failed", ex_id, self.index, exc_info=True)
+                log.warning("execution %s slice %s: heartbeat failed", self.execution_id, self.index, exc_info=True)
 
 
 def run_sliced(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Operation], settings: Settings,
