@@ -275,6 +275,7 @@ def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, ssh
         proc = run_worker()
         assert proc.returncode == 0, proc.stderr[-3000:]
         session.rollback()
+        session.expire_all()  # rows the worker changed, loaded here by committed transactions
         approved, latest = get_execution(api, asked["id"]), get_execution(api, now["id"])
         assert approved["status"] == "succeeded", approved
         assert approved["revision"] == first and latest["revision"] == second

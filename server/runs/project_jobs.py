@@ -55,7 +55,7 @@ def sync_on_launch(session, ex, instance_dir) -> None:
     from server.executions.fingerprint import git_project, revision_of
 
     project = git_project(ex.task)
-    if project is None or not project.sync_on_launch or ex.approval_plan is not None:
+    if project is None or not project.sync_on_launch or ex.approval is not None:
         return
     schedule = session.get(Schedule, ex.schedule_id) if ex.schedule_id else None
     if schedule is not None and schedule.approval_status is not None:
