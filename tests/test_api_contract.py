@@ -19,6 +19,9 @@ from schemathesis import GenerationMode
 from schemathesis.core.failures import Failure, FailureGroup
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+# Nothing here depends on the database kind: the SQLite run covers it (tests/run.sh).
+pytestmark = pytest.mark.slow
+
 EXAMPLES = int(os.environ.get("TM_FUZZ_EXAMPLES", "4"))
 ONLY = os.environ.get("TM_FUZZ_ONLY", "")  # a label prefix, to fuzz one operation longer
 SEED = 18

@@ -15,6 +15,9 @@ from sqlalchemy import select
 from server.core.models import Group, Host
 from server.runs import inventory
 
+# Nothing here depends on the database kind: the SQLite run covers it (tests/run.sh).
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 ENV = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": "/root", "ANSIBLE_NOCOLOR": "1", "LANG": "C.UTF-8",
        "ANSIBLE_INVENTORY_ENABLED": "ini,yaml", "ANSIBLE_DEPRECATION_WARNINGS": "False"}

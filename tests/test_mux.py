@@ -12,6 +12,9 @@ from server.runs.mux import socket_name
 from tests.sshlab import SSHLab
 from tests.test_execution_e2e import add_hosts, add_task, by_host, drained, env, get_execution, start  # noqa: F401
 
+# Nothing here depends on the database kind: the SQLite run covers it (tests/run.sh).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def lab():
