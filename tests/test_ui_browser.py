@@ -241,3 +241,25 @@ def test_hosts_bulk_select_sort_and_task_host_picker(api, live_server, browser):
     assert "1 of 6 selected" in page.inner_text(".picker")
     assert page.problems == []
     page.context.close()
+
+
+def test_a_new_user_chooses_his_own_password_first(api, live_server, browser):
+    """A user an admin created signs in with the given password and is held on his account
+    page until he chooses his own; then the other pages open."""
+    status, _ = api.post("/api/v1/users", {"username": "newbie", "role": "operator", "password": "given-Pass-1"})
+    assert status == 201
+    page = new_page(browser)
+    login(page, live_server, "newbie", "given-Pass-1")
+    page.goto(f"{live_server}/tasks")
+    assert page.url.endswith("/account")
+    assert "choose your own" in page.locator("#password").inner_text()
+    page.fill("#password input[name=current_password]", "given-Pass-1")
+    page.fill("#password input[name=new_password]", "own-Pass-22")
+    page.fill("#password input[name=confirm]", "own-Pass-22")
+    page.click("#password button[type=submit]")
+    page.wait_for_load_state()
+    page.goto(f"{live_server}/tasks")
+    assert page.url.endswith("/tasks") and "choose your own" not in page.content()
+    shot(page, "first-password")
+    assert not page.problems, page.problems
+    page.context.close()
