@@ -61,37 +61,20 @@ def public(data: dict[str, Any]) -> dict[str, Any]:
     return {k: data.get(k, v) for k, v in DEFAULTS.items()}
 
 
-def _text(data: dict[str, Any], name: str, *, limit: int = 1000) -> str:
-    value = data.get(name, DEFAULTS[name])
-    if value is None:
-        value = ""
-    if not isinstance(value, str) or len(value) > limit or any(ord(c) < 32 for c in value):
-        raise ValidationError(f"'{name}' must be text (at most {limit} characters)", field=name)
-    return value.strip()
-
-
 def clean(session: Session, data: Any) -> dict[str, Any]:
     """Validate a whole LDAP settings document (PUT)."""
-    if not isinstance(data, dict):
-        raise ValidationError("request body must be a JSON object")
-    unknown = sorted(set(data) - set(DEFAULTS))
-    if unknown:
-        raise ValidationError(f"unknown field(s): {', '.join(unknown)} (allowed: {', '.join(sorted(DEFAULTS))})",
-                              field=unknown[0])
+    data = identity_settings.fields(data, DEFAULTS)
     out: dict[str, Any] = {}
     for name in ("url", "ca_bundle", "bind_dn", "bind_credential", "user_dn_template", "user_base", "user_filter",
                  "group_base", "group_filter"):
-        out[name] = _text(data, name)
+        out[name] = identity_settings.text(data, DEFAULTS, name)
     for name in ("start_tls", "tls_verify"):
         value = data.get(name, DEFAULTS[name])
         if not isinstance(value, bool):
             raise ValidationError(f"'{name}' must be true or false", field=name)
         out[name] = value
     for name, low, high in (("recheck_s", 60, 7 * 86400), ("timeout_s", 1, 60)):
-        value = data.get(name, DEFAULTS[name])
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValidationError(f"'{name}' must be a whole number from {low} to {high}", field=name)
-        out[name] = value
+        out[name] = identity_settings.whole(data, DEFAULTS, name, low, high)
     if out["url"]:
         parsed = urlparse(out["url"])
         if parsed.scheme not in ("ldap", "ldaps") or not parsed.hostname:
@@ -119,10 +102,7 @@ def clean(session: Session, data: Any) -> dict[str, Any]:
         except (OSError, ssl.SSLError) as exc:
             raise ValidationError(f"'ca_bundle' cannot be read as PEM certificates: {exc}", field="ca_bundle") from exc
     if out["bind_credential"]:
-        cred = session.execute(select(Credential).where(Credential.name == out["bind_credential"])).scalar_one_or_none()
-        if cred is None or cred.kind != "password":
-            raise ValidationError("'bind_credential' must name a credential of kind 'password'",
-                                  field="bind_credential")
+        identity_settings.secret_credential(session, out["bind_credential"], "bind_credential", ("password",))
     out["group_roles"] = mapping.clean_group_roles(data.get("group_roles"))
     out["group_policies"] = mapping.clean_group_policies(session, data.get("group_policies"))
     return out

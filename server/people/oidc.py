@@ -61,25 +61,12 @@ def public(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def clean(session: Session, data: Any) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise ValidationError("request body must be a JSON object")
-    unknown = sorted(set(data) - set(DEFAULTS))
-    if unknown:
-        raise ValidationError(f"unknown field(s): {', '.join(unknown)} (allowed: {', '.join(sorted(DEFAULTS))})",
-                              field=unknown[0])
+    data = identity_settings.fields(data, DEFAULTS)
     out: dict[str, Any] = {}
     for name in ("issuer", "client_id", "client_credential", "groups_claim", "username_claim", "scopes"):
-        value = data.get(name, DEFAULTS[name])
-        if value is None:
-            value = ""
-        if not isinstance(value, str) or len(value) > 1000 or any(ord(c) < 32 for c in value):
-            raise ValidationError(f"'{name}' must be text", field=name)
-        out[name] = value.strip()
+        out[name] = identity_settings.text(data, DEFAULTS, name)
     for name, low, high in (("max_token_age_s", 300, 30 * 86400), ("timeout_s", 1, 60)):
-        value = data.get(name, DEFAULTS[name])
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValidationError(f"'{name}' must be a whole number from {low} to {high}", field=name)
-        out[name] = value
+        out[name] = identity_settings.whole(data, DEFAULTS, name, low, high)
     if out["issuer"]:
         parsed = urlparse(out["issuer"])
         if parsed.scheme not in ("https", "http") or not parsed.hostname:
@@ -92,10 +79,8 @@ def clean(session: Session, data: Any) -> dict[str, Any]:
         if "openid" not in out["scopes"].split():
             raise ValidationError("'scopes' must include openid", field="scopes")
     if out["client_credential"]:
-        cred = session.execute(select(Credential).where(Credential.name == out["client_credential"])).scalar_one_or_none()
-        if cred is None or cred.kind not in ("password", "token"):
-            raise ValidationError("'client_credential' must name a 'password' or 'token' credential",
-                                  field="client_credential")
+        identity_settings.secret_credential(session, out["client_credential"], "client_credential",
+                                            ("password", "token"))
     out["group_roles"] = mapping.clean_group_roles(data.get("group_roles"))
     out["group_policies"] = mapping.clean_group_policies(session, data.get("group_policies"))
     return out
