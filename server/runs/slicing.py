@@ -23,7 +23,6 @@ import functools
 import logging
 import math
 import os
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +45,7 @@ from server.core.models import (
 )
 from server.executions import jobs
 from server.runs import recorder, retries, runner
+from server.runs.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -72,44 +72,6 @@ def remaining_s(ex: Execution) -> int:
     if ex.started_at is None:
         return budget
     return int(budget - (utcnow() - ex.started_at).total_seconds())
-
-
-class SliceHeartbeat:
-    """The execution's heartbeat and the slice's own, while the slice runs (the reaper watches both)."""
-
-    def __init__(self, execution_id: int, index: int, interval: float | None = None) -> None:
-        from server.runs.worker import HEARTBEAT_S  # worker imports this module
-
-        self.execution_id = execution_id
-        self.index = index
-        self.interval = interval or HEARTBEAT_S
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{execution_id}-{index}", daemon=True)
-
-    def __enter__(self) -> SliceHeartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def beat(self) -> None:
-        now = utcnow()
-        with db.engine().begin() as conn:
-            conn.execute(update(Execution).where(Execution.id == self.execution_id,
-                                                 Execution.status == ExecutionStatus.RUNNING)
-                         .values(heartbeat_at=now))
-            conn.execute(update(ExecutionSlice).where(ExecutionSlice.execution_id == self.execution_id,
-                                                      ExecutionSlice.index == self.index)
-                         .values(heartbeat_at=now))
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.beat()
-            except Exception:  # noqa: BLE001 - the next beat tries again
-                log.warning("execution %s slice %s: heartbeat failed", self.execution_id, self.index, exc_info=True)
 
 
 def run_sliced(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Operation], settings: Settings,
@@ -139,14 +101,14 @@ def run_sliced(session: Session, ex: Execution, hosts: list[Host], ops: dict[str
 def _run_and_close(session: Session, ex: Execution, index: int, hosts: list[Host], ops: dict[str, Operation],
                    settings: Settings, finish, after_finish) -> str:
     try:
-        with SliceHeartbeat(ex.id, index):
+        with Heartbeat(ex.id, index):
             run = functools.partial(runner.run, timeout_s=max(1, remaining_s(ex)))
             result = retries.run_with_retries(session, ex, hosts, ops, settings, run=run)
             session.commit()
     except Exception as exc:  # noqa: BLE001 - a bug or a lost database: record it, never hang
         log.exception("execution %s slice %s: the run failed", ex.id, index)
         session.rollback()
-        result = runner.RunResult("failed", f"internal error in the worker: {type(exc).__name__}")
+        result = runner.RunResult(ExecutionStatus.FAILED, f"internal error in the worker: {type(exc).__name__}")
         _close_ops(session, ex.id, index, OperationStatus.FAILED, result.message or "internal error")
     return close(session, ex, index, result, finish, after_finish)
 

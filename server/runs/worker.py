@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
-from typing import Any
 
 from flask import Flask, current_app, has_app_context
 from sqlalchemy import select, update
@@ -20,6 +18,7 @@ from server.executions import approvals, concurrency, reaper
 from server.core import audit, db
 from server.reporting import notify
 from server.runs import project_jobs, retries, runner, slicing
+from server.runs.heartbeat import Heartbeat
 from server.core.config import Settings
 from server.executions.fingerprint import target_hosts
 from server.core.models import OPERATION_OPEN, Execution, ExecutionStatus, Operation, OperationStatus, Step, utcnow
@@ -27,7 +26,6 @@ from server.core.models import OPERATION_OPEN, Execution, ExecutionStatus, Opera
 log = logging.getLogger(__name__)
 
 ACTOR = "worker"
-HEARTBEAT_S = float(os.environ.get("TASKMANAGER_HEARTBEAT_S", "10"))
 _app: Flask | None = None
 _engine_pid: int | None = None
 
@@ -68,36 +66,6 @@ def _worker_name() -> str:
     except Exception:  # noqa: BLE001 - outside RQ
         pass
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-class Heartbeat:
-    """Refreshes ``Execution.heartbeat_at`` while the run lasts (the reaper watches it)."""
-
-    def __init__(self, execution_id: int, interval: float = HEARTBEAT_S) -> None:
-        self.execution_id = execution_id
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{execution_id}", daemon=True)
-
-    def __enter__(self) -> "Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                with db.engine().begin() as conn:
-                    conn.execute(
-                        update(Execution)
-                        .where(Execution.id == self.execution_id, Execution.status == ExecutionStatus.RUNNING)
-                        .values(heartbeat_at=utcnow())
-                    )
-            except Exception:  # noqa: BLE001 - the next beat tries again
-                log.warning("execution %s: heartbeat failed", self.execution_id, exc_info=True)
 
 
 # --------------------------------------------------------------------------- the job
