@@ -16,45 +16,16 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 import zlib
 from pathlib import Path
 
 
+from tests.procwatch import ProcessSampler
 from tests.sshlab import SSHLab
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class ProcessSampler(threading.Thread):
-    """Samples every process's command line and environment until stopped."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        super().__init__(daemon=True)
-        self.interval = interval
-        self.samples: list[bytes] = []
-        self.rounds = 0
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            self.samples.append(subprocess.run(["ps", "-eo", "args"], capture_output=True).stdout)
-            for pid in os.listdir("/proc"):
-                if pid.isdigit():
-                    for name in ("cmdline", "environ"):
-                        try:
-                            with open(f"/proc/{pid}/{name}", "rb") as fh:
-                                self.samples.append(fh.read())
-                        except OSError:
-                            pass
-            self.rounds += 1
-            self._halt.wait(self.interval)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=10)
 
 
 def _variants(data: bytes) -> list[bytes]:

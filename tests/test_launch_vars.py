@@ -7,8 +7,6 @@ Real sshd servers (tests/sshlab.py), a real RQ worker process, real Ansible.
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import threading
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +15,7 @@ import pytest
 from sqlalchemy import select, text
 
 from server.core.models import AuditLog, Execution, Schedule
+from tests.procwatch import ProcessSampler
 from tests.sshlab import SSHLab
 
 pytestmark = pytest.mark.slow
@@ -160,12 +159,6 @@ def test_limit_patterns_stay_within_the_targets(api, world):
     assert body["limit"] == world[1:3] and body["limit_pattern"] == f"shop:!{world[0]}" and body["dry_run"]
 
 
-def _ps_watch(stop: threading.Event, seen: list[str]) -> None:
-    while not stop.is_set():
-        seen.append(subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout)
-        stop.wait(0.05)
-
-
 def test_a_secret_value_is_used_and_stored_nowhere_in_clear(api, app, session, world, run_worker,
                                                              private_redis_url):
     task = make_task(api, name="secret", kind="commands", hosts=world[:2], commands=[
@@ -178,15 +171,8 @@ def test_a_secret_value_is_used_and_stored_nowhere_in_clear(api, app, session, w
     assert row.secret_vars_enc and CANARY.encode() not in bytes(row.secret_vars_enc)
     assert row.vars == {"PW": "********", "WHO": "ann"}
     session.rollback()  # no read transaction held while the worker writes
-    seen: list[str] = []
-    stop = threading.Event()
-    watcher = threading.Thread(target=_ps_watch, args=(stop, seen))
-    watcher.start()
-    try:
+    with ProcessSampler() as sampler:
         proc = run_worker()
-    finally:
-        stop.set()
-        watcher.join()
     assert proc.returncode == 0 and CANARY not in proc.stdout + proc.stderr  # nor in the worker's log
     body = api.get(f"/api/v1/executions/{ex['id']}")[1]
     assert body["status"] == "succeeded", body
@@ -194,8 +180,8 @@ def test_a_secret_value_is_used_and_stored_nowhere_in_clear(api, app, session, w
     for op in body["operations"]:
         assert op["steps"][0]["stdout"].startswith(digest)  # the command got the value
         assert op["steps"][1]["stdout"] == "******** ann\n"  # and its output hides it
-    assert any("ansible-playbook" in snap for snap in seen)  # the watcher saw the run
-    assert not [line for snap in seen for line in snap.splitlines() if CANARY in line]
+    assert sampler.saw("ansible-playbook")  # the sampler saw the run
+    assert not sampler.saw(CANARY)  # in no process's command line or environment
     session.expire_all()
     assert session.get(Execution, ex["id"]).secret_vars_enc is None  # erased once final
     # nowhere: database rows (every table, as text), API, audit, CSV, pages, Redis
