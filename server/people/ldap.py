@@ -32,7 +32,7 @@ from server.core.errors import Unauthorized, ValidationError
 from server.core.models import Credential, User, utcnow
 from server.core.vault import vault
 from server.people import identity_settings, mapping
-from server.runs.protocols import ca_bundle_problem
+from server.core.ca_bundles import ca_bundle_problem
 
 IN_CHAIN = "1.2.840.113556.1.4.1941"  # LDAP_MATCHING_RULE_IN_CHAIN (Active Directory)
 DEFAULTS: dict[str, Any] = {

@@ -36,6 +36,7 @@ from pathlib import Path
 from ansible_runner.config.runner import RunnerConfig
 
 from server.catalog import launch, playbooks
+from server.core import ca_bundles
 from server.core.config import Settings
 from server.core.errors import ValidationError
 from server.core.models import Credential, Execution, Host, Task
@@ -280,7 +281,7 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         envvars.setdefault(k, str(v))
     if collections:
         envvars["ANSIBLE_COLLECTIONS_PATH"] = collections
-    readonly = [Path(project_dir), settings.playbook_dir, STUBS_DIR, *protocols.ca_dirs()]
+    readonly = [Path(project_dir), settings.playbook_dir, STUBS_DIR, *ca_bundles.ca_dirs()]
     readonly += [Path(p) for k in ("ANSIBLE_ROLES_PATH", "ANSIBLE_LIBRARY", "ANSIBLE_MODULE_UTILS",
                                    "ANSIBLE_CONNECTION_PLUGINS", "ANSIBLE_ACTION_PLUGINS",
                                    "ANSIBLE_COLLECTIONS_PATH")

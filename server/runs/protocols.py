@@ -17,7 +17,7 @@ Host variables read here (all optional): ``tls_verify`` (default true), ``ca_bun
 ``telnet_mode``/``telnet_login_prompt``/``telnet_password_prompt``/``telnet_prompt``,
 ``https_auth``/``https_test_path``, ``ldap_base_dn``, ``x11_trusted``. They are checked by
 type and value when a host is saved (``option_problem``, ``settings_problem``) and again
-when an inventory is built. ``ca_bundle`` must lie under ``ca_dirs()``: the system CA
+when an inventory is built. ``ca_bundle`` must lie under ``core.ca_bundles.ca_dirs()``: the system CA
 directories plus the colon-separated ``TASKMANAGER_CA_DIRS``.
 """
 from __future__ import annotations
@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from server.core.ca_bundles import ca_bundle_problem
 from server.core.errors import ValidationError
 from server.core.models import Credential, Host
 
@@ -61,8 +62,6 @@ HTTPS_AUTH = ("bearer", "basic", "none")
 WINRM_SCHEMES = ("http", "https")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-DEFAULT_CA_DIRS = ("/etc/ssl/certs", "/usr/local/share/ca-certificates", "/usr/share/ca-certificates")
-CA_DIRS_ENV = "TASKMANAGER_CA_DIRS"
 FLAG_OPTIONS = ("tls_verify", "x11_trusted")
 CHOICE_OPTIONS = {"winrm_transport": WINRM_TRANSPORTS, "winrm_scheme": WINRM_SCHEMES, "telnet_mode": TELNET_MODES,
                   "https_auth": HTTPS_AUTH}
@@ -171,39 +170,6 @@ def _flag_value(value: Any) -> bool | None:
     return None
 
 
-def ca_dirs() -> list[Path]:
-    """Directories a ``ca_bundle`` may lie in: the system CA directories and the
-    colon-separated absolute paths of ``TASKMANAGER_CA_DIRS``."""
-    extra = os.environ.get(CA_DIRS_ENV, "").split(":")
-    return [Path(os.path.normpath(d)) for d in (*DEFAULT_CA_DIRS, *extra) if d and os.path.isabs(d)]
-
-
-def _under(path: Path, dirs: list[Path]) -> bool:
-    return any(path == d or d in path.parents for d in dirs)
-
-
-def ca_bundle_problem(value: str) -> str | None:
-    """Why ``value`` cannot be a CA bundle path (None when it can).
-
-    A path outside the allowed directories gets the same answer whether or not it exists
-    (no probing the server's files through host variables): the path is first judged as
-    written (no ``..``), and only inside an allowed directory are symlinks resolved and the
-    file looked at."""
-    dirs = ca_dirs()
-    outside = (f"must be a file under {', '.join(str(d) for d in dirs)} "
-               f"(the administrator can allow more directories with {CA_DIRS_ENV})")
-    if not os.path.isabs(value):
-        return "must be an absolute path"
-    if ".." in Path(value).parts or not _under(Path(os.path.normpath(value)), dirs):
-        return outside
-    resolved = Path(os.path.realpath(value))
-    if not _under(resolved, dirs + [Path(os.path.realpath(d)) for d in dirs]):
-        return outside
-    if not resolved.is_file():
-        return f"{value} does not exist on the Task Manager server (or is not a file)"
-    return None
-
-
 def option_problem(name: str, value: Any) -> str | None:
     """Why ``value`` is not valid for the protocol option ``name`` (None when it is, or when
     ``name`` is not a protocol option). The message follows the option's name."""
@@ -274,7 +240,7 @@ def _choice(host: Host, name: str, default: str) -> str:
 
 
 def ca_bundle(host: Host) -> str | None:
-    """The host's CA bundle: a PEM file under one of ``ca_dirs()`` on the Task Manager server."""
+    """The host's CA bundle: a PEM file under one of ``core.ca_bundles.ca_dirs()`` on the Task Manager server."""
     value = _option(host, "ca_bundle")
     return None if value in (None, "") else str(value)
 
