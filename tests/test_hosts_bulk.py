@@ -56,6 +56,14 @@ def test_preview_shows_the_bad_line_and_writes_nothing_then_the_fixed_inventory_
     assert [c.name for c in prod.children] == ["web"] and prod.vars == {"motd": "{{ inventory_hostname }}"}
 
 
+def test_a_pasted_inventory_is_read_only_inside_the_sandbox(admin, session, monkeypatch):
+    """No bubblewrap, no reading: the text is never parsed unconfined in the web process."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    status, page, _ = _post(admin, {"inventory": INVENTORY, "action": "preview"})
+    assert status == 200 and "bubblewrap (bwrap) is not installed" in page
+    assert "Import 19 hosts" not in page and session.execute(select(Host)).first() is None
+
+
 def test_csv_upload_with_per_line_errors(admin, session):
     text = ("name,address,port,protocol,groups,role\n"
             "db1,10.1.0.1,5432,ssh,db;prod,primary\n"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
 from server.core import audit
-from server.runs import protocols
+from server.runs import protocols, sandbox
 from server.core.errors import ValidationError
 from server.core.models import PROTOCOLS, Credential, Group, Host
 from server.core.validation import GROUP_NAME_RE, HOST_NAME_RE, var_name_problem
@@ -34,6 +35,7 @@ PLAIN_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-@]*$")
 RESERVED_GROUPS = ("all", "ungrouped")
 log = logging.getLogger(__name__)
 IMPORT_TIMEOUT_S = 120
+IMPORT_MEMORY_BYTES = 512 * 2**20  # address space of ansible-inventory reading an import
 
 
 class Unsafe(str):
@@ -211,12 +213,28 @@ def _ansible_inventory_bin() -> str:
 
 
 def _read_inventory(path: str) -> dict[str, Any]:
-    """``ansible-inventory --list`` of ``path`` (every format Ansible reads), as JSON."""
-    if not Path(path).exists():
+    """``ansible-inventory --list`` of ``path`` (every static format Ansible reads), as JSON.
+
+    The text may be pasted by a user: it is read inside the run sandbox (nothing of the
+    server's files, environment or instance/ in reach) with bounded memory and CPU, so an
+    inventory crafted to expand without end fails alone instead of starving the web server.
+    """
+    source = Path(path)
+    if not source.exists():
         raise ValidationError(f"inventory {path!r} does not exist", field="path")
+    private = sandbox.new_private_dir()
+    copy = private / "import" / source.name  # the name keeps its extension: it picks the plugin
+    copy.parent.mkdir()
+    if source.is_dir():
+        shutil.copytree(source, copy)
+    else:
+        shutil.copyfile(source, copy)
+    sandbox.open_up(private)
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(Path.home()),
+        "HOME": str(private / "home"),
+        "ANSIBLE_LOCAL_TEMP": str(private / "tmp"),
+        "ANSIBLE_CONFIG": "",
         "LANG": "C.UTF-8",
         "ANSIBLE_INVENTORY_UNPARSED_FAILED": "True",
         "ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED": "True",
@@ -225,16 +243,23 @@ def _read_inventory(path: str) -> dict[str, Any]:
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
     }
+    layout = sandbox.Layout(private_dir=private, cwd=private)
+    command = ["prlimit", f"--as={IMPORT_MEMORY_BYTES}", f"--cpu={IMPORT_TIMEOUT_S}", "--",
+               _ansible_inventory_bin(), "-i", str(copy), "--list", "--export"]
     try:
-        proc = subprocess.run(
-            [_ansible_inventory_bin(), "-i", str(path), "--list", "--export"],
-            capture_output=True, text=True, timeout=IMPORT_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL,
-        )
+        proc = subprocess.run(sandbox.argv(layout, command), capture_output=True, text=True,
+                              timeout=IMPORT_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
         raise ValidationError(f"reading the inventory took longer than {IMPORT_TIMEOUT_S} s", field="path") from exc
+    except sandbox.SandboxError as exc:
+        raise ValidationError(f"the inventory cannot be read: {exc}", field="path") from exc
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
     if proc.returncode != 0:
         lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
-        detail = "; ".join(lines[-3:])[:500] or f"exit status {proc.returncode}"
+        if "MemoryError" in proc.stderr or proc.returncode in (-9, 137):
+            lines = [f"reading the inventory needed more than {IMPORT_MEMORY_BYTES // 2**20} MB"]
+        detail = "; ".join(lines[-3:]).replace(str(copy), str(source))[:500] or f"exit status {proc.returncode}"
         raise ValidationError(f"not a valid Ansible inventory: {detail}", field="path")
     try:
         data = json.loads(proc.stdout)
