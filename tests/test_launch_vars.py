@@ -51,7 +51,7 @@ def env(env, tmp_path, monkeypatch, private_redis_url, lab):
         "      ansible.builtin.debug: {msg: extra}\n"
         "      tags: [extra]\n"
         "    - name: beside\n"
-        "      ansible.builtin.debug: {msg: \"{{ GV }}, {{ HV | default('no host_vars') }}\"}\n"
+        "      ansible.builtin.debug: {msg: \"{{ GV }}, {{ HV | default('no host_vars') }} in {{ playbook_dir | basename }}\"}\n"
         "      tags: [show]\n"
         "    - name: planned failure\n"
         "      ansible.builtin.fail: {msg: planned}\n"
@@ -252,7 +252,7 @@ def test_playbook_values_are_unsafe_extra_vars_and_tags_are_checked(api, world, 
     assert steps["secret"]["status"] == "succeeded" and CANARY not in str(body)
     assert "extra" not in steps and body["skip_tags"] == ["extra"]
     assert list(steps)[0] == "message"  # setting the secret values is no step of the host
-    assert "from group_vars, from host_vars" in steps["beside"]["stdout"], steps["beside"]
+    assert "from group_vars, from host_vars in playbooks" in steps["beside"]["stdout"], steps["beside"]
     assert "from group_vars, no host_vars" in {s["name"]: s for s in ops[world[0]]["steps"]}["beside"]["stdout"]
     for name in world[2:]:
         assert ops[name]["status"] == "skipped" and "rolling run stopped" in ops[name]["message"], ops[name]
@@ -281,7 +281,7 @@ def test_ticket_pattern_and_curated_reasons(api, api_as, session, world):
     assert api.post(f"/api/v1/tasks/{task['id']}/executions", {})[0] == 202  # the policy names olga only
 
 
-def test_approval_binds_the_values_and_schedules_keep_their_own(api, api_as, session, world):
+def test_approval_binds_the_values_and_schedules_keep_their_own(api, api_as, app, session, world):
     from server.executions import approvals
     from server.scheduling.scheduler import tick
 
@@ -296,6 +296,10 @@ def test_approval_binds_the_values_and_schedules_keep_their_own(api, api_as, ses
     assert status == 202 and ex["status"] == "waiting_approval", ex
     status, item = ann.get(f"/api/v1/executions/{ex['id']}")
     assert item["vars"] == {"SVC": "nginx", "PW": "********"}
+    from tests.test_web_resources import Browser
+
+    status, page = Browser(app, "ann").get(f"/approvals/{ex['id']}")  # the approver's page: masked too
+    assert status == 200 and "nginx" in page and "********" in page and CANARY not in page
     # the declared choices change while it waits: the approval no longer matches
     assert api.patch(f"/api/v1/tasks/{task['id']}", {"variables": [
         {"name": "SVC", "type": "choice", "choices": ["nginx", "redis", "mysql"]}, {"name": "PW", "type": "secret"}]})[0] == 200
