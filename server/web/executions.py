@@ -144,9 +144,12 @@ def execution(execution_id: int):
 
 
 def _relaunch_asks(ex: Execution) -> bool:
-    """Whether a relaunch needs the form: secret values to give again, or a required reason."""
-    return bool(launch.secret_names(ex.task.variables)) or access.request_rules(
-        db.session(), current_user, ex.task).requires_reason
+    """Whether a relaunch needs the form: secret values to give again, a required reason, or a
+    required ticket the parent run did not have."""
+    if launch.secret_names(ex.task.variables):
+        return True
+    rules = access.request_rules(db.session(), current_user, ex.task)
+    return rules.requires_reason or (rules.requires_ticket and not ex.ticket)
 
 
 def _failed_hosts(ex: Execution) -> list[str]:
@@ -302,8 +305,8 @@ def operation_output(execution_id: int, op_id: int):
 @login_required
 def execution_relaunch(execution_id: int):
     """The relaunch form, for a run the page's one-click relaunch cannot repeat alone: its task
-    declares secret variables (erased when the run ended, so asked again here) or a reason is
-    required. The other launch values and options are the parent's (``relaunch.relaunch``)."""
+    declares secret variables (erased when the run ended, so asked again here), or a reason or
+    ticket is required. The other launch values and options are the parent's (``relaunch.relaunch``)."""
     ex = _load(execution_id, with_operations=False)
     s = db.session()
     relaunch.check_relaunchable(s, ex, current_user)
