@@ -115,6 +115,38 @@ def test_admin_pages_manage_users_and_policies(app, api, session, flow):
         ("ann", 1), ("ben", 2), ("newbie", 2)]
     resp = admin.post(f"/admin/policies/{pol.id}", data={**data, "approval_ttl_h": "0.001"})
     assert resp.status_code == 422 and b"approval_ttl_s" in resp.data
+    # tickets and curated reasons: a bad pattern is refused next to its field, a good one kept
+    resp = admin.post(f"/admin/policies/{pol.id}", data={**data, "requires_ticket": "on", "ticket_pattern": "^(CHG"})
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 422 and re.search(
+        r'id="p-ticket-pattern"[^>]*value="\^\(CHG"[^>]*aria-invalid="true"', page), page
+    assert re.search(r'data-for="p-ticket-pattern" role="alert">[^<]*not a valid regular expression', page)
+    resp = admin.post(f"/admin/policies/{pol.id}", data={**data, "requires_ticket": "on",
+                                                          "ticket_pattern": "^(CHG|INC)[0-9]{6}$",
+                                                          "reasons": "maintenance\r\n\r\n incident \r\n"})
+    assert resp.status_code == 302
+    session.expire_all()
+    pol = session.get(Policy, pol.id)
+    assert pol.requires_ticket and pol.ticket_pattern == "^(CHG|INC)[0-9]{6}$" and pol.reasons == [
+        "maintenance", "incident"]
+    page = admin.get(f"/admin/policies/{pol.id}").get_data(as_text=True)
+    assert 'value="^(CHG|INC)[0-9]{6}$"' in page and "maintenance\nincident</textarea>" in page
+    assert 'name="requires_ticket" checked' in page
+    # the operator's Run form offers the curated reasons and asks for the ticket
+    olga = web_login(app, "olga")
+    run_page = olga.get(f"/tasks/{flow['task']['id']}").get_data(as_text=True)
+    assert '<select id="r-reason"' in run_page and "<option >incident</option>" in run_page.replace(
+        "<option  ", "<option ") and "Ticket (required)" in run_page
+    resp = olga.post(f"/tasks/{flow['task']['id']}/run", data={"reason": "incident", "ticket": "CHG12",
+                                                             "csrf_token": form_token(olga)})
+    assert resp.status_code == 422 and "must match ^(CHG|INC)[0-9]{6}$" in resp.get_data(as_text=True)
+    listing = admin.get("/admin/policies").get_data(as_text=True)
+    assert "ticket required" in listing and "2 reasons to choose from" in listing
+    # emptying the list and the pattern from the form clears them
+    assert admin.post(f"/admin/policies/{pol.id}", data=data).status_code == 302
+    session.expire_all()
+    pol = session.get(Policy, pol.id)
+    assert not pol.requires_ticket and pol.ticket_pattern is None and pol.reasons == []
     listing = admin.get("/admin/policies").get_data(as_text=True)
     assert "night ops" in listing and "L2: ben, newbie" in listing
     assert admin.post(f"/admin/policies/{pol.id}/delete", data={"csrf_token": token}).status_code == 302

@@ -153,6 +153,17 @@ def test_web_run_button_and_relaunch_take_the_same_path(gated, app, session):
     session.commit()
     status, body = gated["alice"].post(f"/api/v1/executions/{ex.id}/relaunch", {"failed_only": False})
     assert status == 202 and body["status"] == "waiting_approval", body
+    # When the policy asks its users for a reason, the page's relaunch is a form that asks for it.
+    assert gated["admin"].patch(f"/api/v1/policies/{gated['policy']['id']}", {"requires_reason": True})[0] == 200
+    olga, form = browser(app, "olga"), f"/executions/{ex.id}/relaunch"
+    assert f'href="{form}"' in olga.get(f"/executions/{ex.id}").get_data(as_text=True)
+    resp = post_form(olga, form, form, {"failed_only": ""})
+    assert resp.status_code == 422 and "a reason is required" in resp.get_data(as_text=True)
+    resp = post_form(olga, form, form, {"failed_only": "", "reason": "payday"})
+    assert resp.status_code == 302, resp.data
+    child = session.get(Execution, int(resp.headers["Location"].rsplit("/", 1)[1]))
+    assert child.parent_id == ex.id and child.reason == "payday" and child.status == "waiting_approval"
+    assert child.requested_by.username == "olga"
 
 
 def test_a_dry_run_is_made_only_for_an_approval_request_and_never_relaunched(gated, api, app, tmp_path, session):

@@ -29,10 +29,14 @@ def lab():
 
 
 @pytest.fixture
-def env(env, tmp_path, monkeypatch, private_redis_url):
+def env(env, tmp_path, monkeypatch, private_redis_url, lab):
     monkeypatch.setenv("TASKMANAGER_REDIS_URL", private_redis_url)
     pb = tmp_path / "playbooks"
     pb.mkdir()
+    for sub, name, content in (("group_vars", "all.yml", "GV: from group_vars\n"),
+                               ("host_vars", f"{lab.servers[1].name}.yml", "HV: from host_vars\n")):
+        (pb / sub).mkdir()
+        (pb / sub / name).write_text(content)
     (pb / "site.yml").write_text(
         "- hosts: all\n"
         "  gather_facts: false\n"
@@ -46,6 +50,13 @@ def env(env, tmp_path, monkeypatch, private_redis_url):
         "    - name: extra\n"
         "      ansible.builtin.debug: {msg: extra}\n"
         "      tags: [extra]\n"
+        "    - name: beside\n"
+        "      ansible.builtin.debug: {msg: \"{{ GV }}, {{ HV | default('no host_vars') }} in {{ playbook_dir | basename }}\"}\n"
+        "      tags: [show]\n"
+        "    - name: planned failure\n"
+        "      ansible.builtin.fail: {msg: planned}\n"
+        "      when: inventory_hostname == (FAIL_ON | default(''))\n"
+        "      tags: [show]\n"
     )
     monkeypatch.setenv("TASKMANAGER_PLAYBOOK_DIR", str(pb))
     return {**env, "TASKMANAGER_REDIS_URL": private_redis_url, "TASKMANAGER_PLAYBOOK_DIR": str(pb)}
@@ -202,21 +213,49 @@ def test_a_secret_value_is_used_and_stored_nowhere_in_clear(api, app, session, w
     status, again = api.post(f"/api/v1/executions/{ex['id']}/relaunch",
                              {"failed_only": False, "vars": {"PW": CANARY + "2"}})
     assert status == 202 and api.get(f"/api/v1/executions/{again['id']}")[1]["vars"]["WHO"] == "ann"
+    # and so does the web page's relaunch: a form asks for it again and keeps the other values
+    from tests.test_web_resources import Browser, field_error
+
+    web = Browser(app, "admin")
+    status, page = web.get(f"/executions/{ex['id']}")
+    form_url = f"/executions/{ex['id']}/relaunch"
+    assert f'href="{form_url}"' in page and 'data-action="relaunch"' not in page
+    status, page = web.get(form_url)
+    assert status == 200 and 'id="rv-PW" name="vars.PW" type="password"' in page and '"WHO": "ann"' in page
+    status, page, _ = web.submit(form_url, data={"failed_only": "", "reason": "again"})
+    assert status == 422 and "required" in field_error(page, "rv-PW")
+    status, page, where = web.submit(form_url, data={"failed_only": "", "reason": "again", "vars.PW": CANARY + "3"})
+    assert status == 302, page
+    child = session.get(Execution, int(where.rsplit("/", 1)[1]))
+    assert child.parent_id == ex["id"] and child.vars == {"PW": "********", "WHO": "ann"} and child.reason == "again"
+    assert child.secret_vars_enc and CANARY not in web.get(where)[1]
 
 
 def test_playbook_values_are_unsafe_extra_vars_and_tags_are_checked(api, world, run_worker):
-    task = make_task(api, name="pb", kind="playbook", playbook="site.yml", hosts=world[:1],
-                     allowed_tags=["show", "check", "extra"], serial=1, max_fail_percentage=0, vars={"SUM": hashlib.sha256(CANARY.encode()).hexdigest()},
+    """One rolling playbook run (serial 2, no failure allowed) with a secret variable: the values
+    arrive as data, the group_vars/ and host_vars/ beside the playbook still apply, and the first
+    batch's failing host stops the run, the next batch skipped."""
+    task = make_task(api, name="pb", kind="playbook", playbook="site.yml", hosts=world,
+                     allowed_tags=["show", "check", "extra"], serial=2, max_fail_percentage=0,
+                     vars={"SUM": hashlib.sha256(CANARY.encode()).hexdigest(), "FAIL_ON": world[0]},
                      variables=[{"name": "MSG", "type": "text"}, {"name": "PW", "type": "secret"}])
     status, err = api.post(f"/api/v1/tasks/{task['id']}/executions", {"tags": ["deploy"]})
     assert status == 422 and err["error"]["field"] == "tags"
     ex = run(api, task, vars={"MSG": "{{ 7 * 7 }}{% raw %}", "PW": CANARY}, skip_tags=["extra"])
     body = finished(api, run_worker, ex["id"])
-    assert body["status"] == "succeeded", body
-    steps = {s["name"]: s for s in body["operations"][0]["steps"]}
+    assert body["status"] == "failed", body
+    ops = {op["host"]: op for op in body["operations"]}
+    assert ops[world[0]]["status"] == "failed", ops[world[0]]
+    assert ops[world[1]]["status"] == "succeeded", ops[world[1]]
+    steps = {s["name"]: s for s in ops[world[1]]["steps"]}
     assert "msg={{ 7 * 7 }}{% raw %}" in steps["message"]["stdout"] and "49" not in steps["message"]["stdout"]
     assert steps["secret"]["status"] == "succeeded" and CANARY not in str(body)
     assert "extra" not in steps and body["skip_tags"] == ["extra"]
+    assert list(steps)[0] == "message"  # setting the secret values is no step of the host
+    assert "from group_vars, from host_vars in playbooks" in steps["beside"]["stdout"], steps["beside"]
+    assert "from group_vars, no host_vars" in {s["name"]: s for s in ops[world[0]]["steps"]}["beside"]["stdout"]
+    for name in world[2:]:
+        assert ops[name]["status"] == "skipped" and "rolling run stopped" in ops[name]["message"], ops[name]
 
 
 def test_ticket_pattern_and_curated_reasons(api, api_as, session, world):
@@ -242,7 +281,7 @@ def test_ticket_pattern_and_curated_reasons(api, api_as, session, world):
     assert api.post(f"/api/v1/tasks/{task['id']}/executions", {})[0] == 202  # the policy names olga only
 
 
-def test_approval_binds_the_values_and_schedules_keep_their_own(api, api_as, session, world):
+def test_approval_binds_the_values_and_schedules_keep_their_own(api, api_as, app, session, world):
     from server.executions import approvals
     from server.scheduling.scheduler import tick
 
@@ -257,6 +296,10 @@ def test_approval_binds_the_values_and_schedules_keep_their_own(api, api_as, ses
     assert status == 202 and ex["status"] == "waiting_approval", ex
     status, item = ann.get(f"/api/v1/executions/{ex['id']}")
     assert item["vars"] == {"SVC": "nginx", "PW": "********"}
+    from tests.test_web_resources import Browser
+
+    status, page = Browser(app, "ann").get(f"/approvals/{ex['id']}")  # the approver's page: masked too
+    assert status == 200 and "nginx" in page and "********" in page and CANARY not in page
     # the declared choices change while it waits: the approval no longer matches
     assert api.patch(f"/api/v1/tasks/{task['id']}", {"variables": [
         {"name": "SVC", "type": "choice", "choices": ["nginx", "redis", "mysql"]}, {"name": "PW", "type": "secret"}]})[0] == 200
@@ -337,11 +380,11 @@ def test_the_run_form_has_a_typed_field_per_variable(app, api, world, session):
 
 
 def test_rolling_settings_go_into_each_play_of_a_playbook_copy():
-    from server.catalog.playbooks import with_rolling
+    from server.catalog.playbooks import for_run
 
     text = ("- hosts: web\n  serial: 5\n  vars: {v: !unsafe '{{ x }}'}\n  tasks: []\n"
             "- ansible.builtin.import_playbook: other.yml\n")
-    out = with_rolling(text, [1, "50%"], 0)
+    out = for_run(text, [1, "50%"], 0)
     assert "!unsafe '{{ x }}'" in out  # Ansible's tags survive the copy
     assert "serial:\n  - 1\n  - 50%" in out and "max_fail_percentage: 0" in out
     assert out.count("serial") == 1  # the play's own value is replaced; the import is left alone

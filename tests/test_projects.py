@@ -222,7 +222,8 @@ def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, ssh
     try:
         first = repo.commit({
             "site.yml": RUN_PLAY.format(msg="version-one"),
-            "group_vars/all.yml": "greeting: from-group-vars\n",
+            # a secret launch value is set before the play: group_vars beside the playbook still apply
+            "group_vars/all.yml": "greeting: \"from-group-vars {{ (TOKEN | default('')) | length }}\"\n",
             "ask.yml": "- hosts: all\n  vars_prompt:\n    - name: size\n      prompt: Size\n  tasks: []\n",
             "roles/hello/tasks/main.yml": "- name: hello role\n  ansible.builtin.debug:\n    msg: project-role\n",
             # installed at sync time from a path inside the project (in the sandbox)
@@ -239,7 +240,8 @@ def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, ssh
         assert status == 201
         assert _sync(app, session, "ops").revision == first
         status, task = api.post("/api/v1/tasks", {"name": "deploy", "kind": "playbook", "project": "ops",
-                                                  "playbook": "site.yml", "hosts": hosts, "credential": cred})
+                                                  "playbook": "site.yml", "hosts": hosts, "credential": cred,
+                                                  "variables": [{"name": "TOKEN", "type": "secret"}], "serial": 1})
         assert status == 201 and task["project"] == "ops", task
         status, resp = api.patch(f"/api/v1/tasks/{task['id']}", {"playbook": "../site.yml"})
         assert status == 422 and resp["error"]["field"] == "playbook"
@@ -254,7 +256,8 @@ def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, ssh
         assert api.post("/api/v1/policies", {"name": "p", "users": ["olga"], "tasks": ["deploy"],
                                              "permissions": ["view", "execute", "schedule"], "requires_approval": True,
                                              "approvers": [{"user": "ann", "level": 1}]})[0] == 201
-        status, asked = olga.post(f"/api/v1/tasks/{task['id']}/executions", {"reason": "CHG-1"})
+        status, asked = olga.post(f"/api/v1/tasks/{task['id']}/executions",
+                                  {"reason": "CHG-1", "vars": {"TOKEN": "t0ken-xyz"}})
         assert status == 202 and asked["status"] == "waiting_approval"
 
         status, sched = olga.post(f"/api/v1/tasks/{task['id']}/schedules", {"cron": "0 6 * * *"})
@@ -280,9 +283,10 @@ def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, ssh
         assert approved["status"] == "succeeded", approved
         assert approved["revision"] == first and latest["revision"] == second
         text = json.dumps(approved["operations"])
-        assert "version-one from-group-vars" in text and "project-role" in text and "version-two" not in text
+        assert "version-one from-group-vars 9" in text and "project-role" in text and "version-two" not in text
+        assert "t0ken-xyz" not in text
         assert "installed-from-requirements" in text and "color=teal-default" in text
-        assert "version-two from-group-vars" in json.dumps(latest["operations"]), latest
+        assert "version-two from-group-vars 0" in json.dumps(latest["operations"]), latest
     finally:
         repo.remove()
 

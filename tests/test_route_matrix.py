@@ -142,7 +142,8 @@ expect(ALL, "POST /hosts/selected")
 # "Notify me" on a task: whoever sees the task (all roles here).
 expect(ALL, "POST /tasks/<int:task_id>/subscription")
 
-expect(RUNNERS, "POST /api/v1/executions/<int:execution_id>/cancel", "POST /api/v1/executions/<int:execution_id>/relaunch")
+expect(RUNNERS, "POST /api/v1/executions/<int:execution_id>/cancel", "POST /api/v1/executions/<int:execution_id>/relaunch",
+       "GET /executions/<int:execution_id>/relaunch", "POST /executions/<int:execution_id>/relaunch")
 # Schedules: read by whoever sees the task; writing needs "schedule"; blackouts and pausing are admin matters.
 expect(ALL, "GET /schedules", "GET /schedules/<int:schedule_id>", "GET /api/v1/schedules",
        "GET /api/v1/schedules/<int:schedule_id>", "GET /api/v1/schedules/<int:schedule_id>/fires",

@@ -84,6 +84,19 @@ def test_fire_creates_one_queued_execution_through_the_manual_path(session, task
     assert len(executions(session, s)) == 1
 
 
+def test_stored_values_are_checked_again_at_fire_time(session, task):
+    """A schedule's launch values were valid when saved; a declaration changed since makes the
+    fire an error naming the variable, with no execution."""
+    task.variables = [{"name": "svc", "type": "choice", "label": "svc", "required": True, "choices": ["nginx", "redis"]}]
+    task.commands = ["systemctl restart [#svc#]"]
+    s = make(session, task, "*/5 * * * *", now=at(2030, 1, 1, 10, 1), vars={"svc": "redis"})
+    task.variables = [{**task.variables[0], "choices": ["nginx"]}]
+    session.commit()
+    fires = tick(session, at(2030, 1, 1, 10, 5))
+    assert [f.outcome for f in fires] == ["error"] and "vars.svc" in str(fires[0].detail), fires[0].detail
+    assert executions(session, s) == []
+
+
 def test_disabled_schedule_never_fires_and_reenabling_starts_from_now(session, task):
     s = make(session, task, "* * * * *", now=at(2030, 1, 1, 0, 0), enabled=False)
     assert s.next_fire_at is None and next_due_at(session) is None

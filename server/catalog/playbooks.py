@@ -33,6 +33,9 @@ def resolve(playbook_dir: Path, name: str) -> Path:
 
 
 PLAY_KEYS = {"hosts", "import_playbook", "ansible.builtin.import_playbook"}
+# The play a run puts before a playbook to set its secret launch values (runs.prepare.secret_play):
+# bookkeeping, not the task's work, so its events make no steps (runs.recorder).
+LAUNCH_VALUES_PLAY = "Task Manager launch values"
 
 
 def _yaml(text: str) -> Any:
@@ -184,9 +187,10 @@ class _TagsDumper(yaml.SafeDumper):
 _TagsDumper.add_representer(_Tagged, lambda dumper, data: data.node)
 
 
-def with_rolling(text: str, serial: Any, max_fail_percentage: int | None) -> str:
-    """A playbook's text with ``serial``/``max_fail_percentage`` set on each of its plays (a
-    play's own setting is replaced: the task's rolling settings are what its runs promise)."""
+def for_run(text: str, serial: Any, max_fail_percentage: int | None, first: list[dict[str, Any]] | None = None) -> str:
+    """A playbook's text as a run sees it: ``serial``/``max_fail_percentage`` set on each of its
+    plays (a play's own setting is replaced: the task's rolling settings are what its runs
+    promise), after the ``first`` plays (the one that asks for secret launch values)."""
     plays = yaml.load(text, Loader=_KeepTags)  # noqa: S506 - a SafeLoader subclass
     if not isinstance(plays, list):
         raise ValidationError("the playbook is not a list of plays", field="playbook")
@@ -196,4 +200,4 @@ def with_rolling(text: str, serial: Any, max_fail_percentage: int | None) -> str
                 play["serial"] = serial
             if max_fail_percentage is not None:
                 play["max_fail_percentage"] = max_fail_percentage
-    return yaml.dump(plays, Dumper=_TagsDumper, sort_keys=False, allow_unicode=True)
+    return yaml.dump((first or []) + plays, Dumper=_TagsDumper, sort_keys=False, allow_unicode=True)

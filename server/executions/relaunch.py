@@ -30,21 +30,26 @@ def failed_hosts(session: Session, ex: Execution) -> list[str]:
     )
 
 
-def relaunch(session: Session, parent: Execution, user: User, *, failed_only: Any = True, reason: Any = None,
-             run_vars: Any = None, ticket: Any = None) -> Execution:
-    """Request a new execution of ``parent``'s task with its launch values and options (caller
-    commits). Secret values were erased when the parent ended: they are given again in
-    ``run_vars`` (which overrides the parent's values name by name)."""
+def check_relaunchable(session: Session, parent: Execution, user: User) -> None:
+    """Refuse (404, 403, 409) what may not be relaunched by ``user``, before asking him anything."""
     if not access.can_view_execution(session, user, parent):
         raise NotFound(f"execution {parent.id} does not exist")  # like every other endpoint: no existence oracle
-    if not isinstance(failed_only, bool):
-        raise ValidationError("'failed_only' must be true or false", field="failed_only")
     access.require_task(session, user, parent.task, "execute")
     if parent.trigger == DRY_RUN_TRIGGER:
         raise Conflict(f"execution {parent.id} is a dry run (check mode) for an approval request; it cannot be "
                        "relaunched as a live run: request a new run of the task")
     if parent.status not in EXECUTION_RELAUNCHABLE:
         raise Conflict(f"execution {parent.id} is {parent.status}; only finished executions can be relaunched")
+
+
+def relaunch(session: Session, parent: Execution, user: User, *, failed_only: Any = True, reason: Any = None,
+             run_vars: Any = None, ticket: Any = None) -> Execution:
+    """Request a new execution of ``parent``'s task with its launch values and options (caller
+    commits). Secret values were erased when the parent ended: they are given again in
+    ``run_vars`` (which overrides the parent's values name by name)."""
+    check_relaunchable(session, parent, user)
+    if not isinstance(failed_only, bool):
+        raise ValidationError("'failed_only' must be true or false", field="failed_only")
     if failed_only:
         hosts: list[str] | None = failed_hosts(session, parent)
         if not hosts:

@@ -73,7 +73,7 @@ class Prepared:
     names: dict[str, str]
     commands: list[str] | None  # a commands task's lines (steps come from tm_commands)
     progress: str | None  # prefix of tm_commands' progress lines
-    overlays: list[tuple[Path, Path]] = field(default_factory=list)  # playbook copies with rolling settings
+    overlays: list[tuple[Path, Path]] = field(default_factory=list)  # (the run's copy of a playbook, its path)
 
 
 def _secrets(credential: Credential | None) -> tuple[str | None, str | None, str | None]:
@@ -187,27 +187,27 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         playbook = project / "commands.yml"
         playbook.write_text(inventory.dump(play))
         project_dir = str(project)
-    elif (source := git_project(task)) is not None:
-        checkout = project_checkout.materialise(source, ex, project, settings)
-        resolved = playbooks.resolve(checkout.root, task.playbook or "")
-        playbook = resolved
-        project_dir = str(checkout.root)
-        roles_path = project_checkout.roles_path(checkout, resolved)  # the project's, not ours
-        collections = project_checkout.collections_path(checkout)
     else:
-        resolved = playbooks.resolve(settings.playbook_dir, task.playbook or "")
+        if (source := git_project(task)) is not None:
+            checkout = project_checkout.materialise(source, ex, project, settings)
+            resolved = playbooks.resolve(checkout.root, task.playbook or "")
+            project_dir = str(checkout.root)
+            roles_path = project_checkout.roles_path(checkout, resolved)  # the project's, not ours
+            collections = project_checkout.collections_path(checkout)
+        else:
+            resolved = playbooks.resolve(settings.playbook_dir, task.playbook or "")
+            project_dir = str(resolved.parent)
+            roles_path.insert(0, str(resolved.parent / "roles"))
         playbook = resolved
-        project_dir = str(resolved.parent)
-        roles_path.insert(0, str(resolved.parent / "roles"))
-        if task.serial or task.max_fail_percentage is not None:
-            # the sandbox shows a copy with the task's rolling settings in each play, at the
-            # playbook's own path (so its relative includes, files and roles still resolve)
-            rolled = project / "rolling.yml"
-            rolled.write_text(playbooks.with_rolling(resolved.read_text(), task.serial, task.max_fail_percentage))
-            overlays.append((rolled, resolved))
-        if hidden:  # a first play that asks for the secret values and sets them on every host
-            playbook = project / "launch.yml"
-            playbook.write_text(inventory.dump(secret_play(list(hidden), resolved)))
+        if task.serial or task.max_fail_percentage is not None or hidden:
+            # The sandbox shows a copy at the playbook's own path, so that its group_vars/,
+            # host_vars/, playbook_dir and relative includes stay those of the original: with
+            # the task's rolling settings in each play and, first, a play that asks for the
+            # secret values (prompts answered from memory) and sets them on every host.
+            copy = private_dir / "playbook.yml"
+            copy.write_text(playbooks.for_run(resolved.read_text(), task.serial, task.max_fail_percentage,
+                                              [secret_play(list(hidden))] if hidden else None))
+            overlays.append((copy, resolved))
         cmdline += [a for key in ("tags", "skip_tags") if getattr(ex, key)
                     for a in (f"--{key.replace('_', '-')}", ",".join(getattr(ex, key)))]
     if ex.check_mode:
@@ -327,17 +327,13 @@ def launch_var(name: str) -> str:
     return f"tm_secret__{name}"
 
 
-def secret_play(names: list[str], playbook: Path) -> list[dict[str, object]]:
-    """A playbook task with secret variables: one play asks for them (prompts answered from
-    memory) and sets each, unsafe and without logging, on every host; then the task's own
-    playbook, imported unchanged."""
-    return [
-        {"name": "launch values", "hosts": "all", "gather_facts": False, "vars_prompt": secret_prompts(names),
-         "tasks": [{"name": "secret launch values", "ansible.builtin.set_fact": {
-             n: "{{ " + launch_var(n) + " }}" for n in names}, "no_log": True,  # the prompt's value is unsafe
-             "check_mode": False, "tags": ["always"]}]},
-        {"ansible.builtin.import_playbook": str(playbook)},
-    ]
+def secret_play(names: list[str]) -> dict[str, object]:
+    """The play a playbook task with secret variables starts with: it asks for them (prompts
+    answered from memory) and sets each, unsafe and without logging, on every host."""
+    return {"name": playbooks.LAUNCH_VALUES_PLAY, "hosts": "all", "gather_facts": False, "vars_prompt": secret_prompts(names),
+            "tasks": [{"name": "secret launch values", "ansible.builtin.set_fact": {
+                n: "{{ " + launch_var(n) + " }}" for n in names}, "no_log": True,  # the prompt's value is unsafe
+                "check_mode": False, "tags": ["always"]}]}
 
 
 def rolling(play: dict[str, object], task: Task) -> None:

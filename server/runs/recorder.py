@@ -239,6 +239,8 @@ class Recorder:
     def _handle(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         data = event.get("event_data") or {}
+        if data.get("play") == playbooks.LAUNCH_VALUES_PLAY and self.commands is None:
+            return  # setting the secret launch values is not a step of the host (stats still count it)
         if kind == "runner_on_start":
             st = self._state(event)
             if st is not None and self.commands is not None:

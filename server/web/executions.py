@@ -12,14 +12,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from flask import Response, abort, jsonify, render_template, request, url_for
+from flask import Response, abort, flash, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from markupsafe import Markup
 from sqlalchemy import select
 from sqlalchemy.orm import joinedload, selectinload
 
+from server.catalog import launch
 from server.people import access
 from server.core import db
+from server.executions import relaunch
 from server.reporting import operations_page, output, reports
 from server.core.errors import ValidationError
 from server.core.models import (
@@ -35,6 +37,9 @@ from server.core.models import (
 )
 from server.guards import MAX_ID
 from server.web import web_bp
+from server.web.common import FormErrors, save
+from server.web.forms import checkbox
+from server.web.tasks import launch_form_values
 
 OUTPUT_TAIL = 64 * 1024  # characters of output shown per host; the API has all of it
 PAGE_HOSTS = 100  # hosts per page of an execution's page, when it has more (~1.7 kB of HTML per host)
@@ -131,10 +136,20 @@ def execution(execution_id: int):
         live_url=url_for("web.execution_live", execution_id=ex.id, page=pager["page"] if pager else None),
         failed_hosts=_failed_hosts(ex),
         can_run="execute" in perms,
+        relaunch_form="execute" in perms and ex.status in EXECUTION_FINAL and _relaunch_asks(ex),
         tail=OUTPUT_TAIL,
         host_key=_host_key,
         now=utcnow(),
     )
+
+
+def _relaunch_asks(ex: Execution) -> bool:
+    """Whether a relaunch needs the form: secret values to give again, a required reason, or a
+    required ticket the parent run did not have."""
+    if launch.secret_names(ex.task.variables):
+        return True
+    rules = access.request_rules(db.session(), current_user, ex.task)
+    return rules.requires_reason or (rules.requires_ticket and not ex.ticket)
 
 
 def _failed_hosts(ex: Execution) -> list[str]:
@@ -284,3 +299,36 @@ def operation_output(execution_id: int, op_id: int):
     if op is None or op.execution_id != ex.id:
         abort(404)
     return _output_response(getattr(op, stream), f"execution-{ex.id}-{op.host_name}-{stream}")
+
+
+@web_bp.route("/executions/<int:execution_id>/relaunch", methods=["GET", "POST"])
+@login_required
+def execution_relaunch(execution_id: int):
+    """The relaunch form, for a run the page's one-click relaunch cannot repeat alone: its task
+    declares secret variables (erased when the run ended, so asked again here), or a reason or
+    ticket is required. The other launch values and options are the parent's (``relaunch.relaunch``)."""
+    ex = _load(execution_id, with_operations=False)
+    s = db.session()
+    relaunch.check_relaunchable(s, ex, current_user)
+    failed_only = checkbox(request.values, "failed_only")
+    errors = FormErrors()
+    if request.method == "POST":
+        form = request.form
+        child, errors = save(lambda session: relaunch.relaunch(
+            session, ex, current_user._get_current_object(), failed_only=failed_only,
+            reason=form.get("reason", ""), ticket=form.get("ticket") or None,
+            run_vars=launch_form_values(ex.task, form)))
+        if not errors:
+            flash(f"Execution #{child.id} {'is waiting for approval' if child.status == 'waiting_approval' else 'queued'}"
+                  f" (relaunch of #{ex.id}).", "success")
+            return redirect(url_for("web.execution", execution_id=child.id))
+        ex = _load(execution_id, with_operations=False)  # the rollback expired it
+    secret = launch.secret_names(ex.task.variables)
+    return render_template(
+        "executions/relaunch.html", ex=ex, failed_only=failed_only, errors=errors,
+        secrets=[d for d in ex.task.variables or [] if d["name"] in secret],
+        secret_keys=[f"vars.{name}" for name in secret],
+        kept={k: v for k, v in (ex.vars or {}).items() if k not in secret},
+        rules=access.request_rules(s, current_user, ex.task),
+        form=request.form if request.method == "POST" else {"ticket": ex.ticket or ""},
+    ), (errors.status if errors else 200)

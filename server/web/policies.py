@@ -16,7 +16,7 @@ from server.guards import requires, visible_or_404
 from server.people import access
 from server.people.policies import delete_policy, policy_dict, save_policy
 from server.web import web_bp
-from server.web.common import save
+from server.web.common import FormErrors, save
 
 
 @web_bp.get("/admin/policies")
@@ -39,6 +39,10 @@ def _policy_form() -> dict[str, Any]:
         "requires_approval": f.get("requires_approval") == "on",
         "requires_reason": f.get("requires_reason") == "on",
         "approvers": [{"user": name, "level": level} for level in (1, 2, 3) for name in f.getlist(f"level{level}")],
+        "requires_ticket": f.get("requires_ticket") == "on",
+        "ticket_pattern": f.get("ticket_pattern", "").strip() or None,
+        # one curated reason per line; none: any reason
+        "reasons": [line.strip() for line in f.get("reasons", "").splitlines() if line.strip()],
     }
     ttl = f.get("approval_ttl_h", "").strip()
     if ttl:
@@ -49,13 +53,13 @@ def _policy_form() -> dict[str, Any]:
     return data
 
 
-def _policy_page(policy: Policy | None, values: dict[str, Any], error: str | None, status: int):
+def _policy_page(policy: Policy | None, values: dict[str, Any], errors: FormErrors, status: int):
     s = db.session()
     return render_template(
         "admin/policy_form.html",
         policy=policy,
         values=values,
-        error=error,
+        errors=errors,
         permissions=PERMISSIONS,
         all_users=s.execute(select(User).where(User.is_active.is_(True)).order_by(User.username)).scalars().all(),
         all_tasks=s.execute(select(Task).order_by(Task.name)).scalars().all(),
@@ -64,7 +68,8 @@ def _policy_page(policy: Policy | None, values: dict[str, Any], error: str | Non
 
 def _defaults() -> dict[str, Any]:
     return {"name": "", "users": [], "tasks": [], "permissions": ["view", "execute"], "requires_approval": False,
-            "requires_reason": False, "approvers": [], "approval_ttl_s": 86400}
+            "requires_reason": False, "approvers": [], "approval_ttl_s": 86400, "requires_ticket": False,
+            "ticket_pattern": None, "reasons": []}
 
 
 @web_bp.route("/admin/policies/new", methods=["GET", "POST"])
@@ -74,12 +79,11 @@ def policy_new():
     if request.method == "POST":
         values = _policy_form()
         policy, errors = save(save_policy, values, actor=current_user.username)
-        error, status = errors.text or None, errors.status
         if policy is not None:
             flash(f"Policy {policy.name} created.", "success")
             return redirect(url_for("web.policies"))
-        return _policy_page(None, {**_defaults(), **values}, error, status)
-    return _policy_page(None, _defaults(), None, 200)
+        return _policy_page(None, {**_defaults(), **values}, errors, errors.status)
+    return _policy_page(None, _defaults(), FormErrors(), 200)
 
 
 @web_bp.route("/admin/policies/<int:policy_id>", methods=["GET", "POST"])
@@ -90,12 +94,11 @@ def policy_edit(policy_id: int):
     if request.method == "POST":
         values = _policy_form()
         saved, errors = save(save_policy, values, actor=current_user.username, policy=policy)
-        error, status = errors.text or None, errors.status
         if saved is not None:
             flash(f"Policy {saved.name} saved.", "success")
             return redirect(url_for("web.policies"))
-        return _policy_page(policy, {**_defaults(), **values}, error, status)
-    return _policy_page(policy, policy_dict(policy), None, 200)
+        return _policy_page(policy, {**_defaults(), **values}, errors, errors.status)
+    return _policy_page(policy, policy_dict(policy), FormErrors(), 200)
 
 
 @web_bp.post("/admin/policies/<int:policy_id>/delete")
