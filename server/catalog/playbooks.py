@@ -34,7 +34,8 @@ def resolve(playbook_dir: Path, name: str) -> Path:
 
 PLAY_KEYS = {"hosts", "import_playbook", "ansible.builtin.import_playbook"}
 # The play a run puts before a playbook to set its secret launch values (runs.prepare.secret_play):
-# bookkeeping, not the task's work, so its events make no steps (runs.recorder).
+# bookkeeping, not the task's work, so its events make no steps (runs.recorder). Each run adds
+# a random word, so a playbook naming its own play so cannot hide that play's steps.
 LAUNCH_VALUES_PLAY = "Task Manager launch values"
 
 

@@ -73,6 +73,7 @@ class Prepared:
     names: dict[str, str]
     commands: list[str] | None  # a commands task's lines (steps come from tm_commands)
     progress: str | None  # prefix of tm_commands' progress lines
+    launch_play: str | None = None  # this run's name of the play setting secret launch values
     overlays: list[tuple[Path, Path]] = field(default_factory=list)  # (the run's copy of a playbook, its path)
 
 
@@ -168,6 +169,7 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     roles_path = [str(settings.playbook_dir / "roles"), str(settings.playbook_dir.parent / "roles")]
     commands: list[str] | None = None
     progress: str | None = None
+    launch_play: str | None = None
     overlays: list[tuple[Path, Path]] = []
     collections: str | None = None
     if task.kind == "commands":
@@ -205,8 +207,10 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
             # the task's rolling settings in each play and, first, a play that asks for the
             # secret values (prompts answered from memory) and sets them on every host.
             copy = private_dir / "playbook.yml"
+            # a name no playbook can take in advance: the recorder leaves out this play's events
+            launch_play = f"{playbooks.LAUNCH_VALUES_PLAY} {secrets.token_hex(8)}" if hidden else None
             copy.write_text(playbooks.for_run(resolved.read_text(), task.serial, task.max_fail_percentage,
-                                              [secret_play(list(hidden))] if hidden else None))
+                                              [secret_play(list(hidden), launch_play)] if launch_play else None))
             overlays.append((copy, resolved))
         cmdline += [a for key in ("tags", "skip_tags") if getattr(ex, key)
                     for a in (f"--{key.replace('_', '-')}", ",".join(getattr(ex, key)))]
@@ -300,6 +304,7 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         names=inv["_meta"]["names"],
         commands=commands,
         progress=progress,
+        launch_play=launch_play,
         overlays=overlays,
     )
 
@@ -327,10 +332,10 @@ def launch_var(name: str) -> str:
     return f"tm_secret__{name}"
 
 
-def secret_play(names: list[str]) -> dict[str, object]:
+def secret_play(names: list[str], name: str) -> dict[str, object]:
     """The play a playbook task with secret variables starts with: it asks for them (prompts
     answered from memory) and sets each, unsafe and without logging, on every host."""
-    return {"name": playbooks.LAUNCH_VALUES_PLAY, "hosts": "all", "gather_facts": False, "vars_prompt": secret_prompts(names),
+    return {"name": name, "hosts": "all", "gather_facts": False, "vars_prompt": secret_prompts(names),
             "tasks": [{"name": "secret launch values", "ansible.builtin.set_fact": {
                 n: "{{ " + launch_var(n) + " }}" for n in names}, "no_log": True,  # the prompt's value is unsafe
                 "check_mode": False, "tags": ["always"]}]}

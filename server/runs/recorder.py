@@ -168,13 +168,15 @@ class Recorder:
     settled = False
 
     def __init__(self, session: Session, ex: Execution, ops: dict[str, Operation], names: dict[str, str],
-                 commands: list[str] | None = None, progress: str | None = None, attempt: int = 1) -> None:
+                 commands: list[str] | None = None, progress: str | None = None, attempt: int = 1,
+                 launch_play: str | None = None) -> None:
         self.session = session
         self.ex = ex
         self.names = names  # inventory name -> host name
         self.hosts = {name: HostState(op) for name, op in ops.items()}
         self.commands = commands  # a commands task's lines
         self.progress = progress  # tm_commands' progress lines start with it and a space
+        self.launch_play = launch_play  # the play setting secret launch values: not a step
         self.stats: dict[str, Any] | None = None
         self.errors: list[str] = []
         self.pending_events = 0
@@ -239,7 +241,7 @@ class Recorder:
     def _handle(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         data = event.get("event_data") or {}
-        if data.get("play") == playbooks.LAUNCH_VALUES_PLAY and self.commands is None:
+        if self.launch_play is not None and data.get("play") == self.launch_play:
             return  # setting the secret launch values is not a step of the host (stats still count it)
         if kind == "runner_on_start":
             st = self._state(event)

@@ -82,7 +82,7 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
             recorder = Recorder(session, ex, by_inventory_name(ops, {}), {})
             return recorder.finish(None, timeout_s, failure=f"could not prepare the run: {message}")
         recorder = Recorder(session, ex, by_inventory_name(ops, prep.names), prep.names, prep.commands,
-                            prep.progress, attempt=attempt)
+                            prep.progress, attempt=attempt, launch_play=prep.launch_play)
         rc = runner_config(prep, ex, timeout_s)
         rc.env[procs.MARK_ENV] = mark = procs.marker(ex.id)  # finds this run's processes (procs.py)
         layout = _layout(prep, rc)
