@@ -211,7 +211,11 @@ RUN_PLAY = ("- name: site\n  hosts: all\n  gather_facts: false\n"
             "    - name: prompt\n      ansible.builtin.debug:\n        msg: \"color={{{{ color }}}}\"\n"
             "    - name: say\n      ansible.builtin.debug:\n        msg: \"{msg} {{{{ greeting }}}}\"\n"
             "    - name: role\n      ansible.builtin.include_role:\n        name: hello\n"
-            "    - name: required role\n      ansible.builtin.include_role:\n        name: greeter\n")
+            "    - name: required role\n      ansible.builtin.include_role:\n        name: greeter\n"
+            "    - name: report\n      ansible.builtin.command: echo delegated-{msg}\n"
+            "      delegate_to: localhost\n      run_once: true\n"
+            "- name: controller\n  hosts: localhost\n  gather_facts: false\n  tasks:\n"
+            "    - name: summary\n      ansible.builtin.command: echo controller-{msg}\n")
 
 
 def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, sshlab, run_worker):
@@ -282,6 +286,14 @@ def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, ssh
         text = json.dumps(approved["operations"])
         assert "version-one from-group-vars" in text and "project-role" in text and "version-two" not in text
         assert "installed-from-requirements" in text and "color=teal-default" in text
+        # hosts: localhost runs on the controller (in the sandbox): an operation of its own, counted,
+        # never taken for a host; a delegated task stays on its host and says where it ran
+        [ctl] = [op for op in approved["operations"] if op["host_id"] is None]
+        assert ctl["host"] == "localhost (controller)" and ctl["status"] == "succeeded", ctl
+        assert [(s["name"], s["stdout"]) for s in ctl["steps"]] == [("summary", "controller-version-one")]
+        assert approved["host_count"] == len(hosts) and approved["hosts_done"] == len(hosts)
+        delegated = [s for op in approved["operations"] for s in op["steps"] if s["name"].startswith("report")]
+        assert [(s["name"], s["stdout"]) for s in delegated] == [("report (on the controller)", "delegated-version-one")]
         assert "version-two from-group-vars" in json.dumps(latest["operations"]), latest
     finally:
         repo.remove()

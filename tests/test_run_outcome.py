@@ -1,7 +1,7 @@
 """recorder.outcome: the one place an execution's status comes from its hosts' operations,
 for a single run (Recorder.finish) and after retries of unreachable hosts (retries.py)."""
 from server.core.models import Operation
-from server.runs.recorder import MAX_MESSAGE, outcome
+from server.runs.recorder import CONTROLLER, MAX_MESSAGE, controller_name, outcome
 
 
 def ops(*statuses: str) -> list[Operation]:
@@ -35,3 +35,12 @@ def test_a_bad_exit_without_bad_hosts_fails_with_the_error_or_the_status():
     assert outcome(ops("skipped"), rc=5, exit_ok=False).message == "ansible-playbook exited with status 5"
     long = outcome(ops(), rc=1, exit_ok=False, error="x" * (2 * MAX_MESSAGE)).message
     assert len(long) == MAX_MESSAGE and long.endswith("[... output truncated ...]\n")
+
+
+def test_the_controllers_plays_count_but_not_as_a_host():
+    controller = Operation(host_name=CONTROLLER, status="failed")
+    result = outcome([*ops("succeeded", "succeeded"), controller], rc=2)
+    assert (result.status, result.message) == ("failed", "the controller's tasks failed")
+    result = outcome([*ops("failed", "succeeded"), controller, Operation(host_name=controller_name(1), status="failed")])
+    assert result.message == "1 failed of 2 hosts; the controller's tasks failed"
+    assert outcome([*ops("succeeded"), Operation(host_name=CONTROLLER, status="succeeded")]).status == "succeeded"
