@@ -46,6 +46,7 @@ def test_project_input_is_checked_field_by_field(api, api_as, session, upstream)
         ({"name": "p", "url": "ext::sh -c touch% /tmp/pwned"}, "url"),
         ({"name": "p", "url": "https://bob:secret@example.test/x.git"}, "url"),
         ({"name": "p", "url": "-oProxyCommand=x@host:path"}, "url"),
+        ({"name": "p", "url": "ssh://git@example.test:notaport/x.git"}, "url"),
         ({"name": "p", "url": "https://example.test/x.git", "branch": "../x"}, "branch"),
         ({"name": "p", "url": "https://example.test/x.git", "branch": "-f"}, "branch"),
         ({"name": "p", "url": "https://example.test/x.git", "credential": "nope"}, "credential"),
@@ -210,6 +211,8 @@ RUN_PLAY = ("- name: site\n  hosts: all\n  gather_facts: false\n"
             "      private: false\n  tasks:\n"
             "    - name: prompt\n      ansible.builtin.debug:\n        msg: \"color={{{{ color }}}}\"\n"
             "    - name: say\n      ansible.builtin.debug:\n        msg: \"{msg} {{{{ greeting }}}}\"\n"
+            "    - name: config\n      ansible.builtin.debug:\n"
+            "        msg: \"become_user={{{{ lookup('ansible.builtin.config', 'DEFAULT_BECOME_USER') }}}}\"\n"
             "    - name: role\n      ansible.builtin.include_role:\n        name: hello\n"
             "    - name: required role\n      ansible.builtin.include_role:\n        name: greeter\n"
             "    - name: report\n      ansible.builtin.command: echo delegated-{msg}\n"
@@ -235,7 +238,8 @@ def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, ssh
                                                             "    msg: installed-from-requirements\n"),
             # ours win: no callback or connection setting of the project applies
             "ansible.cfg": "[defaults]\nstdout_callback = json\ncallbacks_enabled = tree\nforks = 3\n"
-                           "[ssh_connection]\nssh_args = -o ProxyCommand=false\n",
+                           "[ssh_connection]\nssh_args = -o ProxyCommand=false\n"
+                           "[privilege_escalation]\nbecome_user = cfg-user\n",  # the project's own: kept
         })
         hosts = add_hosts(api, lab)
         cred = add_key_credential(api, lab)
@@ -286,6 +290,7 @@ def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, ssh
         text = json.dumps(approved["operations"])
         assert "version-one from-group-vars" in text and "project-role" in text and "version-two" not in text
         assert "installed-from-requirements" in text and "color=teal-default" in text
+        assert "become_user=cfg-user" in text  # the project's ansible.cfg applies
         # hosts: localhost runs on the controller (in the sandbox): an operation of its own, counted,
         # never taken for a host; a delegated task stays on its host and says where it ran
         [ctl] = [op for op in approved["operations"] if op["host_id"] is None]
