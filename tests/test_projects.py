@@ -299,6 +299,10 @@ def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, ssh
         assert approved["host_count"] == len(hosts) and approved["hosts_done"] == len(hosts)
         delegated = [s for op in approved["operations"] for s in op["steps"] if s["name"].startswith("report")]
         assert [(s["name"], s["stdout"]) for s in delegated] == [("report (on the controller)", "delegated-version-one")]
+        from tests.test_web_resources import Browser
+
+        status, page = Browser(app, "admin").get(f"/executions/{asked['id']}")
+        assert status == 200 and 'data-host="localhost (controller)"' in page
         assert "version-two from-group-vars" in json.dumps(latest["operations"]), latest
     finally:
         repo.remove()
