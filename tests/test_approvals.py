@@ -253,6 +253,14 @@ def test_dry_run_for_the_approver(world, api, app, tmp_path, session):
     assert status == 202 and again["id"] == dry.id
     # Someone unrelated may not.
     assert w["otto"].post(f"/api/v1/executions/{ex_id}/dry-run")[0] == 404
+    # The approval covers every file the run can read: a filter plugin added after it → refused.
+    plugin = app.config["TM"].playbook_dir / "filter_plugins" / "evil.py"
+    plugin.parent.mkdir()
+    plugin.write_text("import os\n")
+    assert approvals.verify_before_run(session, dry) == \
+        "refused: project files changed since it was approved; a new approval is needed"
+    plugin.unlink()
+    assert approvals.verify_before_run(session, dry) is None
     # The dry run is bound too: the playbook changes → refused at run time.
     (app.config["TM"].playbook_dir / "site.yml").write_text("- hosts: all\n  tasks:\n    - ansible.builtin.shell: reboot\n")
     reason = approvals.verify_before_run(session, dry)

@@ -269,16 +269,20 @@ def test_become_with_wrong_password_fails(api, lab, run_worker):
     assert "password" in (op["message"] or "").lower() or "sudo" in (op["message"] or "").lower()
 
 
-def test_playbook_task_with_role_vars_and_become(api, lab, run_worker):
+def test_playbook_task_with_role_vars_and_become(api, lab, run_worker, env):
     hosts = add_hosts(api, lab, lab.servers[:3], vars={"note": "{{ lookup('pipe', 'id') }}"})
     cred = add_key_credential(api, lab, become_password=lab.password)
     task = add_task(api, name="site", kind="playbook", playbook="site.yml", hosts=hosts, credential=cred,
                     become=True, vars={"greeting": "task-default"})
     ex_id = start(api, task, vars={"greeting": "{{ 7*7 }}"})
+    requested = get_execution(api, ex_id)["revision"]
+    # the directory changes before the run: the execution records what ran, not what was requested
+    (Path(env["TASKMANAGER_PLAYBOOK_DIR"]) / "roles" / "greet" / "defaults").mkdir()
+    (Path(env["TASKMANAGER_PLAYBOOK_DIR"]) / "roles" / "greet" / "defaults" / "main.yml").write_text("unused: 1\n")
     drained(run_worker)
     ex = get_execution(api, ex_id)
     assert ex["status"] == "succeeded", ex["message"]
-    assert ex["revision"]
+    assert ex["revision"] and ex["revision"] != requested and ex["revision"] == ex["content_hash"][:12]
     for op in ex["operations"]:
         names = [s["name"] for s in op["steps"]]
         assert names[:2] == ["who am i", "show the run variable"]

@@ -37,7 +37,8 @@ def test_fingerprint_and_parts_are_the_released_digests():
 
 def test_every_input_belongs_to_one_part_or_is_the_task_identity():
     covered = [key for keys in fp.PARTS.values() for key in keys] + list(fp.IDENTITY)
-    assert sorted(covered) == sorted(fp._inputs(*_inputs(), launch={"tags": ["x"]}))  # launch: only when set
+    # launch and files: only when set
+    assert sorted(covered) == sorted(fp._inputs(*_inputs(), launch={"tags": ["x"]}, files="f" * 64))
     assert len(covered) == len(set(covered))
 
 
@@ -72,6 +73,40 @@ def test_launch_options_are_a_part_of_their_own_and_absent_ones_keep_the_release
     after = fp.parts(*args, {"secrets": "b" * 64, "tags": ["x"]})
     assert fp.explain_change(before, after) == "launch options"
     assert fp.fingerprint(*args, {"secrets": "a" * 64}) != fp.fingerprint(*args, {"secrets": "b" * 64})
+
+
+def test_project_files_are_a_part_of_their_own_and_absent_ones_keep_the_released_formula():
+    args = _inputs("playbook")
+    assert fp.fingerprint(*args, None, None) == fp.fingerprint(*args)
+    assert "project files" not in fp.parts(*args)
+    before, after = fp.parts(*args, files="a" * 64), fp.parts(*args, files="b" * 64)
+    assert fp.explain_change(before, after) == "project files"
+    assert fp.explain_change(fp.parts(*args), before) == "project files"  # approved before they counted
+
+
+def test_tree_hash_covers_every_file_but_the_skipped_ones(tmp_path):
+    from server.catalog.playbooks import tree_hash
+
+    base = tmp_path / "pb"
+    (base / "roles" / "r").mkdir(parents=True)
+    (base / "site.yml").write_text("- hosts: all\n")
+    (base / "roles" / "r" / "main.yml").write_text("x\n")
+    skip = [base / "site.yml", base / "roles"]
+    assert tree_hash(base, skip) is None  # nothing else: the released formula applies
+    (base / ".git").mkdir()
+    (base / ".git" / "HEAD").write_text("ref\n")
+    assert tree_hash(base, skip) is None  # nothing Ansible loads
+    (base / "filter_plugins").mkdir()
+    (base / "filter_plugins" / "f.py").write_text("a = 1\n")
+    first = tree_hash(base, skip)
+    (base / "filter_plugins" / "f.py").write_text("a = 2\n")
+    second = tree_hash(base, skip)
+    (base / "group_vars").mkdir()
+    (base / "group_vars" / "all.yml").symlink_to("/etc/hostname")  # hashed by its target, not followed
+    third = tree_hash(base, skip)
+    (base / "roles" / "r" / "main.yml").write_text("y\n")  # covered by the content part
+    assert len({first, second, third}) == 3 and None not in {first, second, third}
+    assert tree_hash(base, skip) == third
 
 
 def test_new_content_changes_the_content_part():

@@ -270,6 +270,50 @@ def test_the_web_form_refuses_the_same_and_offers_only_usable_targets(estate, ap
     _unchanged(session, tid)
 
 
+def test_an_editor_cannot_attach_a_vault_password_he_may_not_use(api, api_as, app, tmp_path, session):
+    """A vault password is a credential like a login: only the vault credentials of tasks he may
+    execute, never one as a login (it would be sent to the hosts), the same in the web form."""
+    make_playbook_dir(app, tmp_path)
+    host(api, "pb1")
+    for name in ("my-vault", "their-vault", "hidden-vault"):
+        credential(api, name, kind="vault_password", username="", secret=f"pw-{name}")
+    mine = task(api, "pb", kind="playbook", commands=[], playbook="site.yml", hosts=["pb1"],
+                vault_credential="my-vault")
+    task(api, "their-pb", kind="playbook", commands=[], playbook="site.yml", hosts=["pb1"],
+         vault_credential="their-vault")
+    task(api, "hidden-pb", kind="playbook", commands=[], playbook="site.yml", hosts=["pb1"],
+         vault_credential="hidden-vault")
+    olga = api_as("olga", "operator")
+    assert api.post("/api/v1/policies", {"name": "olga edits pb", "users": ["olga"], "tasks": ["pb"],
+                                         "permissions": ["view", "execute", "edit"]})[0] == 201
+    assert api.post("/api/v1/policies", {"name": "olga sees their-pb", "users": ["olga"], "tasks": ["their-pb"],
+                                         "permissions": ["view"]})[0] == 201
+    url = f"/api/v1/tasks/{mine['id']}"
+    for patch, status, field, named in [
+        ({"vault_credential": "their-vault"}, 403, "vault_credential", "'their-vault'"),
+        ({"vault_credential": "hidden-vault"}, 422, "vault_credential", "unknown credential: hidden-vault"),
+        ({"credential": "my-vault"}, 422, "credential", "'my-vault' is a vault_password"),
+    ]:
+        got, err = olga.patch(url, {**patch, "description": "x"})
+        assert got == status and err["error"]["field"] == field and named in err["error"]["message"], err
+    olga_web = browser(app, "olga")
+    page = olga_web.get(f"/tasks/{mine['id']}/edit").get_data(as_text=True)
+    assert 'value="my-vault"' in page and 'value="their-vault"' not in page and 'value="hidden-vault"' not in page
+    resp = post_form(olga_web, f"/tasks/{mine['id']}/edit", f"/tasks/{mine['id']}/edit", {
+        "name": "pb", "kind": "playbook", "playbook": "site.yml", "hosts": ["pb1"], "vault_credential": "their-vault",
+        "timeout_s": "3600", "retry_attempts": "1", "retry_delay_s": "10"})
+    assert resp.status_code == 403 and "their-vault" in resp.get_data(as_text=True)
+    session.expire_all()
+    assert session.get(Task, mine["id"]).vault_credential.name == "my-vault"
+    assert audit_actions(session, "task.update") == []
+    # Given execute on 'their-pb', its vault password becomes his to name (and the change is audited).
+    assert api.patch("/api/v1/policies/2", {"permissions": ["view", "execute"]})[0] == 200
+    status, body = olga.patch(url, {"vault_credential": "their-vault"})
+    assert status == 200 and body["vault_credential"] == "their-vault", body
+    [row] = audit_actions(session, "task.update")
+    assert row.actor == "olga" and row.detail["changed"] == ["vault_credential"]
+
+
 # ---------------------------------------------------------------- local hosts are admin-only targets
 
 

@@ -46,6 +46,7 @@ def test_project_input_is_checked_field_by_field(api, api_as, session, upstream)
         ({"name": "p", "url": "ext::sh -c touch% /tmp/pwned"}, "url"),
         ({"name": "p", "url": "https://bob:secret@example.test/x.git"}, "url"),
         ({"name": "p", "url": "-oProxyCommand=x@host:path"}, "url"),
+        ({"name": "p", "url": "ssh://git@example.test:notaport/x.git"}, "url"),
         ({"name": "p", "url": "https://example.test/x.git", "branch": "../x"}, "branch"),
         ({"name": "p", "url": "https://example.test/x.git", "branch": "-f"}, "branch"),
         ({"name": "p", "url": "https://example.test/x.git", "credential": "nope"}, "credential"),
@@ -210,8 +211,14 @@ RUN_PLAY = ("- name: site\n  hosts: all\n  gather_facts: false\n"
             "      private: false\n  tasks:\n"
             "    - name: prompt\n      ansible.builtin.debug:\n        msg: \"color={{{{ color }}}}\"\n"
             "    - name: say\n      ansible.builtin.debug:\n        msg: \"{msg} {{{{ greeting }}}}\"\n"
+            "    - name: config\n      ansible.builtin.debug:\n"
+            "        msg: \"become_user={{{{ lookup('ansible.builtin.config', 'DEFAULT_BECOME_USER') }}}}\"\n"
             "    - name: role\n      ansible.builtin.include_role:\n        name: hello\n"
-            "    - name: required role\n      ansible.builtin.include_role:\n        name: greeter\n")
+            "    - name: required role\n      ansible.builtin.include_role:\n        name: greeter\n"
+            "    - name: report\n      ansible.builtin.command: echo delegated-{msg}\n"
+            "      delegate_to: localhost\n      run_once: true\n"
+            "- name: controller\n  hosts: localhost\n  gather_facts: false\n  tasks:\n"
+            "    - name: summary\n      ansible.builtin.command: echo controller-{msg}\n")
 
 
 def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, sshlab, run_worker):
@@ -232,7 +239,8 @@ def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, ssh
                                                             "    msg: installed-from-requirements\n"),
             # ours win: no callback or connection setting of the project applies
             "ansible.cfg": "[defaults]\nstdout_callback = json\ncallbacks_enabled = tree\nforks = 3\n"
-                           "[ssh_connection]\nssh_args = -o ProxyCommand=false\n",
+                           "[ssh_connection]\nssh_args = -o ProxyCommand=false\n"
+                           "[privilege_escalation]\nbecome_user = cfg-user\n",  # the project's own: kept
         })
         hosts = add_hosts(api, lab)
         cred = add_key_credential(api, lab)
@@ -286,6 +294,19 @@ def test_a_run_uses_the_commit_it_was_approved_at(app, api, api_as, session, ssh
         assert "version-one from-group-vars 9" in text and "project-role" in text and "version-two" not in text
         assert "t0ken-xyz" not in text
         assert "installed-from-requirements" in text and "color=teal-default" in text
+        assert "become_user=cfg-user" in text  # the project's ansible.cfg applies
+        # hosts: localhost runs on the controller (in the sandbox): an operation of its own, counted,
+        # never taken for a host; a delegated task stays on its host and says where it ran
+        [ctl] = [op for op in approved["operations"] if op["host_id"] is None]
+        assert ctl["host"] == "localhost (controller)" and ctl["status"] == "succeeded", ctl
+        assert [(s["name"], s["stdout"]) for s in ctl["steps"]] == [("summary", "controller-version-one")]
+        assert approved["host_count"] == len(hosts) and approved["hosts_done"] == len(hosts)
+        delegated = [s for op in approved["operations"] for s in op["steps"] if s["name"].startswith("report")]
+        assert [(s["name"], s["stdout"]) for s in delegated] == [("report (on the controller)", "delegated-version-one")]
+        from tests.test_web_resources import Browser
+
+        status, page = Browser(app, "admin").get(f"/executions/{asked['id']}")
+        assert status == 200 and 'data-host="localhost (controller)"' in page
         assert "version-two from-group-vars 0" in json.dumps(latest["operations"]), latest
     finally:
         repo.remove()

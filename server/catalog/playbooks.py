@@ -3,6 +3,8 @@ for ``commands`` tasks."""
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import subprocess
 
 import yaml
@@ -84,6 +86,38 @@ def content_hash(path: Path, roles_dirs: list[Path] | None = None) -> str:
                 h.update(str(f.relative_to(rdir)).encode())
                 h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def tree_hash(base: Path, skip: list[Path]) -> str | None:
+    """SHA-256 over every other file under ``base`` (None when there is none): each file's
+    relative name and bytes, a symlink's target (never followed: the sandbox shows the tree,
+    not what a link points at outside it). ``skip``: files and directories hashed elsewhere.
+    ``.git`` is left out: Ansible loads nothing from it, and a fetch would move the digest."""
+    base = base.resolve()
+    skipped = {p.resolve() for p in skip}
+    h = hashlib.sha256()
+    found = False
+    for root, dirs, files in os.walk(base):
+        here = Path(root)
+        names = sorted(dirs + files)
+        dirs[:] = []
+        for name in names:
+            path = here / name
+            if name == ".git" or path in skipped:
+                continue
+            mode = os.lstat(path).st_mode
+            if stat.S_ISDIR(mode):
+                dirs.append(name)
+                continue
+            if stat.S_ISLNK(mode):
+                data = b"symlink:" + os.fsencode(os.readlink(path))
+            elif stat.S_ISREG(mode):
+                data = path.read_bytes()
+            else:
+                continue  # a fifo or a device: nothing Ansible reads as content
+            h.update(os.fsencode(str(path.relative_to(base))) + b"\0" + len(data).to_bytes(8, "big") + data)
+            found = True
+    return h.hexdigest() if found else None
 
 
 def git_commit(directory: Path) -> str | None:

@@ -18,6 +18,7 @@ import re
 import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -64,6 +65,13 @@ def check_url(value: Any) -> str:
         raise Invalid("file:// URLs need an absolute path (file:///srv/git/repo.git)")
     if kind in ("ssh", "https") and (not authority or authority.lstrip("@").startswith("-")):
         raise Invalid("must name a host")
+    if kind in ("ssh", "https") and "://" in url:
+        try:
+            port = urlsplit(url).port
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise Invalid("has a port that is not a number from 1 to 65535")
     return url
 
 

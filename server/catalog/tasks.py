@@ -85,6 +85,8 @@ def check_task(session: Session, data: Any, task: Task | None = None, *, playboo
             f.error("playbook", "'playbook' applies only to tasks of kind playbook")
         if clean.get("project"):
             f.error("project", "'project' applies only to tasks of kind playbook")
+        if clean.get("vault_credential"):
+            f.error("vault_credential", "'vault_credential' applies only to tasks of kind playbook")
         commands = clean.get("commands", task.commands if task and not kind_changed else [])
         if "commands" in clean or kind_changed:
             if not commands:
@@ -134,6 +136,8 @@ def check_task(session: Session, data: Any, task: Task | None = None, *, playboo
         found, missing = _by_name(session, Credential, [clean["credential"]])
         if missing:
             f.error("credential", f"unknown credential: {missing[0]}")
+        elif found[0].kind == "vault_password":  # a login would send the vault password to the hosts
+            f.error("credential", f"credential {found[0].name!r} is a vault_password: name it as 'vault_credential'")
         clean["credential"] = found[0] if found else None
     if "vault_credential" in clean and clean["vault_credential"] is not None:
         found, missing = _by_name(session, Credential, [clean["vault_credential"]])
@@ -167,7 +171,7 @@ def _names(items: list[Any]) -> str:
 
 
 def _unusable(session: Session, user: User, clean: dict[str, Any], task: Task | None) -> None:
-    """Refuse targets and a credential the user may not use himself (403 naming them).
+    """Refuse targets and credentials the user may not use himself (403 naming them).
 
     Only what the request adds is checked: what the task already pointed at was granted
     by whoever gave the user ``edit``. Hosts and credentials the user may not even see are
@@ -188,13 +192,17 @@ def _unusable(session: Session, user: User, clean: dict[str, Any], task: Task | 
     if groups:
         raise Forbidden(f"you may not use group{'s' if len(groups) > 1 else ''} {_names(groups)}: "
                         "only the groups of tasks you may execute", field="groups")
-    cred = clean.get("credential")
-    if cred is not None and (task is None or task.credential_id != cred.id) and not usable.credential(cred.id):
+    for field, usable_here, current in (("credential", usable.credential, task and task.credential_id),
+                                        ("vault_credential", usable.vault, task and task.vault_credential_id)):
+        cred = clean.get(field)
+        if cred is None or cred.id == current or usable_here(cred.id):
+            continue
         visible = access.visible_credential_ids(session, user)
         if visible is not None and cred.id not in visible:
-            raise ValidationError(f"unknown credential: {cred.name}", field="credential")
-        raise Forbidden(f"you may not use credential {cred.name!r}: only the credentials of tasks you may execute",
-                        field="credential")
+            raise ValidationError(f"unknown credential: {cred.name}", field=field)
+        what = "credentials" if field == "credential" else "vault credentials"
+        raise Forbidden(f"you may not use credential {cred.name!r}: only the {what} of tasks you may execute",
+                        field=field)
 
 
 def _local_targets(clean: dict[str, Any], task: Task | None) -> tuple[str, list[Host]]:
@@ -250,7 +258,8 @@ def create_task(session: Session, data: Any, *, user: User | None, playbook_dir:
     session.refresh(task, ["hosts", "groups"])  # relationship order by name
     audit.record(session, "task.create", actor=user.username if user else None, target=task, name=task.name,
                  kind=task.kind, hosts=[h.name for h in task.hosts], groups=[g.name for g in task.groups],
-                 credential=task.credential.name if task.credential else None)
+                 credential=task.credential.name if task.credential else None,
+                 **({"vault_credential": task.vault_credential.name} if task.vault_credential else {}))
     return task
 
 

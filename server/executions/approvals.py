@@ -54,7 +54,14 @@ from server.core.models import (
     utcnow,
 )
 from server.executions import jobs
-from server.executions.fingerprint import current_snapshot, explain_change, launch_inputs, parts, target_hosts
+from server.executions.fingerprint import (
+    current_snapshot,
+    explain_change,
+    launch_inputs,
+    parts,
+    project_files,
+    target_hosts,
+)
 from server.people import access
 from server.reporting import notify
 
@@ -186,7 +193,8 @@ def on_requested(session: Session, ex: Execution, rules: access.RunRules, *, dry
     if dry_run and ex.task.kind != "playbook":
         raise ValidationError("a dry run is available for playbook tasks only", field="dry_run")
     hosts = target_hosts(ex.task, ex.limit_hosts)
-    ex.approval = _open(rules, parts(ex.task, ex.content_hash or "", ex.vars or {}, hosts, launch_inputs(ex)), ex.fingerprint,
+    bound = parts(ex.task, ex.content_hash or "", ex.vars or {}, hosts, launch_inputs(ex), project_files(ex.task))
+    ex.approval = _open(rules, bound, ex.fingerprint,
                         [h.name for h in hosts], ex.requested_by_id,
                         expires_at=ex.created_at + timedelta(seconds=rules.approval_ttl_s))
     session.flush()

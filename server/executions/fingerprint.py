@@ -20,12 +20,21 @@ Launch variables and options came later, as one more input (``launch``, part "la
 options": the task's variable declarations, tags, rolling-run settings and a digest of the
 encrypted secret values). It enters the inputs only when it holds something, so a run or
 schedule without them keeps exactly the released fingerprint.
+
+The files of the ``local`` project came later the same way (input ``files``, part "project
+files"): the sandbox shows the run the whole playbook directory, so ``filter_plugins/``,
+``library/``, ``group_vars/``, other playbooks it imports... are content too. The released
+"content" input keeps hashing the playbook and the roles directories; ``files`` hashes every
+other file of the directory (``playbooks.tree_hash``) and enters the inputs only when there
+is one. A local run approved before this input existed, in a directory with such files, asks
+for approval again: its approval never covered them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flask import current_app
@@ -46,6 +55,7 @@ PARTS: dict[str, tuple[str, ...]] = {
     "target hosts": ("hosts",),
     "credential": ("credential",),
     "launch options": ("launch",),
+    "project files": ("files",),
 }
 IDENTITY = ("task",)
 
@@ -88,8 +98,23 @@ def revision_of(task: Task, revision: str | None = None) -> tuple[str | None, st
         return commit, hashlib.sha256(json.dumps(bound).encode()).hexdigest()
     settings = current_app.config["TM"]
     path = playbooks.resolve(settings.playbook_dir, task.playbook or "")
-    roles = [settings.playbook_dir / "roles", settings.playbook_dir.parent / "roles"]
-    return playbooks.git_commit(settings.playbook_dir), playbooks.content_hash(path, roles)
+    return playbooks.git_commit(settings.playbook_dir), playbooks.content_hash(path, _local_roles())
+
+
+def _local_roles() -> list[Path]:
+    settings = current_app.config["TM"]
+    return [settings.playbook_dir / "roles", settings.playbook_dir.parent / "roles"]
+
+
+def project_files(task: Task) -> str | None:
+    """A ``local`` playbook task: the digest of the rest of what its run can read (every file of
+    the playbook directory but the playbook and the roles, which ``revision_of`` hashes), or
+    None when there is nothing else. None for commands and git projects (the commit covers all)."""
+    if task.kind != "playbook" or git_project(task) is not None:
+        return None
+    settings = current_app.config["TM"]
+    path = playbooks.resolve(settings.playbook_dir, task.playbook or "")
+    return playbooks.tree_hash(settings.playbook_dir, [path, *_local_roles()])
 
 
 def launch_inputs(row: Any) -> dict[str, Any]:
@@ -110,10 +135,12 @@ def launch_inputs(row: Any) -> dict[str, Any]:
 
 
 def _inputs(task: Task, content_hash: str, run_vars: dict[str, Any], hosts: list[Host],
-            launch: dict[str, Any] | None = None) -> dict[str, Any]:
+            launch: dict[str, Any] | None = None, files: str | None = None) -> dict[str, Any]:
     """Everything an approval binds: definition, content, variables, targets and credential."""
     cred = task.credential
-    extra = {"launch": launch} if launch else {}
+    extra: dict[str, Any] = {"launch": launch} if launch else {}
+    if files:
+        extra["files"] = files
     return {
         **extra,
         "task": task.id,
@@ -135,19 +162,19 @@ def _sha(value: Any) -> str:
 
 
 def fingerprint(task: Task, content_hash: str, run_vars: dict[str, Any], hosts: list[Host],
-                launch: dict[str, Any] | None = None) -> str:
+                launch: dict[str, Any] | None = None, files: str | None = None) -> str:
     """The digest of all the inputs (the released formula; see the module docstring)."""
-    return _sha(_inputs(task, content_hash, run_vars, hosts, launch))
+    return _sha(_inputs(task, content_hash, run_vars, hosts, launch, files))
 
 
 def parts(task: Task, content_hash: str, run_vars: dict[str, Any], hosts: list[Host],
-          launch: dict[str, Any] | None = None) -> dict[str, str]:
+          launch: dict[str, Any] | None = None, files: str | None = None) -> dict[str, str]:
     """A short digest per named component, to say which one changed."""
-    doc = _inputs(task, content_hash, run_vars, hosts, launch)
+    doc = _inputs(task, content_hash, run_vars, hosts, launch, files)
     result = {}
     for name, keys in PARTS.items():
         if any(k not in doc for k in keys):
-            continue  # no launch options: the released parts only
+            continue  # no launch options or project files: the released parts only
         value = doc[keys[0]] if len(keys) == 1 else [doc[k] for k in keys]
         if name == "content":
             name = ("commands" if task.kind != "playbook" else
@@ -193,13 +220,15 @@ def current_snapshot(session: Session, task: Task, run_vars: dict[str, Any] | No
     run_vars = run_vars or {}
     try:
         commit, chash = revision_of(task, revision)
+        files = project_files(task)
     except ValidationError as err:
         return Snapshot(None, {}, f"the playbook can no longer be used: {err.message}")
     except OSError as err:
         return Snapshot(None, {}, f"the playbook can no longer be read: {err}")
     hosts = target_hosts(task, limit_hosts)
     launch = launch_inputs(row) if row is not None else None
-    return Snapshot(fingerprint(task, chash, run_vars, hosts, launch), parts(task, chash, run_vars, hosts, launch),
+    return Snapshot(fingerprint(task, chash, run_vars, hosts, launch, files),
+                    parts(task, chash, run_vars, hosts, launch, files),
                     revision=commit if git_project(task) is not None else None)
 
 

@@ -45,7 +45,7 @@ from server.core.models import (
 )
 from server.core.redis_conn import redis
 from server.executions import approvals, concurrency, jobs
-from server.executions.fingerprint import fingerprint, launch_inputs, revision_of, target_hosts
+from server.executions.fingerprint import fingerprint, launch_inputs, project_files, revision_of, target_hosts
 from server.executions.request import request_execution
 from server.reporting import notify
 from server.runs import procs
@@ -162,7 +162,8 @@ def retry_lost(session: Session, parent: Execution) -> Execution | None:
     try:
         _revision, chash = revision_of(task)
         hosts = target_hosts(task, parent.limit_hosts)
-        same = parent.fingerprint == fingerprint(task, chash, parent.vars or {}, hosts, launch_inputs(parent))
+        same = parent.fingerprint == fingerprint(task, chash, parent.vars or {}, hosts, launch_inputs(parent),
+                                                 project_files(task))
     except Exception as exc:  # e.g. the playbook disappeared
         same, why = False, str(exc)
     else:

@@ -35,7 +35,7 @@ from server.core.models import (
     utcnow,
 )
 from server.executions import approvals, jobs
-from server.executions.fingerprint import fingerprint, launch_inputs, revision_of, target_hosts
+from server.executions.fingerprint import fingerprint, launch_inputs, project_files, revision_of, target_hosts
 from server.people import access
 
 MAX_REASON = 2000
@@ -144,7 +144,7 @@ def _rules_for(session: Session, user: User | None, task: Task) -> access.RunRul
     return access.request_rules(session, user, task) if user is not None else access.RunRules()
 
 
-def _prepare(session: Session, req: RunRequest, revisions: dict[int, tuple[str | None, str]]) -> _Prepared:
+def _prepare(session: Session, req: RunRequest, revisions: dict[int, tuple[str | None, str, str | None]]) -> _Prepared:
     """Validate one request and build its Execution (not added to the session yet)."""
     run_vars, reason = validate_run_input(req.run_vars, req.reason)
     task, user, trigger = req.task, req.user, req.trigger
@@ -168,8 +168,8 @@ def _prepare(session: Session, req: RunRequest, revisions: dict[int, tuple[str |
     if not hosts:
         raise ValidationError("the task has no target hosts", field="hosts")
     if task.id not in revisions:  # one git/content read per task per batch
-        revisions[task.id] = revision_of(task)
-    revision, chash = revisions[task.id]
+        revisions[task.id] = (*revision_of(task), project_files(task))
+    revision, chash, files = revisions[task.id]
     now = utcnow()
     ex = Execution(
         task_id=task.id,
@@ -194,7 +194,7 @@ def _prepare(session: Session, req: RunRequest, revisions: dict[int, tuple[str |
         host_count=len(hosts),
         created_at=now,
     )
-    ex.fingerprint = fingerprint(task, chash, ex.vars, hosts, launch_inputs(ex))
+    ex.fingerprint = fingerprint(task, chash, ex.vars, hosts, launch_inputs(ex), files)
     if rules.requires_approval:
         ex.status = ExecutionStatus.WAITING_APPROVAL  # approvals.on_requested opens its request
     else:
@@ -276,7 +276,7 @@ def request_executions(session: Session, requests: list[RunRequest], *,
     stopped it before anything was written; the others go ahead. An error once the rows
     are being written (a constraint, a lost connection) is raised and concerns the batch.
     """
-    revisions: dict[int, tuple[str | None, str]] = {}
+    revisions: dict[int, tuple[str | None, str, str | None]] = {}
     results: list[Execution | Exception] = []
     prepared: list[_Prepared] = []
     for req in requests:

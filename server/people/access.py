@@ -335,11 +335,14 @@ def may_target_local(user: User) -> bool:
 
 @dataclass
 class Usable:
-    """The hosts, groups and credentials a user may point a task at; None means all of them."""
+    """The hosts, groups and credentials a user may point a task at; None means all of them.
+    Vault passwords apart: the vault credential of a task he may execute is his to name as a
+    vault credential only (as a login it would hand the password to whatever host he targets)."""
 
     host_ids: set[int] | None = None
     group_ids: set[int] | None = None
     credential_ids: set[int] | None = None
+    vault_ids: set[int] | None = None
 
     def host(self, host_id: int) -> bool:
         return self.host_ids is None or host_id in self.host_ids
@@ -349,6 +352,9 @@ class Usable:
 
     def credential(self, credential_id: int) -> bool:
         return self.credential_ids is None or credential_id in self.credential_ids
+
+    def vault(self, credential_id: int) -> bool:
+        return self.vault_ids is None or credential_id in self.vault_ids
 
 
 def executable_task_ids(session: Session, user: User) -> set[int] | None:
@@ -378,7 +384,7 @@ def usable_targets(session: Session, user: User) -> Usable:
     if ids is None:
         return Usable()
     if not ids:
-        return Usable(set(), set(), set())
+        return Usable(set(), set(), set(), set())
     direct = select(task_hosts.c.host_id).where(task_hosts.c.task_id.in_(ids))
     via_groups = (
         select(host_groups.c.host_id)
@@ -387,10 +393,12 @@ def usable_targets(session: Session, user: User) -> Usable:
     )
     groups = select(task_groups.c.group_id).where(task_groups.c.task_id.in_(ids))
     creds = select(Task.credential_id).where(Task.id.in_(ids), Task.credential_id.is_not(None))
+    vaults = select(Task.vault_credential_id).where(Task.id.in_(ids), Task.vault_credential_id.is_not(None))
     return Usable(
         set(session.execute(union(direct, via_groups)).scalars()),
         set(session.execute(groups).scalars()),
         set(session.execute(creds).scalars()),
+        set(session.execute(vaults).scalars()),
     )
 
 
@@ -404,9 +412,10 @@ def visible_credential_ids(session: Session, user: User) -> set[int] | None:
         return None
     if not ids:
         return set()
-    return set(session.execute(
-        select(Task.credential_id).where(Task.id.in_(ids), Task.credential_id.is_not(None))
-    ).scalars())
+    return set(session.execute(union(
+        select(Task.credential_id).where(Task.id.in_(ids), Task.credential_id.is_not(None)),
+        select(Task.vault_credential_id).where(Task.id.in_(ids), Task.vault_credential_id.is_not(None)),
+    )).scalars())
 
 
 def tasks_under_approval(session: Session, task_ids: set[int]) -> set[int]:

@@ -5,6 +5,13 @@ host (one per line for a ``commands`` task), each operation's status, output and
 its host finishes, written in batches (the last host's result at once). ``finish`` settles
 every operation when ansible-playbook has ended; ``outcome`` says what the hosts' operations
 mean for the execution, for a single run and after retries alike.
+
+Plays on ``hosts: localhost`` (Ansible's implicit localhost: no target of the run has that
+inventory name) run on the controller, inside the run's sandbox. Their steps go to one more
+operation, ``CONTROLLER``, made at its first event: a name no host can have (host names
+allow no space), so it is never taken for a real host called localhost; ``outcome`` counts
+it apart from the hosts (its failure fails the run) and it is not in ``hosts_done``. A task delegated to the controller stays on the host it ran for (Ansible
+counts its result there), its step named so that it says where it ran.
 """
 from __future__ import annotations
 
@@ -55,6 +62,18 @@ STEP_EVENTS = {
 ITEM_EVENTS = {"runner_item_on_ok", "runner_item_on_failed", "runner_item_on_skipped"}
 # a host whose operation ends in one of these fails the execution
 HOST_FAILED = (OperationStatus.FAILED, OperationStatus.UNREACHABLE, OperationStatus.CANCELLED)
+CONTROLLER = "localhost (controller)"  # the operation of plays on the implicit localhost
+IMPLICIT_LOCALHOST = ("localhost", "127.0.0.1", "::1")
+ON_CONTROLLER = " (on the controller)"
+
+
+def controller_name(slice_index: int | None) -> str:
+    """The controller's operation name; each slice of a big execution runs its own."""
+    return CONTROLLER if slice_index is None else f"{CONTROLLER[:-1]}, slice {slice_index + 1})"
+
+
+def is_controller(op: Operation) -> bool:
+    return op.host_id is None and (op.host_name or "").startswith(CONTROLLER[:-1])
 
 
 @dataclass
@@ -151,6 +170,7 @@ class HostState:
     seq_base: int = 0  # steps of earlier attempts on this host (retries.py)
     command_steps: dict[int, Step] = field(default_factory=dict)  # commands task: line index -> step
     commands_done: set[int] = field(default_factory=set)  # line indexes with a result
+    controller: bool = False  # the controller's operation: not one of the run's target hosts
 
 
 class Recorder:
@@ -189,6 +209,7 @@ class Recorder:
         self.flushes = 0
         self.flush_soon = False
         self.attempt = attempt
+        self.slice = next((op.slice for op in ops.values()), None)
         if attempt > 1:  # a retry of unreachable hosts (retries.py): steps follow the earlier ones
             base = dict(session.execute(
                 select(Step.operation_id, func.max(Step.seq))
@@ -236,7 +257,29 @@ class Recorder:
     # -- events ------------------------------------------------------------------------
     def _state(self, event: dict[str, Any]) -> HostState | None:
         host = (event.get("event_data") or {}).get("host")
-        return self.hosts.get(host) if host else None
+        if not host:
+            return None
+        st = self.hosts.get(host)
+        if st is None and host in IMPLICIT_LOCALHOST and host not in self.names and self.commands is None:
+            st = next((s for s in self.hosts.values() if s.controller), None) or self._controller()
+            self.hosts[host] = st
+        return st
+
+    def _controller(self) -> HostState:
+        """The controller's operation: this execution's (an earlier attempt's) or a new one."""
+        name = controller_name(self.slice)
+        op = self.session.execute(select(Operation).where(
+            Operation.execution_id == self.ex.id, Operation.host_name == name)).scalar_one_or_none()
+        if op is None:
+            op = Operation(execution_id=self.ex.id, host_id=None, host_name=name, slice=self.slice,
+                           status=OperationStatus.PENDING, stdout="", stderr="")
+            self.session.add(op)
+            self.session.flush()  # its id, for its steps
+        st = HostState(op, controller=True, failed=op.status == OperationStatus.FAILED)
+        st.seq_base = self.session.execute(select(func.max(Step.seq)).where(Step.operation_id == op.id)).scalar() or 0
+        if op.status != OperationStatus.PENDING:  # an earlier attempt's: this one runs it again
+            op.status, op.finished_at = OperationStatus.RUNNING, None
+        return st
 
     def _handle(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
@@ -334,6 +377,10 @@ class Recorder:
         if status in OPERATION_FAILED and not stderr and msg:
             stderr = msg
         stdout = _join(stdout, _diff_text(res)) or None  # --diff (dry runs for approvers)
+        delegated = res.get("_ansible_delegated_vars")
+        if (isinstance(delegated, dict) and not st.controller and not step.name.endswith(ON_CONTROLLER)
+                and delegated.get("ansible_connection") == "local"):
+            step.name = (step.name + ON_CONTROLLER)[:500]
         duration = data.get("duration")
         self._record(st, step, status, res.get("rc"), stdout, stderr, msg, changed=bool(res.get("changed")),
                      duration=float(duration) if isinstance(duration, (int, float)) else None,
@@ -486,7 +533,8 @@ class Recorder:
             st.final = True
         if not st.done:
             st.done = True
-            self.ex.hosts_done = (self.ex.hosts_done or 0) + 1
+            if not st.controller:
+                self.ex.hosts_done = (self.ex.hosts_done or 0) + 1
             if st.final and all(h.final for h in self.hosts.values()):
                 self.flush_soon = True  # the last result: visible now, not at the next batch
                 self._settle()
@@ -560,7 +608,7 @@ class Recorder:
                 op.finished_at = op.finished_at or now
             if not st.done:
                 st.done = True
-        self.ex.hosts_done = len(self.hosts)
+        self.ex.hosts_done = sum(not st.controller for st in self.hosts.values())
         if cancelled:
             return RunResult(ExecutionStatus.CANCELLED, "cancelled on request", rc)
         if timed_out:
@@ -581,14 +629,18 @@ def outcome(ops: Iterable[Operation], *, rc: int | None = None, exit_ok: bool = 
     after it. One function for a single run (``Recorder.finish``) and after retries
     (retries.py), so the two can never count differently.
     """
-    ops = list(ops)
-    bad = Counter(op.status for op in ops if op.status in HOST_FAILED)
-    if not bad and exit_ok:
+    ops = list({id(op): op for op in ops}.values())  # the controller's may come under two names
+    hosts = [op for op in ops if not is_controller(op)]
+    bad = Counter(op.status for op in hosts if op.status in HOST_FAILED)
+    controller_bad = sorted({op.status for op in ops if is_controller(op) and op.status in HOST_FAILED})
+    if not bad and not controller_bad and exit_ok:
         return RunResult(ExecutionStatus.SUCCEEDED, None, rc)
-    if not bad:
+    if not bad and not controller_bad:
         error = error or f"ansible-playbook exited with status {rc}"
         return RunResult(ExecutionStatus.FAILED, _clip(error, MAX_MESSAGE), rc)
-    message = f"{', '.join(f'{v} {k}' for k, v in sorted(bad.items()))} of {len(ops)} hosts"
+    said = [f"{', '.join(f'{v} {k}' for k, v in sorted(bad.items()))} of {len(hosts)} hosts"] if bad else []
+    said += [f"the controller's tasks {', '.join(controller_bad)}"] if controller_bad else []
+    message = "; ".join(said)
     if note:
         message = f"{message} ({note})"
     if error:

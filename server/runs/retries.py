@@ -87,7 +87,10 @@ def run_with_retries(
                 op.message = _note(op.message, f"unreachable on {attempt} attempts")
     if attempt == 1 or result.status in (ExecutionStatus.CANCELLED, ExecutionStatus.TIMED_OUT):
         return result
-    return recorder.outcome(ops.values(), note=f"after {attempt} attempts")
+    controller = session.execute(select(Operation).where(
+        Operation.execution_id == ex.id, Operation.host_name == recorder.controller_name(next(
+            (op.slice for op in ops.values()), None)))).scalars().all()
+    return recorder.outcome([*ops.values(), *controller], note=f"after {attempt} attempts")
 
 
 def _note(message: str | None, note: str) -> str:

@@ -20,7 +20,8 @@ from server.reporting import notify
 from server.runs import project_jobs, retries, runner, slicing
 from server.runs.heartbeat import Heartbeat
 from server.core.config import Settings
-from server.executions.fingerprint import target_hosts
+from server.core.errors import ValidationError
+from server.executions.fingerprint import git_project, revision_of, target_hosts
 from server.core.models import OPERATION_OPEN, Execution, ExecutionStatus, Operation, OperationStatus, Step, utcnow
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ def _run(app: Flask, execution_id: int) -> str:
         session.commit()
         _after_finish(session, ex)
         return f"refused: {refusal}"
+    _revision_that_runs(ex)
     session.commit()
     slices = slicing.count(len(hosts))
     if slices > 1:  # a big execution: slices on several workers (slicing.py)
@@ -174,6 +176,19 @@ def _run(app: Flask, execution_id: int) -> str:
     _finish(session, ex, result)
     _after_finish(session, ex)
     return ex.status
+
+
+def _revision_that_runs(ex: Execution) -> None:
+    """A ``local`` playbook runs the directory as it is now: record its commit and content hash
+    of now, not of the request (a git project's run has its pinned commit already)."""
+    task = ex.task
+    if task.kind != "playbook" or git_project(task) is not None:
+        return
+    try:
+        commit, chash = revision_of(task)
+    except (ValidationError, OSError):
+        return  # the run fails in prepare with the reason
+    ex.revision, ex.content_hash = commit or chash[:12], chash
 
 
 def _verify(session: Session, ex: Execution) -> str | None:

@@ -93,6 +93,7 @@ def _task_data(form) -> dict[str, Any]:
     }
     if kind == "playbook":
         data["playbook"] = form.get("playbook", "")
+        data["vault_credential"] = form.get("vault_credential", "") or None
         if form.get("project"):
             data["project"] = form["project"]
     else:
@@ -121,6 +122,7 @@ def _task_form(task: Task | None, errors: dict[str, str] | None = None, status: 
                   "project": task.project.name if task.project else "local",
                   "hosts": [h.name for h in task.hosts], "groups": [g.name for g in task.groups],
                   "credential": task.credential.name if task.credential else "", "vars": dump_vars(task.vars),
+                  "vault_credential": task.vault_credential.name if task.vault_credential else "",
                   "timeout_s": task.timeout_s, "become": task.become, "allow_simultaneous": task.allow_simultaneous,
                   "retry_attempts": task.retry_attempts, "retry_delay_s": task.retry_delay_s,
                   "retry_on_lost": task.retry_on_lost,
@@ -130,12 +132,12 @@ def _task_form(task: Task | None, errors: dict[str, str] | None = None, status: 
                   "max_fail_percentage": "" if task.max_fail_percentage is None else task.max_fail_percentage}
     else:
         values = {"kind": "commands", "timeout_s": 3600, "retry_attempts": 1, "retry_delay_s": 10}
-    hosts, groups, creds = _choices(task)
+    hosts, groups, creds, vaults = _choices(task)
     return render_template(
         "tasks/form.html", task=task, form=values, errors=errors or {},
         playbooks=playbooks.list_playbooks(current_app.config["TM"].playbook_dir),
         git_projects=_git_projects(),
-        all_hosts=hosts, all_groups=groups, all_credentials=creds,
+        all_hosts=hosts, all_groups=groups, all_credentials=creds, vault_credentials=vaults,
     ), status
 
 
@@ -145,15 +147,16 @@ def _git_projects() -> list[tuple[str, list[str]]]:
     return [(p.name, list(p.playbooks or [])) for p in rows]
 
 
-def _choices(task: Task | None) -> tuple[list[str], list[str], list[Any]]:
-    """The hosts, groups and credentials this user may point the task at (``access.
-    usable_targets``; ``local`` hosts for admins only), plus what the task already uses."""
+def _choices(task: Task | None) -> tuple[list[str], list[str], list[Any], list[str]]:
+    """The hosts, groups, credentials and vault credentials this user may point the task at
+    (``access.usable_targets``; ``local`` hosts for admins only), plus what the task already uses."""
     s = db.session()
     user = current_user._get_current_object()
     usable = access.usable_targets(s, user)
     hosts_q = select(Host.name).order_by(Host.name)
     groups_q = select(Group.name).order_by(Group.name)
-    creds_q = select(Credential.name, Credential.kind).order_by(Credential.name)
+    creds_q = select(Credential.name, Credential.kind).where(Credential.kind != "vault_password").order_by(Credential.name)
+    vaults_q = select(Credential.name).where(Credential.kind == "vault_password").order_by(Credential.name)
     allowed = []
     if usable.host_ids is not None:
         allowed.append(Host.id.in_(usable.host_ids))
@@ -166,7 +169,11 @@ def _choices(task: Task | None) -> tuple[list[str], list[str], list[Any]]:
     if usable.credential_ids is not None:
         current = {task.credential_id} if task and task.credential_id else set()
         creds_q = creds_q.where(Credential.id.in_(usable.credential_ids | current))
-    return s.execute(hosts_q).scalars().all(), s.execute(groups_q).scalars().all(), s.execute(creds_q).all()
+    if usable.vault_ids is not None:
+        current = {task.vault_credential_id} if task and task.vault_credential_id else set()
+        vaults_q = vaults_q.where(Credential.id.in_(usable.vault_ids | current))
+    return (s.execute(hosts_q).scalars().all(), s.execute(groups_q).scalars().all(), s.execute(creds_q).all(),
+            s.execute(vaults_q).scalars().all())
 
 
 def _copy_values(src: Task) -> dict[str, Any]:
@@ -175,6 +182,7 @@ def _copy_values(src: Task) -> dict[str, Any]:
             "commands": "\n".join(src.commands or []), "playbook": src.playbook or "",
             "hosts": [h.name for h in src.hosts], "groups": [g.name for g in src.groups],
             "credential": src.credential.name if src.credential else "", "vars": dump_vars(src.vars),
+            "vault_credential": src.vault_credential.name if src.vault_credential else "",
             "timeout_s": src.timeout_s, "become": src.become, "allow_simultaneous": src.allow_simultaneous,
             "retry_attempts": src.retry_attempts, "retry_delay_s": src.retry_delay_s,
             "retry_on_lost": src.retry_on_lost}
