@@ -36,6 +36,7 @@ SEMANTIC = {
     "cron syntax, IANA zones, ISO dates, Apprise URLs, e-mail addresses": (
         "GET /api/v1/schedules/preview", "POST /api/v1/blackouts", "POST /api/v1/notifications",
     ),
+    "a group's children must name stored groups": ("POST /api/v1/groups",),
     "a wrong password is a 401 the spec cannot predict": ("POST /api/v1/auth/token",),
     "git URLs and branch names by git's own rules": ("POST /api/v1/projects",),
     "directory settings: LDAP/OIDC URLs, DNs and credential names checked as a sign-in uses them; "
