@@ -107,6 +107,12 @@ expect(EDITORS, "POST /hosts/<int:host_id>/host-keys/forget", "DELETE /api/v1/ho
 expect(EDITORS, "GET /hosts/bulk", "POST /hosts/bulk", "GET /hosts/new", "POST /hosts/new", "GET /hosts/<int:host_id>/edit", "POST /hosts/<int:host_id>/edit",
        "POST /hosts/<int:host_id>/delete", "POST /api/v1/hosts", "PATCH /api/v1/hosts/<int:host_id>",
        "DELETE /api/v1/hosts/<int:host_id>")
+# Groups follow hosts: read by all (the operator and approver see the sample group through the
+# sample task's host), edited by authors.
+expect(ALL, "GET /groups", "GET /api/v1/groups", "GET /api/v1/groups/<int:group_id>")
+expect(EDITORS, "GET /groups/new", "POST /groups/new", "GET /groups/<int:group_id>/edit",
+       "POST /groups/<int:group_id>/edit", "POST /groups/<int:group_id>/delete", "POST /api/v1/groups",
+       "PATCH /api/v1/groups/<int:group_id>", "DELETE /api/v1/groups/<int:group_id>")
 # Credentials: authors manage, auditors read (secrets are write-only anyway).
 expect({"admin", "author", "auditor"}, "GET /credentials", "GET /api/v1/credentials",
        "GET /api/v1/credentials/<int:credential_id>")
@@ -202,6 +208,7 @@ def _samples(session) -> dict[str, Any]:
         Blackout,
         Credential,
         Execution,
+        Group,
         Host,
         NotificationChannel,
         Operation,
@@ -232,6 +239,8 @@ def _samples(session) -> dict[str, Any]:
     victim_session = one(WebSession, user_id=victim.id, revoked_at=None)
     host = one(Host, name="m-host") or Host(name="m-host", address="127.0.0.1")
     session.add(host)
+    group = one(Group, name="m-group") or Group(name="m-group", vars={}, hosts=[host])
+    session.add(group)
     cred = one(Credential, name="m-cred")
     if cred is None:
         cred = Credential(name="m-cred", kind="password", username="deploy", secret_enc=vault().encrypt("pw"))
@@ -304,7 +313,7 @@ def _samples(session) -> dict[str, Any]:
         FailedJobRegistry(queue=jobs.queue()).add(job, ttl=3600)
     token = one(ApiToken, user_id=victim.id, revoked_at=None)
     return {
-        "host_id": host.id, "credential_id": cred.id, "task_id": task.id, "execution_id": ex.id, "op_id": op.id, "step_id": step.id,
+        "host_id": host.id, "group_id": group.id, "credential_id": cred.id, "task_id": task.id, "execution_id": ex.id, "op_id": op.id, "step_id": step.id,
         "schedule_id": sch.id, "policy_id": policy.id, "user_id": victim.id, "token_id": token.id,
         "channel_id": chan.id, "blackout_id": blackout.id, "project_id": project.id, "session_id": victim_session.id, "host_name": "m-host", "filename": "app.css",
         "rq_static": "css/main.css",

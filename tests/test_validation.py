@@ -258,6 +258,32 @@ def test_bad_ids_and_query_strings(api, world):
         status, body = api.get(f"/api/v1/hosts?{query}")
         assert status == 422, query
     assert api.get("/api/v1/hosts?q=%F0%9F%92%A9&group=%E2%82%AC")[0] == 200
+    # '²' passes str.isdigit() but not int(): a 422, not a 500; a long per_page is capped as documented.
+    assert api.get("/api/v1/hosts?per_page=%C2%B2")[0] == 422
+    assert api.get("/api/v1/hosts?per_page=999999999")[1]["per_page"] == 200
+    assert api.get("/api/v1/tasks?kind=bogus")[1]["error"]["field"] == "kind"  # the spec's enum, enforced
+    assert api.get("/api/v1/tasks?kind=commands")[0] == 200
+
+
+def test_what_the_spec_allows_the_server_takes(api):
+    """Values the OpenAPI schemas allow and the checks used to refuse or store badly: control
+    characters (a NUL reaches PostgreSQL as a 5xx), integral floats for integers (JSON has one
+    number type), the scopes list's null."""
+    for path, body, field in (("/api/v1/users", {"username": "u1", "role": "operator", "password": "x" * 8,
+                                                 "email": "a\x00@b"}, "email"),
+                              ("/api/v1/notifications", {"name": "n\x00", "url": "json://127.0.0.1:9/x"}, "name"),
+                              ("/api/v1/blackouts", {"name": "b\x01", "starts_at": "2030-01-01",
+                                                     "ends_at": "2030-01-02"}, "name")):
+        status, got = api.post(path, body)
+        assert (status, got["error"]["field"]) == (422, field), path
+    status, got = api.call("PUT", "/api/v1/settings/mfa", json={"reauth_minutes": 30.0, "grace_days": 0.0})
+    assert status == 200 and got["reauth_minutes"] == 30 and isinstance(got["reauth_minutes"], int)
+    status, got = api.post("/api/v1/tokens", {"name": "t", "expires_in_s": 3600.0, "scopes": None})
+    assert status == 201, got
+    spec = api.get("/api/v1/openapi.json")[1]
+    # A PATCH or PUT without a body is refused (json_body), so the spec requires one.
+    assert spec["paths"]["/api/v1/hosts/{host_id}"]["patch"]["requestBody"]["required"] is True
+    assert api.patch(f"/api/v1/hosts/{api.post('/api/v1/hosts', {'name': 'h1'})[1]['id']}")[0] == 400
 
 
 # --- fuzz -------------------------------------------------------------------------------------

@@ -156,7 +156,7 @@ def register_health(app) -> None:
 
 # The resource modules whose routes make up the API, one per resource.
 ROUTE_MODULES = (
-    "tokens", "users", "policies", "audit_trail", "hosts", "hostkeys", "connections", "credentials", "tasks",
+    "tokens", "users", "policies", "audit_trail", "hosts", "groups", "hostkeys", "connections", "credentials", "tasks",
     "executions", "approvals", "schedules", "notifications", "reports", "openapi", "projects",
     "mfa", "sessions", "identity",
 )

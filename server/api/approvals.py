@@ -210,14 +210,14 @@ def _decide_execution(execution_id: int, decision: str):
 
 
 @api_bp.post("/executions/<int:execution_id>/approve")
-@describe(request="DecisionInput", response="ApprovalRequest")
+@describe(request="DecisionInput", response="ApprovalRequest", body_optional=True)
 def approve_execution(execution_id: int):
     """Approve the current level; the last level queues the run. Never your own request."""
     return _decide_execution(execution_id, "approved")
 
 
 @api_bp.post("/executions/<int:execution_id>/reject")
-@describe(request="DecisionInput", response="ApprovalRequest")
+@describe(request="DecisionInput", response="ApprovalRequest", body_optional=True)
 def reject_execution(execution_id: int):
     """Reject: the request ends (status ``rejected``)."""
     return _decide_execution(execution_id, "rejected")
@@ -260,14 +260,14 @@ def _decide_schedule(schedule_id: int, decision: str):
 
 
 @api_bp.post("/schedules/<int:schedule_id>/approve")
-@describe(request="DecisionInput", response="ApprovalRequest")
+@describe(request="DecisionInput", response="ApprovalRequest", body_optional=True)
 def approve_schedule(schedule_id: int):
     """Approve the schedule's current level; after the last one it fires as approved."""
     return _decide_schedule(schedule_id, "approved")
 
 
 @api_bp.post("/schedules/<int:schedule_id>/reject")
-@describe(request="DecisionInput", response="ApprovalRequest")
+@describe(request="DecisionInput", response="ApprovalRequest", body_optional=True)
 def reject_schedule(schedule_id: int):
     """Reject the schedule: it does not fire until changed and approved."""
     return _decide_schedule(schedule_id, "rejected")

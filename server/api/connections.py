@@ -31,7 +31,7 @@ register_schema("ConnectionTestInput", {
 
 
 @api_bp.post("/hosts/<int:host_id>/test")
-@describe(request="ConnectionTestInput", response="ConnectionTest")
+@describe(request="ConnectionTestInput", response="ConnectionTest", body_optional=True)
 def test_host_connection(host_id: int):
     """Test the host's connection: TCP, the protocol handshake and, with a credential, a login."""
     body = json_body(required=False)

@@ -6,14 +6,15 @@ from sqlalchemy import select
 
 from server.core import db
 from server.catalog.credentials import (
-    BECOME_METHODS,
+    CREDENTIAL_CHECKS,
     create_credential,
     delete_credential,
     public,
     update_credential,
 )
-from server.core.models import CREDENTIAL_KINDS, Credential
+from server.core.models import Credential
 from server.core.pagination import like_pattern, text_arg
+from server.core.validation import schema_of
 from server.api import api_bp, json_body, me
 from server.api.common import no_content, page_of
 from server.guards import requires, visible_or_404
@@ -78,14 +79,8 @@ def delete_credential_view(credential_id: int):
     return no_content()
 
 
-_COMMON = {
-    "name": {"type": "string", "maxLength": 120},
-    "kind": {"type": "string", "enum": list(CREDENTIAL_KINDS)},
-    "username": {"type": ["string", "null"], "maxLength": 255},
-    "become_method": {"type": ["string", "null"], "enum": [*BECOME_METHODS, None]},
-    "become_user": {"type": ["string", "null"], "maxLength": 64},
-    "options": {"type": "object", "description": "non-secret per-protocol options"},
-}
+_COMMON = {name: schema_of(CREDENTIAL_CHECKS[name])  # generated from the checks (catalog.credentials)
+           for name in ("name", "kind", "username", "become_method", "become_user", "options")}
 register_schema("Credential", {"type": "object", "properties": {
     "id": {"type": "integer"}, **_COMMON,
     "has_secret": {"type": "boolean"}, "has_become_password": {"type": "boolean"},
@@ -95,6 +90,7 @@ register_schema("CredentialInput", {
     "type": "object", "additionalProperties": False, "required": ["name", "kind", "secret"],
     "description": "POST needs name, kind and secret; PATCH takes any subset (changing kind needs a new secret)",
     "properties": {**_COMMON,
-                   "secret": {"type": "string", "writeOnly": True,
-                              "description": "private key (ssh_key, unencrypted OpenSSH or PEM), password or token"},
-                   "become_password": {"type": ["string", "null"], "writeOnly": True}}})
+                   "secret": schema_of(CREDENTIAL_CHECKS["secret"], writeOnly=True,
+                                       description="private key (ssh_key, unencrypted OpenSSH or PEM), password "
+                                                   "or token (one line); not blank, no NUL character"),
+                   "become_password": schema_of(CREDENTIAL_CHECKS["become_password"], writeOnly=True)}})

@@ -25,7 +25,7 @@ from server.core.models import (
     Step,
     Task,
 )
-from server.core.pagination import text_arg
+from server.core.pagination import TEXT_ARG_SCHEMA, text_arg
 from server.core.validation import Fields, text, variables
 from server.api import api_bp, json_body, me
 from server.api.common import iso, page_of
@@ -37,6 +37,8 @@ from server.reporting import output
 
 RUN_FIELDS = ("vars", "reason", "limit", "dry_run", "ticket", "tags", "skip_tags")
 _TRIGGER_RE = re.compile(r"^[a-z_]{1,20}$")
+_ONE_STATUS = "(?:" + "|".join(EXECUTION_STATUSES) + ")"
+_STATUS_LIST = f"^ *{_ONE_STATUS}? *(?:, *{_ONE_STATUS}? *)*$"  # what list_executions splits and checks
 
 
 def execution_dict(ex: Execution) -> dict[str, Any]:
@@ -158,8 +160,9 @@ def run_task(task_id: int):
 @api_bp.get("/executions")
 @describe(response="Execution", paged=True, query={
     "task": {"type": "string", "description": "task id or name"},
-    "status": {"type": "string", "description": "one status or several, comma-separated"},
-    "trigger": {"type": "string", "description": "manual, schedule, ..."}})
+    "status": {**TEXT_ARG_SCHEMA, "pattern": _STATUS_LIST, "description": "one status or several, comma-separated"},
+    "trigger": {**TEXT_ARG_SCHEMA, "pattern": f"^ *(?:{_TRIGGER_RE.pattern[1:-1]})? *$",
+                "description": "manual, schedule, ..."}})
 def list_executions():
     """Executions this user may see, newest first (without operations)."""
     s = db.session()

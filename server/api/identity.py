@@ -73,19 +73,37 @@ def test_ldap_settings():
     return jsonify(result)
 
 
+_TEXT = identity_settings.TEXT_SCHEMA
+
+
+def _text(description: str = "", **extra) -> dict:
+    return {**_TEXT, **({"description": description} if description else {}), **extra}
+
+
+def _wholes(module, **descriptions: str) -> dict[str, dict]:
+    """The whole-number fields of a settings module, bounded as its ``clean`` bounds them."""
+    return {name: identity_settings.whole_schema(low, high, **({"description": descriptions[name]}
+                                                               if name in descriptions else {}))
+            for name, low, high in module.WHOLE_FIELDS}
+
+
+# Directory groups are any non-blank name; roles and policy names as stored.
+_GROUP_ROLES = {"type": ["object", "null"], "propertyNames": {"pattern": "\\S"},
+                "additionalProperties": {"type": "string", "enum": list(ROLES)}}
+_GROUP_POLICIES = {"type": ["object", "null"], "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                   "description": "directory group -> names of stored policies"}
 register_schema("LdapSettings", {"type": "object", "additionalProperties": False, "properties": {
-    "url": {"type": "string", "description": "ldaps://host[:port], or ldap://host[:port] with start_tls"},
-    "start_tls": {"type": "boolean"}, "ca_bundle": {"type": "string", "description": "PEM file of trusted CAs"},
+    "url": _text("ldaps://host[:port], or ldap://host[:port] with start_tls"),
+    "start_tls": {"type": "boolean"}, "ca_bundle": _text("PEM file of trusted CAs"),
     "tls_verify": {"type": "boolean", "default": True},
-    "bind_dn": {"type": "string"}, "bind_credential": {"type": "string", "description": "a 'password' credential"},
-    "user_dn_template": {"type": "string", "description": "direct bind without a service account: uid={username},…"},
-    "user_base": {"type": "string"}, "user_filter": {"type": "string", "default": "(uid={username})"},
-    "group_base": {"type": "string"}, "group_filter": {"type": "string", "description": "with {dn}; on AD "
-                                                       "(member:1.2.840.113556.1.4.1941:={dn}) for nested groups"},
-    "group_roles": {"type": "object", "additionalProperties": {"type": "string"}},
-    "group_policies": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
-    "recheck_s": {"type": "integer", "description": "how often an LDAP user in use is looked up again"},
-    "timeout_s": {"type": "integer"}}})
+    "bind_dn": _text(), "bind_credential": _text("a 'password' credential"),
+    "user_dn_template": _text("direct bind without a service account: uid={username},…"),
+    "user_base": _text(), "user_filter": _text(default="(uid={username})"),
+    "group_base": _text(), "group_filter": _text("with {dn}; on AD (member:1.2.840.113556.1.4.1941:={dn}) for "
+                                                 "nested groups"),
+    "group_roles": _GROUP_ROLES, "group_policies": _GROUP_POLICIES,
+    **_wholes(ldap, recheck_s="how often an LDAP user in use is looked up again"),
+    }})
 register_schema("LdapTest", {"type": "object", "required": ["username"],
                              "properties": {"username": {"type": "string"}}})
 register_schema("LdapTestResult", {"type": "object", "properties": {
@@ -114,14 +132,13 @@ def put_oidc_settings():
 
 
 register_schema("OidcSettings", {"type": "object", "additionalProperties": False, "properties": {
-    "issuer": {"type": "string", "description": "discovery at <issuer>/.well-known/openid-configuration"},
-    "client_id": {"type": "string"},
-    "client_credential": {"type": "string", "description": "a 'password' or 'token' credential: the client secret"},
-    "groups_claim": {"type": "string", "default": "groups"},
-    "username_claim": {"type": "string", "default": "preferred_username"},
-    "scopes": {"type": "string", "default": "openid profile email"},
-    "group_roles": {"type": "object", "additionalProperties": {"type": "string"}},
-    "group_policies": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
-    "max_token_age_s": {"type": "integer", "description": "API tokens and sessions of an OIDC user work this "
-                                                          "long after his last sign-in through the provider"},
-    "timeout_s": {"type": "integer"}}})
+    "issuer": _text("discovery at <issuer>/.well-known/openid-configuration"),
+    "client_id": _text(),
+    "client_credential": _text("a 'password' or 'token' credential: the client secret"),
+    "groups_claim": _text(default="groups"),
+    "username_claim": _text(default="preferred_username"),
+    "scopes": _text(default="openid profile email"),
+    "group_roles": _GROUP_ROLES, "group_policies": _GROUP_POLICIES,
+    **_wholes(oidc, max_token_age_s="API tokens and sessions of an OIDC user work this long after his last "
+                                    "sign-in through the provider"),
+    }})

@@ -10,10 +10,12 @@ from server.core.models import NotificationChannel
 from server.guards import requires, visible_or_404
 from server.api import api_bp, json_body, me
 from server.api.common import page_of
+from server.core.validation import schema_of
 from server.api.openapi import describe, register_schema
 
 _EVENTS = {"type": "array", "items": {"type": "string", "enum": list(notify.EVENTS)},
            "description": "default [\"execution.failed\"]"}
+_EVENTS_INPUT = {**_EVENTS, "type": ["array", "null"], "minItems": 1, "description": "null: [\"execution.failed\"]"}
 register_schema("NotificationChannel", {
     "type": "object",
     "properties": {
@@ -24,11 +26,13 @@ register_schema("NotificationChannel", {
     },
 })
 register_schema("NotificationChannelInput", {
-    "type": "object", "additionalProperties": False,
+    "type": "object", "additionalProperties": False, "required": ["name", "url"],
+    "description": "POST needs name and url; PATCH takes any subset (an empty url keeps the stored one)",
     "properties": {
-        "name": {"type": "string", "maxLength": 120},
-        "url": {"type": "string", "description": "an Apprise URL (mailto://, json://, slack://, ...); write-only"},
-        "events": _EVENTS, "enabled": {"type": "boolean"},
+        "name": schema_of(notify.NAME_CHECK),
+        "url": {"type": "string", "maxLength": notify.MAX_URL, "pattern": "\\S", "writeOnly": True,
+                "description": "an Apprise URL (mailto://, json://, slack://, ...); write-only"},
+        "events": _EVENTS_INPUT, "enabled": {"type": "boolean"},
     },
 })
 register_schema("NotificationDelivery", {

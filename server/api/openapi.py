@@ -65,7 +65,9 @@ def _operation(endpoint: str, method: str, view: Callable, params: list[dict[str
     if parameters:
         op["parameters"] = parameters
     if info.get("request"):
-        op["requestBody"] = {"required": method == "POST" and not info.get("body_optional"),
+        # Every view reads its body with json_body(), which refuses a missing one unless the
+        # view says otherwise (``body_optional``, where it calls json_body(required=False)).
+        op["requestBody"] = {"required": not info.get("body_optional"),
                              "content": {"application/json": {"schema": ref(info["request"])}}}
     # A DELETE without a response body answers 204 (common.no_content), as each view does.
     status = str(info.get("status") or (204 if method == "DELETE" and not info.get("response") else 200))

@@ -7,11 +7,11 @@ from sqlalchemy.orm import selectinload
 
 from server.core import db
 from server.core.models import PERMISSIONS, Policy, PolicyApprover, User
-from server.people.policies import delete_policy, policy_dict, save_policy
+from server.people.policies import MAX_LEVEL, MAX_TTL_S, MIN_TTL_S, delete_policy, policy_dict, save_policy
 from server.api import api_bp, json_body, me
 from server.api.common import no_content, page_of
 from server.guards import requires, visible_or_404
-from server.api.openapi import DATETIME, NAMES, describe, register_schema
+from server.api.openapi import DATETIME, describe, register_schema
 
 
 def _readable(query, user: User):
@@ -75,19 +75,25 @@ def delete_policy_view(policy_id: int):
 
 
 _APPROVER = {"type": "object", "required": ["user"], "additionalProperties": False,
-             "properties": {"user": {"type": "string"}, "level": {"type": "integer", "minimum": 1, "maximum": 3}}}
+             "properties": {"user": {"type": "string"},
+                            "level": {"type": "integer", "minimum": 1, "maximum": MAX_LEVEL, "default": 1}}}
+_STORED_NAMES = {"type": "array", "maxItems": 10_000, "items": {"type": "string", "minLength": 1},
+                 "description": "names of stored rows"}
 _POLICY = {
-    "name": {"type": "string", "maxLength": 200}, "users": NAMES, "tasks": NAMES,
+    "name": {"type": "string", "maxLength": 200, "pattern": "^[^\\x00-\\x1f]*[^\\s\\x00-\\x1f][^\\x00-\\x1f]*$"},
+    "users": _STORED_NAMES, "tasks": _STORED_NAMES,
     "permissions": {"type": "array", "items": {"type": "string", "enum": list(PERMISSIONS)}},
     "requires_approval": {"type": "boolean"}, "requires_reason": {"type": "boolean"},
     "approvers": {"type": "array", "items": _APPROVER},
-    "approval_ttl_s": {"type": "integer", "minimum": 60, "maximum": 2592000},
+    "approval_ttl_s": {"type": "integer", "minimum": MIN_TTL_S, "maximum": MAX_TTL_S},
     "requires_ticket": {"type": "boolean", "description": "runs need a ticket (change or incident reference)"},
-    "ticket_pattern": {"type": ["string", "null"], "description": "regular expression a ticket must match, "
+    "ticket_pattern": {"type": ["string", "null"], "maxLength": 200, "format": "regex", "description": "regular expression a ticket must match, "
                        "e.g. ^(CHG|INC)[0-9]{6}$"},
-    "reasons": {"type": "array", "items": {"type": "string"}, "description": "curated reasons: when not empty, "
+    "reasons": {"type": ["array", "null"], "maxItems": 100,
+                "items": {"type": "string", "maxLength": 200, "pattern": "\\S"}, "description": "curated reasons: when not empty, "
                 "a run's reason must be one of them"},
 }
 register_schema("Policy", {"type": "object", "properties": {"id": {"type": "integer"}, **_POLICY,
                                                             "created_at": DATETIME}})
-register_schema("PolicyInput", {"type": "object", "additionalProperties": False, "properties": _POLICY})
+register_schema("PolicyInput", {"type": "object", "additionalProperties": False, "properties": _POLICY,
+                                "required": ["name"], "description": "POST needs name; PATCH takes any subset"})

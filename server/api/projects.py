@@ -14,6 +14,7 @@ from sqlalchemy import select
 from server.api import PUBLIC_ENDPOINTS, api_bp, json_body, me
 from server.api.common import no_content, page_of
 from server.api.openapi import DATETIME, describe, register_schema
+from server.core.validation import schema_of
 from server.catalog import projects
 from server.core import audit, db
 from server.core.errors import ApiError, Unauthorized
@@ -178,8 +179,8 @@ def project_webhook(project_id: int):
 
 
 _PROPS = {
-    "name": {"type": "string", "maxLength": 120},
-    "url": {"type": "string", "maxLength": 1000,
+    "name": schema_of(projects.PROJECT_NAME),
+    "url": {"type": "string", "maxLength": 1000, "pattern": f"^\\s*(?:{projects.URL_RE.pattern[1:-1]}|{projects.SCP_RE.pattern[1:-1]})\\s*$",
             "description": "ssh://..., user@host:path, https://... or file:///... (file: admins only)"},
     "branch": {"type": "string", "maxLength": 255, "description": "branch or tag; empty: the remote's default"},
     "credential": {"type": ["string", "null"], "description": "ssh_key for ssh URLs, token or password for https"},
@@ -187,6 +188,7 @@ _PROPS = {
 }
 register_schema("Project", {"type": "object", "properties": {
     "id": {"type": "integer"}, **_PROPS,
+    "name": {"type": "string"}, "url": {"type": "string", "description": "as given; empty for the built-in 'local'"},
     "revision": {"type": ["string", "null"], "description": "commit of the last good sync"},
     "synced_at": DATETIME, "sync_status": {"type": "string", "enum": list(SYNC_STATUSES)},
     "sync_error": {"type": ["string", "null"]}, "has_webhook_secret": {"type": "boolean"},

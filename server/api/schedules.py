@@ -20,6 +20,7 @@ from server.api import api_bp, json_body, me
 from server.api.common import no_content, page_of
 from server.guards import requires, visible_or_404
 from server.api.tasks import visible_task
+from server.core.validation import schema_of
 from server.api.openapi import DATETIME, VARS, describe, register_schema
 
 
@@ -239,9 +240,17 @@ register_schema("Schedule", {"type": "object", "properties": {
     "created_at": DATETIME, "updated_at": DATETIME,
     "recent_fires": {"type": "array", "items": {"$ref": "#/components/schemas/ScheduleFire"},
                      "description": "only on GET /schedules/{id}"}}})
-register_schema("BlackoutInput", {"type": "object", "required": ["name", "starts_at", "ends_at"], "properties": {
-    "name": {"type": "string"}, "starts_at": {"type": "string"}, "ends_at": {"type": "string"},
-    "timezone": {"type": "string", "description": "zone of naive date-times (default UTC)"}}})
+_WHEN = {"type": "string", "minLength": 1, "maxLength": 40,
+         "description": f"ISO 8601 date or date-time, years {svc.MIN_YEAR} to {svc.MAX_YEAR}"}
+register_schema("BlackoutInput", {
+    "type": "object", "required": ["name", "starts_at", "ends_at"], "additionalProperties": False,
+    "description": "POST needs name, starts_at and ends_at (after starts_at); PATCH takes any subset",
+    "properties": {
+        "name": schema_of(svc.BLACKOUT_NAME), "starts_at": _WHEN, "ends_at": _WHEN,
+        "timezone": {"type": ["string", "null"], "enum": [*svc.zone_names(), "", None],
+                     "description": "IANA zone of naive date-times (null or empty: UTC)"},
+        **{name: {"readOnly": True, "description": "ignored"} for name in ("id", "active", "created_by",
+                                                                           "created_at")}}})
 register_schema("Blackout", {"type": "object", "properties": {
     "id": {"type": "integer"}, "name": {"type": "string"}, "starts_at": DATETIME, "ends_at": DATETIME,
     "active": {"type": "boolean"}, "created_by": {"type": ["integer", "null"]}, "created_at": DATETIME}})

@@ -11,12 +11,14 @@ from server.core import db
 from server.people.access import filter_tasks, require_task, task_permissions
 from server.core.models import PERMISSIONS, TASK_KINDS, Task
 from server.core.pagination import like_pattern, text_arg
-from server.catalog.tasks import create_task, delete_task, update_task
+from server.core.errors import ValidationError
+from server.core.validation import schema_of
+from server.catalog.tasks import TASK_CHECKS, create_task, delete_task, update_task
 from server.executions.request import select_targets
 from server.api import api_bp, json_body, me
 from server.api.common import iso, no_content, page_of
 from server.guards import requires, visible_or_404
-from server.api.openapi import DATETIME, NAMES, VARS, describe, register_schema
+from server.api.openapi import DATETIME, VARS, describe, register_schema
 
 
 def task_dict(task: Task) -> dict[str, Any]:
@@ -69,8 +71,10 @@ def list_tasks():
     if term:
         pattern = like_pattern(term)
         query = query.where(or_(Task.name.ilike(pattern, escape="\\"), Task.description.ilike(pattern, escape="\\")))
-    kind = text_arg(request.args, "kind")
-    if kind:
+    kind = request.args.get("kind")
+    if kind is not None:
+        if kind not in TASK_KINDS:
+            raise ValidationError(f"'kind' must be one of {', '.join(TASK_KINDS)}", field="kind")
         query = query.where(Task.kind == kind)
     page = page_of(query)
     return jsonify(page.envelope([task_dict(t) for t in page.items]))
@@ -133,24 +137,24 @@ def delete_task_view(task_id: int):
     return no_content()
 
 
-_TASK_PROPS = {
-    "name": {"type": "string", "maxLength": 200},
-    "description": {"type": "string", "maxLength": 10000},
-    "kind": {"type": "string", "enum": list(TASK_KINDS)},
-    "commands": {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 1000,
-                 "description": "shell command lines (kind commands), run in order"},
-    "playbook": {"type": ["string", "null"], "description": "path inside the project (kind playbook)"},
-    "project": {"type": ["string", "null"], "description": "project name (kind playbook); default local"},
-    "vault_credential": {"type": ["string", "null"], "description": "a vault_password credential's name"},
-    "hosts": {**NAMES, "description": "host names"},
-    "groups": {**NAMES, "description": "group names"},
-    "credential": {"type": ["string", "null"], "description": "credential name"},
+_TASK_PROPS = {  # plain fields generated from the checks the server applies (catalog.tasks.TASK_CHECKS)
+    **{name: schema_of(check) for name, check in TASK_CHECKS.items()},
+    "commands": schema_of(TASK_CHECKS["commands"], description="shell command lines (kind commands), run in order"),
+    "playbook": schema_of(TASK_CHECKS["playbook"], description="path inside the project (kind playbook)"),
+    "project": schema_of(TASK_CHECKS["project"], description="project name (kind playbook); default local"),
+    "vault_credential": schema_of(TASK_CHECKS["vault_credential"],
+                                  description="a vault_password credential's name"),
+    "hosts": schema_of(TASK_CHECKS["hosts"], description="host names"),
+    "groups": schema_of(TASK_CHECKS["groups"], description="group names"),
+    "credential": schema_of(TASK_CHECKS["credential"], description="credential name"),
+    "timeout_s": schema_of(TASK_CHECKS["timeout_s"], default=3600),
+    "retry_attempts": schema_of(TASK_CHECKS["retry_attempts"], default=1),
+    "retry_delay_s": schema_of(TASK_CHECKS["retry_delay_s"], default=10),
+    "max_fail_percentage": schema_of(TASK_CHECKS["max_fail_percentage"], description="a rolling run stops once "
+                                     "more than this share of a batch failed"),
     "vars": VARS,
-    "timeout_s": {"type": "integer", "minimum": 1, "maximum": 86400, "default": 3600},
     "become": {"type": "boolean", "default": False},
     "allow_simultaneous": {"type": "boolean", "default": False},
-    "retry_attempts": {"type": "integer", "minimum": 1, "maximum": 10, "default": 1},
-    "retry_delay_s": {"type": "integer", "minimum": 0, "maximum": 3600, "default": 10},
     "retry_on_lost": {"type": "boolean", "default": False},
     "variables": {"type": "array", "maxItems": 100, "description": "launch variables; a commands line uses one as "
                   "[#NAME#] (replaced by the value as one shell-quoted word)", "items": {
@@ -168,8 +172,6 @@ _TASK_PROPS = {
     "serial": {"description": "rolling run: hosts per batch, a number, '25%' or a list such as [1, '25%', '100%']",
                "oneOf": [{"type": "null"}, {"type": "integer", "minimum": 1}, {"type": "string"},
                          {"type": "array", "items": {"type": ["integer", "string"]}}]},
-    "max_fail_percentage": {"type": ["integer", "null"], "minimum": 0, "maximum": 100,
-                            "description": "a rolling run stops once more than this share of a batch failed"},
 }
 register_schema("Task", {"type": "object", "properties": {
     "id": {"type": "integer"}, **_TASK_PROPS, "created_at": DATETIME, "updated_at": DATETIME,

@@ -21,7 +21,7 @@ from server.people.web_sessions import mfa_at as web_mfa_at
 from server.core.models import utcnow
 from server.people import access, mfa, scopes
 from server.people.accounts import revoke_token, token_name, tokens_of
-from server.people.auth import _token_hash, complete, first_factor, issue_token, token_expiry
+from server.people.auth import EXPIRES_IN_SCHEMA, _token_hash, complete, first_factor, issue_token, token_expiry
 from server.people.login_throttle import LoginThrottled
 
 TOKEN_FIELDS = {"name", "scopes", "expires_in_s"}
@@ -137,20 +137,21 @@ def revoke_api_token(token_id: int):
     return no_content()
 
 
-SCOPE_LIST = {"type": "array", "items": {"type": "string", "enum": list(scopes.SCOPES)},
-              "description": "default: every scope the owner's role holds"}
+SCOPE_LIST = {"type": ["array", "null"], "minItems": 1, "items": {"type": "string", "enum": list(scopes.SCOPES)},
+              "description": "default (null): every scope the owner's role holds; never more than it holds"}
 register_schema("Token", {"type": "object", "properties": {
     "id": {"type": "integer"}, "name": {"type": "string"}, "prefix": {"type": "string"},
     "user": {"type": "string"}, "created_at": DATETIME, "last_used_at": DATETIME, "revoked_at": DATETIME,
     "expires_at": DATETIME, "scopes": SCOPE_LIST, "active": {"type": "boolean"}}})
 register_schema("TokenInput", {"type": "object", "additionalProperties": False, "properties": {
     "name": schema_of(token_name), "scopes": SCOPE_LIST,
-    "expires_in_s": {"type": "integer", "minimum": 60, "description": "default: never expires"}}})
+    "expires_in_s": EXPIRES_IN_SCHEMA}})
 register_schema("NewToken", {"allOf": [{"$ref": "#/components/schemas/Token"}, {"type": "object", "properties": {
     "token": {"type": "string", "description": "shown once"}}}]})
-register_schema("TokenRequest", {"type": "object", "required": ["username", "password"], "properties": {
-    "username": {"type": "string"}, "password": {"type": "string"},
+register_schema("TokenRequest", {"type": "object", "required": ["username", "password"], "additionalProperties": False,
+                                 "properties": {
+    "username": {"type": "string", "minLength": 1}, "password": {"type": "string"},
     "otp": {"type": "string", "description": "a current TOTP code or an unused recovery code, once TOTP is on"},
-    "name": {"type": "string", "maxLength": 80}, "scopes": SCOPE_LIST,
-    "expires_in_s": {"type": "integer", "minimum": 60, "description": "default: never expires"}}})
+    "name": schema_of(token_name), "scopes": SCOPE_LIST,
+    "expires_in_s": EXPIRES_IN_SCHEMA}})
 register_schema("TokenValue", {"type": "object", "properties": {"token": {"type": "string"}}})

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from server.people import access, login_throttle
 from server.core import db
-from server.people.accounts import add_user, deactivate_user, update_user
+from server.people.accounts import EMAIL_SCHEMA, USERNAME_SCHEMA, add_user, deactivate_user, update_user
 from server.core.models import ROLES, User
 from server.core.pagination import bool_arg, text_arg
 from server.api import api_bp, json_body, me
@@ -134,11 +134,12 @@ register_schema("Me", {"type": "object", "properties": {**_USER, "grants": {"typ
                                                                              "items": {"type": "string"}}}})
 register_schema("UserInput", {"type": "object", "additionalProperties": False,
                               "required": ["username", "role", "password"], "properties": {
-                                  "username": {"type": "string", "maxLength": 80},
+                                  "username": USERNAME_SCHEMA,
                                   "role": {"type": "string", "enum": list(ROLES)},
                                   "password": {"type": "string", "minLength": 8, "writeOnly": True},
-                                  "email": {"type": ["string", "null"]}}})
+                                  "email": EMAIL_SCHEMA}})
 register_schema("UserPatch", {"type": "object", "additionalProperties": False, "properties": {
-    "role": {"type": "string", "enum": list(ROLES)}, "email": {"type": ["string", "null"]},
+    "role": {"type": "string", "enum": list(ROLES)}, "email": EMAIL_SCHEMA,
     "password": {"type": "string", "minLength": 8, "writeOnly": True}, "is_active": {"type": "boolean"},
-    "must_change_password": {"type": "boolean"}, "unlock": {"type": "boolean"}}})
+    "must_change_password": {"type": "boolean"}, "unlock": {"type": "boolean"},
+    "reset_mfa": {"type": "boolean", "description": "true: the user enrols a second factor again"}}})

@@ -27,7 +27,7 @@ BECOME_METHODS = ("sudo", "su", "doas", "pbrun", "pfexec", "dzdo", "ksu", "runas
 # Changing any of these changes how a run authenticates.
 LOGIN_FIELDS = ("kind", "username", "secret", "become_password", "become_method", "become_user")
 MAX_SECRET = 64 * 1024
-USER_RE = re.compile(r"^[^\s:/]+$")
+USER_RE = re.compile(r"^[^\s:/\x00-\x1f\x7f]+$")
 
 
 def _secret_text(value: Any) -> str:
@@ -101,18 +101,44 @@ def normalise_secret(kind: str, secret: str) -> str:
     return secret
 
 
+def _become_method(value: Any) -> str | None:
+    return None if value in (None, "") else choice(BECOME_METHODS)(value)
+
+
+# What each check accepts, as JSON Schema (the OpenAPI CredentialInput is made of these). A
+# secret of kind ssh_key or certificate must also parse as one: no schema says that.
+# (No pattern for the not-blank, no-NUL rule: a regex bounded at 64 KiB makes schema-driven
+# fuzzers crawl; the descriptions say it.)
+_SECRET_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_SECRET,
+                  "description": "not blank, no NUL character"}
+_secret_text.schema = _SECRET_SCHEMA  # type: ignore[attr-defined]
+_become_password.schema = {  # type: ignore[attr-defined]
+    "type": ["string", "null"], "minLength": 1, "maxLength": MAX_SECRET,
+    "description": "one line, not blank, no NUL character; null clears it"}
+_become_method.schema = {"type": ["string", "null"], "enum": [*BECOME_METHODS, "", None]}  # type: ignore[attr-defined]
+_options.schema = {  # type: ignore[attr-defined]
+    "type": ["object", "null"], "propertyNames": {"pattern": "^[a-z_][a-z0-9_]{0,63}$"},
+    "additionalProperties": {"type": ["string", "boolean", "integer", "null"], "maxLength": 1000},
+    "description": "non-secret per-protocol options"}
+# The checks of a credential's fields: check_credential applies them.
+CREDENTIAL_CHECKS = {
+    "name": text(120),
+    "kind": choice(CREDENTIAL_KINDS),
+    "username": text(255, nullable=True, allow_empty=True, pattern=USER_RE,
+                     pattern_hint="must not contain spaces, ':' or '/'"),
+    "secret": _secret_text,
+    "become_password": _become_password,
+    "become_method": _become_method,
+    "become_user": text(64, nullable=True, allow_empty=True, pattern=USER_RE, pattern_hint="must be a user name"),
+    "options": _options,
+}
+
+
 def check_credential(session: Session, data: Any, cred: Credential | None = None) -> dict[str, Any]:
     f = Fields(data, CREDENTIAL_FIELDS, partial=cred is not None, ignored=READ_ONLY)
-    f.take("name", text(120), required=True)
-    f.take("kind", choice(CREDENTIAL_KINDS), required=True)
-    f.take("username", text(255, nullable=True, allow_empty=True, pattern=USER_RE,
-                            pattern_hint="must not contain spaces, ':' or '/'"), default=None)
-    f.take("secret", _secret_text, required=True)
-    f.take("become_password", _become_password, default=None)
-    f.take("become_method", lambda v: None if v in (None, "") else choice(BECOME_METHODS)(v), default=None)
-    f.take("become_user", text(64, nullable=True, allow_empty=True, pattern=USER_RE,
-                               pattern_hint="must be a user name"), default=None)
-    f.take("options", _options, default=dict)
+    for key in CREDENTIAL_FIELDS:
+        f.take(key, CREDENTIAL_CHECKS[key], required=key in ("name", "kind", "secret"),
+               default={"options": dict}.get(key))
     f.raise_if_invalid()
     clean = f.clean
     kind = clean.get("kind", cred.kind if cred else None)

@@ -38,6 +38,7 @@ SCP_RE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9][A-Za-z0-9.-]*:[^\s:][^\s]*$")
 URL_RE = re.compile(r"^(ssh|https|file)://[^\s]+$")
 BRANCH_RE = re.compile(r"^(?!-)(?!/)(?!.*(\.\.|@\{|//|\.lock$|/$|\.$))[A-Za-z0-9._/+-]{1,255}$")
 MIN_WEBHOOK_SECRET = 16
+PROJECT_NAME = text(120)
 
 
 def project_dir(instance_dir: Path, project: Project) -> Path:
@@ -102,7 +103,7 @@ def check_project(session: Session, data: Any, user: User | None, project: Proje
         raise Conflict(f"project {LOCAL_PROJECT!r} is the built-in playbook directory; it cannot be changed",
                        field="name")
     f = Fields(data, PROJECT_FIELDS, partial=project is not None, ignored=READ_ONLY)
-    f.take("name", text(120), required=True)
+    f.take("name", PROJECT_NAME, required=True)
     f.take("url", check_url, required=True)
     f.take("branch", check_branch, default="")
     f.take("credential", text(120, nullable=True, allow_empty=True), default=None)

@@ -18,7 +18,18 @@ from server.core import audit
 from server.catalog import launch, playbooks, projects
 from server.core.errors import Conflict, Forbidden, ValidationError
 from server.core.models import EXECUTION_FINAL, TASK_KINDS, Credential, Execution, Group, Host, Task, User
-from server.core.validation import Fields, Invalid, boolean, choice, integer, name_list, text, type_name, variables
+from server.core.validation import (
+    Fields,
+    Invalid,
+    boolean,
+    choice,
+    integer,
+    name_list,
+    schema_of,
+    text,
+    type_name,
+    variables,
+)
 
 TASK_FIELDS = ("name", "description", "kind", "commands", "playbook", "hosts", "groups", "credential", "vars",
                "timeout_s", "become", "allow_simultaneous", "retry_attempts", "retry_delay_s", "retry_on_lost",
@@ -42,6 +53,26 @@ def command_list(value: Any) -> list[str]:
     return out
 
 
+command_list.schema = {"type": "array", "maxItems": MAX_COMMANDS, "items": schema_of(_command_text)}  # type: ignore[attr-defined]
+# The checks of a task's plain fields: check_task applies them, the OpenAPI TaskInput is made of them.
+TASK_CHECKS = {
+    "name": text(200),
+    "description": text(10_000, allow_empty=True, multiline=True),
+    "kind": choice(TASK_KINDS),
+    "commands": command_list,
+    "playbook": text(500, nullable=True, allow_empty=True),
+    "hosts": name_list(),
+    "groups": name_list(item=text(120)),
+    "credential": text(120, nullable=True, allow_empty=True),
+    "timeout_s": integer(1, 86_400),
+    "retry_attempts": integer(1, 10),
+    "retry_delay_s": integer(0, 3600),
+    "max_fail_percentage": integer(0, 100, nullable=True),
+    "project": text(120, nullable=True, allow_empty=True),
+    "vault_credential": text(120, nullable=True, allow_empty=True),
+}
+
+
 def _by_name(session: Session, model, names: list[str]) -> tuple[list[Any], list[str]]:
     """(objects in the given order, names that do not exist)."""
     if not names:
@@ -53,27 +84,27 @@ def _by_name(session: Session, model, names: list[str]) -> tuple[list[Any], list
 def check_task(session: Session, data: Any, task: Task | None = None, *, playbook_dir: Path) -> dict[str, Any]:
     """Validated values for a new task or the changed fields of ``task``; names resolved to rows."""
     f = Fields(data, TASK_FIELDS, partial=task is not None)
-    f.take("name", text(200), required=True)
-    f.take("description", text(10_000, allow_empty=True, multiline=True), default="")
-    f.take("kind", choice(TASK_KINDS), required=True)
+    f.take("name", TASK_CHECKS["name"], required=True)
+    f.take("description", TASK_CHECKS["description"], default="")
+    f.take("kind", TASK_CHECKS["kind"], required=True)
     f.take("commands", command_list, default=list)
-    f.take("playbook", text(500, nullable=True, allow_empty=True), default=None)
-    f.take("hosts", name_list(), default=list)
-    f.take("groups", name_list(item=text(120)), default=list)
-    f.take("credential", text(120, nullable=True, allow_empty=True), default=None)
+    f.take("playbook", TASK_CHECKS["playbook"], default=None)
+    f.take("hosts", TASK_CHECKS["hosts"], default=list)
+    f.take("groups", TASK_CHECKS["groups"], default=list)
+    f.take("credential", TASK_CHECKS["credential"], default=None)
     f.take("vars", variables, default=dict)
-    f.take("timeout_s", integer(1, 86_400), default=3600)
+    f.take("timeout_s", TASK_CHECKS["timeout_s"], default=3600)
     f.take("become", boolean, default=False)
     f.take("allow_simultaneous", boolean, default=False)
-    f.take("retry_attempts", integer(1, 10), default=1)
-    f.take("retry_delay_s", integer(0, 3600), default=10)
+    f.take("retry_attempts", TASK_CHECKS["retry_attempts"], default=1)
+    f.take("retry_delay_s", TASK_CHECKS["retry_delay_s"], default=10)
     f.take("retry_on_lost", boolean, default=False)
     f.take("variables", launch.declarations, default=list)
     f.take("allowed_tags", launch.tag_list, default=list)
     f.take("serial", launch.serial, default=None)
-    f.take("max_fail_percentage", integer(0, 100, nullable=True), default=None)
-    f.take("project", text(120, nullable=True, allow_empty=True), default=None)
-    f.take("vault_credential", text(120, nullable=True, allow_empty=True), default=None)
+    f.take("max_fail_percentage", TASK_CHECKS["max_fail_percentage"], default=None)
+    f.take("project", TASK_CHECKS["project"], default=None)
+    f.take("vault_credential", TASK_CHECKS["vault_credential"], default=None)
     f.raise_if_invalid()
     clean = f.clean
 

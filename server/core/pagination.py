@@ -16,7 +16,8 @@ MAX_PAGE = 1_000_000
 MAX_TEXT_ARG = 200
 # The OpenAPI side of the same rules (api/openapi.py reads these, so spec and server agree).
 PAGE_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1}
-PER_PAGE_SCHEMA = {"type": "integer", "minimum": 1, "default": DEFAULT_PER_PAGE,
+MAX_INT_ARG = 999_999_999  # nine digits: what _int_arg reads
+PER_PAGE_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_INT_ARG, "default": DEFAULT_PER_PAGE,
                    "description": f"values above {MAX_PER_PAGE} are read as {MAX_PER_PAGE}"}
 TEXT_ARG_SCHEMA = {"type": "string", "maxLength": MAX_TEXT_ARG, "pattern": "^[^\\x00-\\x1f\\x7f]*$"}
 
@@ -50,7 +51,7 @@ def _int_arg(args: Mapping[str, str], name: str, default: int) -> int:
     if raw is None:
         return default
     raw = raw.strip()
-    if not raw.isdigit() or len(raw) > 9:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(MAX_INT_ARG)):  # not '²' (isdigit, no int)
         raise ValidationError(f"'{name}' must be a positive integer", field=name)
     value = int(raw)
     if value < 1:

@@ -110,6 +110,7 @@ class Fields:
 # patterns the server enforces and the ones the spec documents come from one place.
 
 _PRINTABLE = "[^\\x00-\\x1f\\x7f]"
+_PRINTABLE_LINES = "[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]"  # tabs and line breaks too
 
 
 def schema_of(check: Check, **extra: Any) -> dict[str, Any]:
@@ -163,8 +164,9 @@ def text(max_len: int, *, nullable: bool = False, allow_empty: bool = False, pat
     schema: dict[str, Any] = {"type": ["string", "null"] if nullable else "string", "maxLength": max_len}
     if pattern is not None:
         schema["pattern"] = pattern.pattern
-    elif not multiline:
-        schema["pattern"] = f"^{_PRINTABLE}*$" if allow_empty else f"^{_PRINTABLE}*[^\\s\\x00-\\x1f\\x7f]{_PRINTABLE}*$"
+    else:
+        chars = _PRINTABLE_LINES if multiline else _PRINTABLE
+        schema["pattern"] = f"^{chars}*$" if allow_empty else f"^{chars}*[^\\s\\x00-\\x1f\\x7f]{chars}*$"
     if not allow_empty:
         schema["minLength"] = 1
     return _with_schema(check, schema)

@@ -144,6 +144,18 @@ def visible_host_ids(session: Session, user: User) -> set[int] | None:
     return set(session.execute(union(direct, via_groups)).scalars())
 
 
+def visible_group_ids(session: Session, user: User) -> set[int] | None:
+    """Group ids the user may see; None means all. Whoever sees only some hosts sees the
+    groups his visible tasks target and the groups of the hosts he sees."""
+    host_ids = visible_host_ids(session, user)
+    if host_ids is None:
+        return None
+    task_ids = visible_task_ids(session, user) or set()
+    targeted = select(task_groups.c.group_id).where(task_groups.c.task_id.in_(task_ids))
+    holding = select(host_groups.c.group_id).where(host_groups.c.host_id.in_(host_ids))
+    return set(session.execute(union(targeted, holding)).scalars())
+
+
 def _session(session: Session | None) -> Session:
     if session is not None:
         return session

@@ -31,10 +31,18 @@ def _check_fields(data: Any, allowed: set[str]) -> dict[str, Any]:
     return data
 
 
+# What _email and add_user accept, as JSON Schema (the OpenAPI UserInput/UserPatch use these).
+_VISIBLE = "[^\\s\\x00-\\x1f\\x7f]"
+EMAIL_SCHEMA = {"type": ["string", "null"], "maxLength": MAX_EMAIL, "pattern": f"^({_VISIBLE}*@{_VISIBLE}*)?$",
+                "description": "an address with '@'; null or empty: none"}
+USERNAME_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 80, "pattern": "^[^\\s\\x00-\\x1f]+$"}
+
+
 def _email(value: Any) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) > MAX_EMAIL or "@" not in value or any(c.isspace() for c in value):
+    if (not isinstance(value, str) or len(value) > MAX_EMAIL or "@" not in value
+            or any(c.isspace() or ord(c) < 32 or c == "\x7f" for c in value)):
         raise ValidationError("'email' must be an e-mail address", field="email")
     return value
 

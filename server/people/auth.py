@@ -159,10 +159,16 @@ class PasswordChangeRequired(Forbidden):
 MAX_TOKEN_LIFETIME_S = 5 * 366 * 86400
 
 
+EXPIRES_IN_SCHEMA = {"type": ["integer", "null"], "minimum": 60, "maximum": MAX_TOKEN_LIFETIME_S,
+                     "description": "seconds; default (null): never expires"}
+
+
 def token_expiry(value: Any) -> datetime | None:
     """``expires_in_s``: a whole number of seconds from now (60 s to five years), or None."""
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 3600.0 is 3600
     if isinstance(value, bool) or not isinstance(value, int) or not 60 <= value <= MAX_TOKEN_LIFETIME_S:
         raise ValidationError(f"'expires_in_s' must be a whole number of seconds from 60 to {MAX_TOKEN_LIFETIME_S}",
                               field="expires_in_s")

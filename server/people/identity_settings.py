@@ -27,6 +27,15 @@ def fields(data: Any, defaults: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+# What ``text`` and ``whole`` accept, as JSON Schema (api/identity.py documents the fields with these).
+TEXT_SCHEMA = {"type": ["string", "null"], "maxLength": 1000, "pattern": "^[^\\x00-\\x1f]*$",
+               "description": "one line; null: empty"}
+
+
+def whole_schema(low: int, high: int, **extra: Any) -> dict[str, Any]:
+    return {"type": "integer", "minimum": low, "maximum": high, **extra}
+
+
 def text(data: dict[str, Any], defaults: dict[str, Any], name: str, *, limit: int = 1000) -> str:
     """A one-line text field (null: empty), stripped."""
     value = data.get(name, defaults[name])
@@ -39,6 +48,8 @@ def text(data: dict[str, Any], defaults: dict[str, Any], name: str, *, limit: in
 
 def whole(data: dict[str, Any], defaults: dict[str, Any], name: str, low: int, high: int) -> int:
     value = data.get(name, defaults[name])
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 5.0 is the integer 5, as validation.integer takes it
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValidationError(f"'{name}' must be a whole number from {low} to {high}", field=name)
     return value

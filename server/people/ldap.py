@@ -61,6 +61,9 @@ def public(data: dict[str, Any]) -> dict[str, Any]:
     return {k: data.get(k, v) for k, v in DEFAULTS.items()}
 
 
+WHOLE_FIELDS = (("recheck_s", 60, 7 * 86400), ("timeout_s", 1, 60))  # name, lowest, highest
+
+
 def clean(session: Session, data: Any) -> dict[str, Any]:
     """Validate a whole LDAP settings document (PUT)."""
     data = identity_settings.fields(data, DEFAULTS)
@@ -73,7 +76,7 @@ def clean(session: Session, data: Any) -> dict[str, Any]:
         if not isinstance(value, bool):
             raise ValidationError(f"'{name}' must be true or false", field=name)
         out[name] = value
-    for name, low, high in (("recheck_s", 60, 7 * 86400), ("timeout_s", 1, 60)):
+    for name, low, high in WHOLE_FIELDS:
         out[name] = identity_settings.whole(data, DEFAULTS, name, low, high)
     if out["url"]:
         parsed = urlparse(out["url"])

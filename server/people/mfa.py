@@ -80,12 +80,9 @@ def clean_policy(_session: Session, data: Any) -> dict[str, Any]:
     roles = data.get("required_roles", _default_roles())
     if not isinstance(roles, list) or any(r not in ROLES for r in roles):
         raise ValidationError(f"'required_roles' must be a list of: {', '.join(ROLES)}", field="required_roles")
-    minutes = data.get("reauth_minutes", DEFAULT_REAUTH_MINUTES)
-    if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= 24 * 60:
-        raise ValidationError("'reauth_minutes' must be a whole number from 1 to 1440", field="reauth_minutes")
-    grace = data.get("grace_days", DEFAULT_GRACE_DAYS)
-    if isinstance(grace, bool) or not isinstance(grace, int) or not 0 <= grace <= 90:
-        raise ValidationError("'grace_days' must be a whole number from 0 to 90", field="grace_days")
+    defaults = {"reauth_minutes": DEFAULT_REAUTH_MINUTES, "grace_days": DEFAULT_GRACE_DAYS}
+    minutes = identity_settings.whole(data, defaults, "reauth_minutes", 1, 24 * 60)
+    grace = identity_settings.whole(data, defaults, "grace_days", 0, 90)
     return {"required_roles": sorted(set(roles)), "reauth_minutes": minutes, "grace_days": grace}
 
 

@@ -60,12 +60,15 @@ def public(data: dict[str, Any]) -> dict[str, Any]:
     return {k: data.get(k, v) for k, v in DEFAULTS.items()}
 
 
+WHOLE_FIELDS = (("max_token_age_s", 300, 30 * 86400), ("timeout_s", 1, 60))  # name, lowest, highest
+
+
 def clean(session: Session, data: Any) -> dict[str, Any]:
     data = identity_settings.fields(data, DEFAULTS)
     out: dict[str, Any] = {}
     for name in ("issuer", "client_id", "client_credential", "groups_claim", "username_claim", "scopes"):
         out[name] = identity_settings.text(data, DEFAULTS, name)
-    for name, low, high in (("max_token_age_s", 300, 30 * 86400), ("timeout_s", 1, 60)):
+    for name, low, high in WHOLE_FIELDS:
         out[name] = identity_settings.whole(data, DEFAULTS, name, low, high)
     if out["issuer"]:
         parsed = urlparse(out["issuer"])

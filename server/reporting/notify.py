@@ -38,6 +38,7 @@ from server.core.models import (
     TaskSubscription,
     utcnow,
 )
+from server.core.validation import Invalid, text as text_check
 from server.core.vault import vault
 from server.people import access
 
@@ -110,12 +111,16 @@ def validate_events(events: Any) -> list[str]:
     return [e for e in EVENTS if e in events]
 
 
+NAME_CHECK = text_check(120)  # its .schema documents the field (api/notifications.py)
+
+
 def validate_name(session: Session, name: Any, channel_id: int | None = None) -> str:
-    if not isinstance(name, str) or not name.strip():
+    if name is None or name == "":
         raise ValidationError("'name' is required", field="name")
-    name = name.strip()
-    if len(name) > 120:
-        raise ValidationError("'name' is longer than 120 characters", field="name")
+    try:
+        name = NAME_CHECK(name)
+    except Invalid as exc:
+        raise ValidationError(f"'name' {exc}", field="name") from None
     clash = session.execute(select(NotificationChannel.id).where(NotificationChannel.name == name)).scalar()
     if clash is not None and clash != channel_id:
         raise Conflict(f"a channel named {name!r} already exists", field="name")

@@ -28,7 +28,7 @@ from server.executions import approvals
 from server.core import audit
 from server.core.errors import ValidationError
 from server.core.models import Blackout, Schedule, ScheduleFire, Setting, Task, User, utcnow
-from server.core.validation import Invalid, variables
+from server.core.validation import Invalid, text as text_check, variables
 
 UTC = timezone.utc
 FIRE_OUTCOMES = ("fired", "missed", "blackout", "paused", "suspended", "error")
@@ -511,6 +511,9 @@ def in_blackout(blackouts: list[Blackout], at: datetime) -> Blackout | None:
     return None
 
 
+BLACKOUT_NAME = text_check(200)  # its .schema documents the field (api/schedules.py)
+
+
 def clean_blackout(data: Any, current: Blackout | None = None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValidationError("request body must be a JSON object")
@@ -521,10 +524,10 @@ def clean_blackout(data: Any, current: Blackout | None = None) -> dict[str, Any]
     tz = validate_timezone(data.get("timezone") or "UTC")
     out: dict[str, Any] = {}
     if current is None or "name" in data:
-        name = data.get("name")
-        if not isinstance(name, str) or not name.strip() or len(name) > 200:
-            raise ValidationError("'name' must be a non-empty string of at most 200 characters", field="name")
-        out["name"] = name.strip()
+        try:
+            out["name"] = BLACKOUT_NAME(data.get("name"))
+        except Invalid as exc:
+            raise ValidationError(f"'name' {exc}", field="name") from None
     for key in ("starts_at", "ends_at"):
         if current is None or key in data:
             if data.get(key) in (None, ""):

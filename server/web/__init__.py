@@ -25,7 +25,7 @@ csrf = CSRFProtect()
 
 # The page modules, one per resource.
 ROUTE_MODULES = (
-    "auth", "account", "hosts", "hosts_bulk", "connections", "credentials", "tasks", "executions", "approvals", "schedules",
+    "auth", "account", "hosts", "hosts_bulk", "groups", "connections", "credentials", "tasks", "executions", "approvals", "schedules",
     "reports", "notifications", "users", "policies", "audit_trail", "monitoring", "projects", "mfa", "identity",
 )
 
