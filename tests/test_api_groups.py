@@ -138,3 +138,36 @@ def test_group_page_shows_a_cycle_next_to_its_field(app, admin_user, api):
     assert top["vars"] == {"tier": "top"} and top["priority"] == 2
     status, _, _ = admin.submit(f"/groups/{top['id']}/edit", f"/groups/{top['id']}/delete")
     assert status == 302 and api.get(f"/api/v1/groups/{top['id']}")[0] == 404
+
+
+def test_a_group_reaches_the_hosts_of_the_groups_below_it(api, api_as):
+    """As in Ansible: a task on ``usa`` runs on the hosts of ``east``, ``west`` and ``bay`` below
+    it, its limit patterns and its operators' view follow the tree, and only an admin may hang
+    a group holding the Task Manager server itself (a ``local`` host) below another."""
+    group(api, "bay")
+    group(api, "east")
+    group(api, "west", children=["bay"])
+    usa = group(api, "usa", children=["east", "west"])
+    for name, grp in (("ny1", "east"), ("la1", "west"), ("sf1", "bay"), ("eu1", "eu")):
+        host(api, name, groups=[grp])
+    t = task(api, "usa-restart", groups=["usa"])
+    targets = api.get(f"/api/v1/tasks/{t['id']}/targets")[1]
+    assert [h["name"] for h in targets["items"]] == ["la1", "ny1", "sf1"], targets
+    for limit, expected in (("west", ["la1", "sf1"]), ("usa:!bay", ["la1", "ny1"]), ("eu", None)):
+        status, body = api.get(f"/api/v1/tasks/{t['id']}/targets?limit={limit}")
+        assert (status, [h["name"] for h in body.get("items", [])]) == ((200, expected) if expected else (422, [])), body
+    operator = api_as("op", "operator")
+    assert api.post("/api/v1/policies", {"name": "p", "users": ["op"], "tasks": ["usa-restart"],
+                                         "permissions": ["view"]})[0] == 201
+    assert [h["name"] for h in operator.get("/api/v1/hosts")[1]["items"]] == ["la1", "ny1", "sf1"]
+
+    host(api, "tm", protocol="local", groups=["controller"])
+    author = api_as("au", "author")
+    status, field, message = error(author.patch(f"/api/v1/groups/{usa['id']}",
+                                                {"children": ["controller", "east", "west"]}))
+    assert (status, field) == (403, "children") and "tm" in message and "local" in message
+    assert error(author.post("/api/v1/groups", {"name": "all_dc", "children": ["controller"]}))[:2] == \
+        (403, "children")
+    assert author.patch(f"/api/v1/groups/{usa['id']}", {"children": ["east"]})[0] == 200  # no local host below
+    status, body = api.patch(f"/api/v1/groups/{usa['id']}", {"children": ["controller", "east"]})
+    assert status == 200 and body["children"] == ["controller", "east"]  # the admin may

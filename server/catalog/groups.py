@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from server.catalog.hosts import group_name
+from server.catalog.hosts import group_name, is_admin
 from server.core import audit
-from server.core.errors import Conflict, ValidationError
+from server.core.errors import Conflict, Forbidden, ValidationError
 from server.core.models import Group, Task, host_groups, task_groups
 from server.core.validation import INT32_MAX, Fields, integer, name_list, variables
 
@@ -54,9 +54,13 @@ def _descendants(group: Group) -> set[Group]:
     return seen
 
 
-def check_group(session: Session, data: Any, group: Group | None = None) -> dict[str, Any]:
+def check_group(session: Session, data: Any, group: Group | None = None, *, actor: str | None = None) -> dict[str, Any]:
     """Validated values for a new group (``group`` None) or the changed fields of ``group``;
-    ``children`` comes back as rows."""
+    ``children`` comes back as rows.
+
+    A task that targets a group reaches the hosts of the groups below it, so putting a group
+    that holds a ``local`` host (the Task Manager server itself) under another group is, like
+    editing such a host, for admins only."""
     f = Fields(data, GROUP_FIELDS, partial=group is not None)
     for key in GROUP_FIELDS:
         f.take(key, GROUP_CHECKS[key], required=key == "name",
@@ -85,12 +89,17 @@ def check_group(session: Session, data: Any, group: Group | None = None) -> dict
             if kid.name in own or (group is not None and group in _descendants(kid)):
                 raise ValidationError(f"'children' may not contain {kid.name!r}: a group cannot be its own "
                                       "descendant", field="children")
+        added = [kid for kid in rows.values() if group is None or kid not in group.children]
+        local = sorted({h.name for kid in added for h in kid.member_hosts() if h.protocol == "local"})
+        if local and not is_admin(session, actor):
+            raise Forbidden(f"'children' would make tasks of this group reach {', '.join(local)} (protocol 'local': "
+                            "the Task Manager server itself): only admins may", field="children")
         clean["children"] = sorted(rows.values(), key=lambda g: g.name)
     return clean
 
 
 def create_group(session: Session, data: Any, *, actor: str | None) -> Group:
-    clean = check_group(session, data)
+    clean = check_group(session, data, actor=actor)
     group = Group(name=clean["name"], vars=clean["vars"], priority=clean["priority"], children=clean["children"])
     session.add(group)
     session.flush()
@@ -100,7 +109,7 @@ def create_group(session: Session, data: Any, *, actor: str | None) -> Group:
 
 
 def update_group(session: Session, group: Group, data: Any, *, actor: str | None) -> Group:
-    clean = check_group(session, data, group)
+    clean = check_group(session, data, group, actor=actor)
     changed = []
     if "children" in clean:
         if [c.name for c in group.children] != [c.name for c in clean["children"]]:

@@ -74,7 +74,7 @@ HOST_CHECKS = {
 }
 
 
-def _is_admin(session: Session, actor: str | None) -> bool:
+def is_admin(session: Session, actor: str | None) -> bool:
     """Whether the acting user (the callers pass his user name) is an active admin."""
     if not actor:
         return False
@@ -84,7 +84,7 @@ def _is_admin(session: Session, actor: str | None) -> bool:
 
 def require_local_rights(session: Session, actor: str | None, *protocol_names: str | None) -> None:
     """403 unless an admin acts, when any of the protocols involved is ``local``."""
-    if "local" in protocol_names and not _is_admin(session, actor):
+    if "local" in protocol_names and not is_admin(session, actor):
         raise Forbidden("only admins may create, change or delete hosts with protocol 'local': "
                         "their tasks run on the Task Manager server itself", field="protocol")
 

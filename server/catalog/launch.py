@@ -334,8 +334,14 @@ def _term_hosts(term: str, hosts: list[Any]) -> list[Any]:
         return [h for h in hosts if rx.search(h.name)]
     if any(c in term for c in "*?["):
         return [h for h in hosts if fnmatch.fnmatchcase(h.name, term)
-                or any(fnmatch.fnmatchcase(g.name, term) for g in h.groups)]
-    return [h for h in hosts if h.name == term or any(g.name == term for g in h.groups)]
+                or any(fnmatch.fnmatchcase(g.name, term) for g in _all_groups(h))]
+    return [h for h in hosts if h.name == term or any(g.name == term for g in _all_groups(h))]
+
+
+def _all_groups(host: Any) -> list[Any]:
+    """The host's groups and their ancestors: a host of ``east`` is in ``usa`` when ``usa``
+    has ``east`` as a child, as in Ansible's patterns."""
+    return [g for group in host.groups for g in group.lineage()]
 
 
 def select_hosts(hosts: list[Any], terms: list[str]) -> list[Any]:

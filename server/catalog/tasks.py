@@ -243,7 +243,7 @@ def _local_targets(clean: dict[str, Any], task: Task | None) -> tuple[str, list[
     if local:
         return "hosts", local
     groups = clean.get("groups", task.groups if task else [])
-    return "groups", sorted({h.id: h for g in groups for h in g.hosts if h.protocol == access.LOCAL_PROTOCOL}.values(),
+    return "groups", sorted({h.id: h for g in groups for h in g.member_hosts() if h.protocol == access.LOCAL_PROTOCOL}.values(),
                             key=lambda h: h.name)
 
 

@@ -263,6 +263,37 @@ class Group(Base):
         secondary=group_children, primaryjoin="Group.id == group_children.c.child_id",
         secondaryjoin="Group.id == group_children.c.parent_id", back_populates="children", order_by="Group.name")
 
+    def subtree(self) -> list["Group"]:
+        """This group and every group below it, each once (as Ansible's ``hosts: <group>``
+        reaches the hosts of its children); safe on a cyclic tree the checks should forbid."""
+        seen: dict[int, Group] = {}
+        todo = [self]
+        while todo:
+            group = todo.pop()
+            if group.id not in seen:
+                seen[group.id] = group
+                todo.extend(group.children)
+        return list(seen.values())
+
+    def member_hosts(self) -> list["Host"]:
+        """The hosts of this group and of every group below it, each once."""
+        found: dict[int, Host] = {}
+        for group in self.subtree():
+            for host in group.hosts:
+                found.setdefault(host.id, host)
+        return list(found.values())
+
+    def lineage(self) -> list["Group"]:
+        """This group and every group above it, each once (a host in ``east`` is in ``usa``)."""
+        seen: dict[int, Group] = {}
+        todo = [self]
+        while todo:
+            group = todo.pop()
+            if group.id not in seen:
+                seen[group.id] = group
+                todo.extend(group.parents)
+        return list(seen.values())
+
 
 class Host(Base):
     __tablename__ = "hosts"

@@ -61,10 +61,11 @@ IDENTITY = ("task",)
 
 
 def target_hosts(task: Task, limit: list[str] | None = None) -> list[Host]:
-    """The task's hosts: named hosts plus members of its groups, de-duplicated, by name."""
+    """The task's hosts: named hosts plus members of its groups and of their child groups,
+    de-duplicated, by name."""
     hosts = {h.id: h for h in task.hosts}
     for group in task.groups:
-        for h in group.hosts:
+        for h in group.member_hosts():
             hosts.setdefault(h.id, h)
     result = sorted(hosts.values(), key=lambda h: h.name)
     if limit is not None:
@@ -202,10 +203,12 @@ def _reload(session: Session, task: Task) -> None:
         session.refresh(task.credential)
     for host in task.hosts:
         session.refresh(host)
-    for group in task.groups:
-        session.refresh(group)
-        for host in group.hosts:
-            session.refresh(host)
+    for top in task.groups:
+        session.refresh(top)
+        for group in top.subtree():
+            session.refresh(group)
+            for host in group.hosts:
+                session.refresh(host)
 
 
 def current_snapshot(session: Session, task: Task, run_vars: dict[str, Any] | None,

@@ -23,6 +23,7 @@ from server.core.models import (
     PERMISSIONS,
     Execution,
     Host,
+    group_children,
     Policy,
     PolicyApprover,
     Schedule,
@@ -127,7 +128,7 @@ def visible_task_ids(session: Session, user: User) -> set[int] | None:
 
 def visible_host_ids(session: Session, user: User) -> set[int] | None:
     """Host ids the user may see; None means all. Operators and approvers see the hosts
-    their visible tasks target, directly or through a group."""
+    their visible tasks target, directly or through a group or a group below it."""
     if user.role in ("admin", "author", "auditor"):
         return None
     task_ids = visible_task_ids(session, user)
@@ -136,12 +137,25 @@ def visible_host_ids(session: Session, user: User) -> set[int] | None:
     if not task_ids:
         return set()
     direct = select(task_hosts.c.host_id).where(task_hosts.c.task_id.in_(task_ids))
-    via_groups = (
-        select(host_groups.c.host_id)
-        .join(task_groups, task_groups.c.group_id == host_groups.c.group_id)
-        .where(task_groups.c.task_id.in_(task_ids))
-    )
+    groups = subtree_ids(session, set(session.execute(
+        select(task_groups.c.group_id).where(task_groups.c.task_id.in_(task_ids))).scalars()))
+    via_groups = select(host_groups.c.host_id).where(host_groups.c.group_id.in_(groups))
     return set(session.execute(union(direct, via_groups)).scalars())
+
+
+def subtree_ids(session: Session, group_ids: set[int]) -> set[int]:
+    """``group_ids`` and the ids of every group below them (the tree's edges are few: one read)."""
+    below: dict[int, list[int]] = {}
+    for parent, child in session.execute(select(group_children.c.parent_id, group_children.c.child_id)):
+        below.setdefault(parent, []).append(child)
+    found: set[int] = set()
+    todo = list(group_ids)
+    while todo:
+        gid = todo.pop()
+        if gid not in found:
+            found.add(gid)
+            todo.extend(below.get(gid, ()))
+    return found
 
 
 def visible_group_ids(session: Session, user: User) -> set[int] | None:
@@ -151,9 +165,10 @@ def visible_group_ids(session: Session, user: User) -> set[int] | None:
     if host_ids is None:
         return None
     task_ids = visible_task_ids(session, user) or set()
-    targeted = select(task_groups.c.group_id).where(task_groups.c.task_id.in_(task_ids))
+    targeted = subtree_ids(session, set(session.execute(
+        select(task_groups.c.group_id).where(task_groups.c.task_id.in_(task_ids))).scalars()))
     holding = select(host_groups.c.group_id).where(host_groups.c.host_id.in_(host_ids))
-    return set(session.execute(union(targeted, holding)).scalars())
+    return targeted | set(session.execute(holding).scalars())
 
 
 def _session(session: Session | None) -> Session:
