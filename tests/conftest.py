@@ -107,21 +107,42 @@ def _empty_schema(engine) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _one_argon2_hash_per_password():
     """Test users share a handful of passwords: hash each once per session (still a real
-    argon2id hash, verified for real) instead of ~0.1 s of CPU for every user created.
-    Production hashing is untouched; test_access checks its parameters and salts."""
+    argon2id hash) instead of ~0.1 s of CPU for every user created; and verify each
+    (hash, password) pair for real once per session, since the suite signs the same users
+    in with the same passwords hundreds of times (a verification is as dear as a hash).
+    A wrong password is still refused: its pair was verified for real, the refusal is
+    remembered. Production hashing is untouched; test_access checks its parameters,
+    salts and verification."""
     from server.people import auth
 
-    real = auth.hash_password
-    memo: dict[str, str] = {}
+    real_hash = auth.hash_password
+    real_hasher = auth._hasher
+    hashes: dict[str, str] = {}
+    verdicts: dict[tuple, BaseException | bool] = {}
 
     def hash_once(password: str) -> str:
-        if password not in memo:
-            memo[password] = real(password)
-        return memo[password]
+        if password not in hashes:
+            hashes[password] = real_hash(password)
+        return hashes[password]
+
+    class VerifyOnce(type(real_hasher)):  # type: ignore[misc]
+        def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+            key = (hash, password)
+            if key not in verdicts:
+                try:
+                    verdicts[key] = super().verify(hash, password)
+                except Exception as exc:  # VerifyMismatchError, InvalidHashError...
+                    verdicts[key] = exc
+            verdict = verdicts[key]
+            if isinstance(verdict, BaseException):
+                raise type(verdict)(*verdict.args)
+            return verdict
 
     auth.hash_password = hash_once
+    auth._hasher = VerifyOnce.from_parameters(real_hasher._parameters)
     yield
-    auth.hash_password = real
+    auth.hash_password = real_hash
+    auth._hasher = real_hasher
 
 
 @pytest.fixture(scope="session")
