@@ -21,6 +21,18 @@ PG_ADMIN_URL = os.environ.get("TM_TEST_PG_URL", "postgresql://postgres@127.0.0.1
 ADMIN_PASSWORD = "admin-password-1"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that never reaches a database runs once, on SQLite: it is marked ``sqlite_only``,
+    which the PostgreSQL pass of tests/run.sh deselects. The only way to the database is the
+    ``pg_database`` fixture (through ``env``, ``app``, ``session``, ``api``...), so a test
+    without it among its fixtures (the shipped playbooks, the inventory parser, the cron
+    maths...) would run the very same code twice."""
+    for item in items:
+        if "pg_database" not in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.sqlite_only)
+
+
 def _pg(url: str) -> str:
     return "postgresql+psycopg://" + url.split("://", 1)[1]
 
