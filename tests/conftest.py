@@ -4,6 +4,10 @@ Select the database with ``TM_TEST_DB=sqlite`` (default) or ``TM_TEST_DB=postgre
 (uses ``TM_TEST_PG_URL``, default ``postgresql://postgres@127.0.0.1:5432/test``, in a
 private database created for the session). Redis is always a redis-server private to the
 pytest process (one per xdist worker), so no other run on the machine can flush it.
+
+What a test gets is fresh; what it costs is shared where the result cannot differ: URL
+builders, Jinja bytecode, the SQLite schema file, argon2 hashes and verifications are made
+once per pytest process (see each fixture for why that changes nothing a test checks).
 """
 from __future__ import annotations
 
