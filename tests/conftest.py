@@ -4,6 +4,10 @@ Select the database with ``TM_TEST_DB=sqlite`` (default) or ``TM_TEST_DB=postgre
 (uses ``TM_TEST_PG_URL``, default ``postgresql://postgres@127.0.0.1:5432/test``, in a
 private database created for the session). Redis is always a redis-server private to the
 pytest process (one per xdist worker), so no other run on the machine can flush it.
+
+What a test gets is fresh; what it costs is shared where the result cannot differ: URL
+builders, Jinja bytecode, the SQLite schema file, argon2 hashes and verifications are made
+once per pytest process (see each fixture for why that changes nothing a test checks).
 """
 from __future__ import annotations
 
@@ -19,6 +23,18 @@ REPO = Path(__file__).resolve().parent.parent
 TEST_DB = os.environ.get("TM_TEST_DB", "sqlite")
 PG_ADMIN_URL = os.environ.get("TM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ADMIN_PASSWORD = "admin-password-1"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that never reaches a database runs once, on SQLite: it is marked ``sqlite_only``,
+    which the PostgreSQL pass of tests/run.sh deselects. The only way to the database is the
+    ``pg_database`` fixture (through ``env``, ``app``, ``session``, ``api``...), so a test
+    without it among its fixtures (the shipped playbooks, the inventory parser, the cron
+    maths...) would run the very same code twice."""
+    for item in items:
+        if "pg_database" not in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.sqlite_only)
 
 
 def _pg(url: str) -> str:
@@ -87,8 +103,10 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_database: str | None
 
 
 def _empty_schema(engine) -> None:
-    """Every model table, empty. On PostgreSQL the session's database is reused: TRUNCATE
-    (with identities restarted) when the tables are all there, a rebuild otherwise."""
+    """Every model table, empty. On PostgreSQL the session's database is reused: its rows
+    deleted and the sequences of its tables restarted (what TRUNCATE ... RESTART IDENTITY
+    does, without TRUNCATE's new files and exclusive locks: a tenth of its time on tables
+    of a few rows) when the tables are all there, a rebuild otherwise."""
     from sqlalchemy import inspect
 
     from server.core.db import Base
@@ -96,9 +114,17 @@ def _empty_schema(engine) -> None:
     if engine.dialect.name == "postgresql":
         tables = [t.name for t in Base.metadata.sorted_tables]
         if set(tables) <= set(inspect(engine).get_table_names()):
-            quoted = ", ".join(f'"{t}"' for t in tables)
             with engine.begin() as conn:
-                conn.exec_driver_sql(f"TRUNCATE {quoted} RESTART IDENTITY CASCADE")
+                conn.exec_driver_sql("SET LOCAL session_replication_role = replica")  # no FK checks
+                for table in reversed(tables):
+                    conn.exec_driver_sql(f'DELETE FROM "{table}"')
+                owned = conn.execute(text(
+                    "SELECT DISTINCT s.relname FROM pg_class s"
+                    " JOIN pg_depend d ON d.objid = s.oid AND d.deptype IN ('a', 'i')"
+                    " JOIN pg_class t ON t.oid = d.refobjid"
+                    " WHERE s.relkind = 'S' AND t.relname = ANY(:tables)"), {"tables": tables}).scalars()
+                for sequence in owned:
+                    conn.exec_driver_sql(f'ALTER SEQUENCE "{sequence}" RESTART')
             return
         Base.metadata.drop_all(engine)
     Base.metadata.create_all(engine)
@@ -107,32 +133,127 @@ def _empty_schema(engine) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _one_argon2_hash_per_password():
     """Test users share a handful of passwords: hash each once per session (still a real
-    argon2id hash, verified for real) instead of ~0.1 s of CPU for every user created.
-    Production hashing is untouched; test_access checks its parameters and salts."""
+    argon2id hash) instead of ~0.1 s of CPU for every user created; and verify each
+    (hash, password) pair for real once per session, since the suite signs the same users
+    in with the same passwords hundreds of times (a verification is as dear as a hash).
+    A wrong password is still refused: its pair was verified for real, the refusal is
+    remembered. Production hashing is untouched; test_access checks its parameters,
+    salts and verification."""
     from server.people import auth
 
-    real = auth.hash_password
-    memo: dict[str, str] = {}
+    real_hash = auth.hash_password
+    real_hasher = auth._hasher
+    hashes: dict[str, str] = {}
+    verdicts: dict[tuple, BaseException | bool] = {}
 
     def hash_once(password: str) -> str:
-        if password not in memo:
-            memo[password] = real(password)
-        return memo[password]
+        if password not in hashes:
+            hashes[password] = real_hash(password)
+        return hashes[password]
+
+    class VerifyOnce(type(real_hasher)):  # type: ignore[misc]
+        def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+            key = (hash, password)
+            if key not in verdicts:
+                try:
+                    verdicts[key] = super().verify(hash, password)
+                except Exception as exc:  # VerifyMismatchError, InvalidHashError...
+                    verdicts[key] = exc
+            verdict = verdicts[key]
+            if isinstance(verdict, BaseException):
+                raise type(verdict)(*verdict.args)
+            return verdict
 
     auth.hash_password = hash_once
+    auth._hasher = VerifyOnce.from_parameters(real_hasher._parameters)
     yield
-    auth.hash_password = real
+    auth.hash_password = real_hash
+    auth._hasher = real_hasher
+
+
+@pytest.fixture(scope="session")
+def _sqlite_schema_template(tmp_path_factory) -> Path:
+    """An SQLite file with every model table, made once per pytest process: each test copies
+    it (a few ms) instead of issuing the ~50 CREATE statements again (~0.1-0.3 s)."""
+    from server.core import models  # noqa: F401  (every table on Base.metadata)
+    from server.core.db import Base
+
+    path = tmp_path_factory.mktemp("schema") / "template.db"
+    engine = create_engine(f"sqlite:///{path}")
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_url_builder_per_rule():
+    """``create_app`` registers ~200 URL rules for every test, and werkzeug compiles two
+    Python functions per rule (AST + ``compile``): about half of an app's creation time.
+    The generated code depends only on the rule's parsed parts, defaults and
+    ``append_unknown`` (converters are looked up on the rule at call time), so the same
+    rule gets the same function: compile it once per session. Routing and URL building
+    are unchanged; the production path compiles as before."""
+    from werkzeug.routing.rules import Rule
+
+    real = Rule._compile_builder
+    memo: dict = {}
+
+    def compile_once(self, append_unknown: bool = True):
+        defaults = tuple(sorted((k, repr(v)) for k, v in (self.defaults or {}).items()))
+        converters = tuple(sorted((k, type(c).__qualname__, repr({a: v for a, v in vars(c).items() if a != "map"}))
+                                  for k, c in self._converters.items()))
+        key = (self.rule, tuple(self._trace), defaults, converters, append_unknown)
+        if key not in memo:
+            memo[key] = real(self, append_unknown)
+        return memo[key]
+
+    Rule._compile_builder = compile_once  # type: ignore[method-assign]
+    yield
+    Rule._compile_builder = real  # type: ignore[method-assign]
+
+
+@pytest.fixture(scope="session")
+def _jinja_bytecode():
+    """One Jinja bytecode cache for every app of the session: each test's app would compile
+    the same templates from source again (a tenth of a page-heavy test's time). Jinja keys
+    the cache by template name and checks a hash of the source, so a changed template is
+    compiled anew; the code is the same the app would have compiled (every app of the suite
+    comes from ``create_app``, one Jinja configuration)."""
+    from jinja2 import BytecodeCache
+
+    class InMemory(BytecodeCache):
+        def __init__(self) -> None:
+            self.store: dict[str, bytes] = {}
+
+        def load_bytecode(self, bucket) -> None:
+            if bucket.key in self.store:
+                bucket.bytecode_from_string(self.store[bucket.key])
+
+        def dump_bytecode(self, bucket) -> None:
+            self.store[bucket.key] = bucket.bytecode_to_string()
+
+    return InMemory()
 
 
 @pytest.fixture
-def app(env: dict[str, str]):
+def app(env: dict[str, str], request: pytest.FixtureRequest):
+    import shutil
+
     from server import create_app
     from server.core import db
     from server.core.redis_conn import redis
 
+    url = env["TASKMANAGER_DATABASE_URL"]
+    fresh_sqlite = url.startswith("sqlite:///")
+    if fresh_sqlite:
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(request.getfixturevalue("_sqlite_schema_template"), path)
     app = create_app({"TESTING": True})
+    app.jinja_env.bytecode_cache = request.getfixturevalue("_jinja_bytecode")
     engine = db.engine()
-    _empty_schema(engine)
+    if not fresh_sqlite:
+        _empty_schema(engine)
     redis().flushdb()
     with app.app_context():
         yield app

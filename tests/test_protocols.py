@@ -189,6 +189,13 @@ class Run:
         return "\n".join(parts)
 
 
+# The playbook runs of this module read the database only for the host and credential rows
+# they start from; what they check (the protocol, the playbook, no secret in the output) is
+# the same on either database, so they run on SQLite only (the execution path itself, which
+# writes results, runs on both: run_execution and tests/test_execution_e2e.py).
+PLAYBOOK_RUN = pytest.mark.sqlite_only
+
+
 def run_playbook(app, tmp_path: Path, playbook: str, hosts, credential, extravars=None, check=False, display=None) -> Run:
     """Run a shipped playbook the way prepare.py sets runs up: per-run inventory from the database
     rows (inventory.build_inventory → protocols.host_vars), secrets only through
@@ -431,6 +438,7 @@ def test_telnet_commands_task_through_the_real_runner(app, api, session, telnetd
     assert steps[1]["stdout"].strip() == "two\nlines" and "oops" in steps[1]["stderr"]
 
 
+@PLAYBOOK_RUN
 def test_telnet_playbook_runs_modules(app, api, session, tmp_path, telnetd):
     """posix mode: not only raw, also modules (file transfer over the telnet session)."""
     add_credential(api, "tn-pb", "password", protolab.PROTO_PASSWORD, username=protolab.PROTO_USER)
@@ -491,6 +499,7 @@ def test_https_connection_test_verifies_tls_and_auth(app, api, session, api_serv
     assert res["ok"] and "certificate NOT verified (tls_verify: false)" in res["reason"]
 
 
+@PLAYBOOK_RUN
 def test_https_playbook_bearer_basic_and_failures(app, api, session, tmp_path, api_server, pki):
     add_credential(api, "pb-token", "token", api_server.token)
     add_credential(api, "pb-basic", "password", api_server.password, username=api_server.user)
@@ -525,6 +534,7 @@ def test_https_playbook_bearer_basic_and_failures(app, api, session, tmp_path, a
     assert "wrong-" + api_server.token not in r.everything()
 
 
+@PLAYBOOK_RUN
 def test_https_check_mode_sends_no_writes(app, api, session, tmp_path, api_server, pki):
     add_credential(api, "chk-token", "token", api_server.token)
     add_host(api, "api-chk", api_server.addr, "https", api_server.port, ca_bundle=str(pki.ca_file))
@@ -552,6 +562,7 @@ def test_ldaps_connection_test(app, api, session, slapd, other_pki):
     assert not res["ok"] and res["reason"].startswith(f"TLS certificate of {slapd.addr}:636 not trusted")
 
 
+@PLAYBOOK_RUN
 def test_ldap_unlock_search_and_modify_playbooks(app, api, session, tmp_path, slapd):
     add_credential(api, "ldap-admin", "password", slapd.ROOT_PW, username=slapd.ROOT_DN)
     add_host(api, "dir-pb", slapd.addr, "ldaps", ca_bundle=str(slapd.ca_file), ldap_base_dn=slapd.SUFFIX)
@@ -593,6 +604,7 @@ def test_ldap_unlock_search_and_modify_playbooks(app, api, session, tmp_path, sl
 # --------------------------------------------------------------------------- RDP and VNC
 
 
+@PLAYBOOK_RUN
 def test_rdp_negotiation(app, api, session, tmp_path, xrdp):
     hid = add_host(api, "desk-rdp", xrdp.addr, "rdp")
     res = connection_test(api, hid)
@@ -616,6 +628,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]  # closed again when the block ends
 
 
+@PLAYBOOK_RUN
 def test_vnc_version_security_types_and_login(app, api, session, tmp_path, vnc):
     add_credential(api, "vnc-pw", "password", vnc.password)
     add_credential(api, "vnc-bad", "password", "wrong-pw")
@@ -661,6 +674,7 @@ def test_ssh_and_x11_connection_tests(app, api, session, sshd):
     assert connection_test(api, ssh_host)["reason"].startswith("SSH server answers (SSH-2.0-OpenSSH")
 
 
+@PLAYBOOK_RUN
 def test_x11_playbook_runs_an_x_client_through_forwarding(app, api, session, tmp_path, sshd, xvfb):
     x11lab, plain = sshd
     add_credential(api, "x-key", "ssh_key", x11lab.private_key, username=x11lab.user)
@@ -698,6 +712,7 @@ def test_winrm_unreachable_through_the_real_runner(app, api, session):
     assert "Win-Pass-1" not in json.dumps(ex)
 
 
+@PLAYBOOK_RUN
 def test_winrm_playbooks_unreachable_cleanly(app, api, session, tmp_path):
     port = _closed_port()
     add_credential(api, "win-pw2", "password", "Win-Pass-2", username="Administrator")
