@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shlex
 import shutil
 import socket
@@ -253,12 +254,23 @@ def close_all() -> None:
             _holders.pop(cid).close()
 
 
-def attach(inventory: dict[str, Any], sockets: dict[str, Path]) -> list[Path]:
-    """Point each held host of ``inventory`` at its master; the socket files the run must see."""
+def attach(inventory: dict[str, Any], sockets: dict[str, Path], into: Path) -> list[Path]:
+    """Point each held host of ``inventory`` at its master; the socket files the run must see.
+
+    Each socket is hard-linked into ``into`` (a directory of the run's private directory, so a
+    warm run's sandbox, made before its hosts are known, shows it); one that cannot be linked
+    is returned, to be bound into the sandbox by itself."""
     if not sockets:
         return []
     hosts = inventory["all"]["hosts"]
+    extra: list[Path] = []
     for name, host_name in inventory["_meta"]["names"].items():
         if host_name in sockets:
-            hosts[name]["ansible_control_path"] = str(sockets[host_name])
-    return list(sockets.values())
+            path = sockets[host_name]
+            try:
+                os.link(path, into / f"held-{path.name}")
+                path = into / f"held-{path.name}"
+            except OSError:
+                extra.append(path)
+            hosts[name]["ansible_control_path"] = str(path)
+    return extra

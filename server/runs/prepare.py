@@ -42,7 +42,7 @@ from server.core.models import Credential, Execution, Host, Task
 from server.core.vault import vault
 from server.executions.approvals import DRY_RUN_TRIGGER
 from server.executions.fingerprint import git_project
-from server.runs import hostkeys, inventory, mux, project_checkout, protocols
+from server.runs import hostkeys, inventory, mux, project_checkout, protocols, warm
 
 CONTROL_PERSIST_S = mux.CONTROL_PERSIST_S
 STUBS_DIR = Path(__file__).resolve().parent / "ansible_stubs"
@@ -147,7 +147,7 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     if preview:  # before approval: nothing a playbook could read, only the key inside ssh-agent
         password = become_password = None
     inv = inventory.build_inventory(hosts, credential)
-    held = mux.attach(inv, mux.held(credential, hosts, settings))  # connections kept from earlier runs
+    held = mux.attach(inv, mux.held(credential, hosts, settings), private_dir / "cp")  # connections kept from earlier runs
     (private_dir / "inventory").mkdir(mode=0o700)
     (private_dir / "inventory" / "hosts.yml").write_text(inventory.dump_inventory(inv))
     env_dir = private_dir / "env"
@@ -378,7 +378,7 @@ def runner_config(prep: Prepared, ex: Execution, timeout_s: int) -> RunnerConfig
         passwords=dict(prep.passwords),
         settings={},
         forks=prep.forks,
-        ident=f"execution-{ex.id}",
+        ident=warm.IDENT,  # fixed: a warm run's sandbox shows its event directories before the run
         suppress_env_files=True,
         suppress_ansible_output=True,
         suppress_output_file=True,

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from server.executions import approvals, concurrency, reaper
 from server.core import audit, db
 from server.reporting import notify
-from server.runs import project_jobs, retries, runner, slicing
+from server.runs import project_jobs, retries, runner, slicing, warm
 from server.runs.heartbeat import Heartbeat
 from server.core.config import Settings
 from server.executions.fingerprint import target_hosts
@@ -281,8 +281,12 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
     queue = Queue(settings.queue_name, connection=conn)
     worker = SimpleWorker([queue], connection=conn, name=name)
     stop_reaper = None if burst else reaper.start_thread(app)
+    warm.refill = not burst  # a burst worker (tests, batch) warms only its first run
+    if not burst or queue.count:
+        warm.ready_next(settings)
     try:
         worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
     finally:
+        warm.close()
         if stop_reaper is not None:
             stop_reaper.set()
