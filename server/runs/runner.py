@@ -126,7 +126,7 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
             sandbox.drain_fifo(fifo)
         hostkeys.learn(settings.instance_dir, hosts, private_dir / "ssh" / "known_hosts")
         shutil.rmtree(private_dir, ignore_errors=True)
-        if warm.refill:
+        if warm.refill():
             warm.ready_next(settings)  # the next run's, after this one
 
 

@@ -35,6 +35,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from server.core.config import Settings
 from server.runs import procs, protocols, sandbox
@@ -51,7 +52,7 @@ PATH_KEYS = ("ANSIBLE_LIBRARY", "ANSIBLE_MODULE_UTILS", "ANSIBLE_CONNECTION_PLUG
 
 _lock = threading.Lock()
 _next: Warm | None = None
-refill = False  # start the next warm process after each run (a long-running worker)
+refill: Callable[[], bool] = lambda: False  # after a run: start the next warm process? (worker.run_worker)
 
 
 @dataclass

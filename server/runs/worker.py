@@ -281,8 +281,9 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
     queue = Queue(settings.queue_name, connection=conn)
     worker = SimpleWorker([queue], connection=conn, name=name)
     stop_reaper = None if burst else reaper.start_thread(app)
-    warm.refill = not burst  # a burst worker (tests, batch) warms only its first run
-    if not burst or queue.count:
+    # the next run's warm process, started after each run; a burst worker only while jobs are left
+    warm.refill = (lambda: True) if not burst else (lambda: queue.count > 0)
+    if warm.refill():
         warm.ready_next(settings)
     try:
         worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
