@@ -52,7 +52,13 @@ PATH_KEYS = ("ANSIBLE_LIBRARY", "ANSIBLE_MODULE_UTILS", "ANSIBLE_CONNECTION_PLUG
 
 _lock = threading.Lock()
 _next: Warm | None = None
-refill: Callable[[], bool] = lambda: False  # after a run: start the next warm process? (worker.run_worker)
+
+
+def _never() -> bool:
+    return False
+
+
+refill: Callable[[], bool] = _never  # after a run: start the next warm process? (set by worker.run_worker)
 
 
 @dataclass
