@@ -87,7 +87,7 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
         rc = runner_config(prep, ex, timeout_s)
         rc.env[procs.MARK_ENV] = mark = procs.marker(ex.id)  # finds this run's processes (procs.py)
         layout = _layout(prep, rc)
-        if hot and not hot.covers(layout, rc.env):
+        if hot and not (hot.covers(layout, rc.env) and hot.ready()):
             hot.end()  # its sandbox cannot show what this run needs; the directory stays the run's
             hot = None
         try:  # never unconfined: no sandbox, no run

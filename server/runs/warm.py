@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 ENV = "TASKMANAGER_WARM"
 PROCESS_SCRIPT = Path(__file__).resolve().parent / "warm_process.py"
 ATTACH_SCRIPT = Path(__file__).resolve().parent / "warm_attach.py"
+READY_WAIT_S = 10  # a warm process still importing is still sooner than a cold start
 IDENT = "run"  # ansible-runner's ident: the artifact directory is known before the run
 STUBS_DIR = Path(__file__).resolve().parent / "ansible_stubs"  # as prepare.STUBS_DIR
 PATH_KEYS = ("ANSIBLE_LIBRARY", "ANSIBLE_MODULE_UTILS", "ANSIBLE_CONNECTION_PLUGINS", "ANSIBLE_ACTION_PLUGINS",
@@ -80,6 +82,15 @@ class Warm:
                 and all(any(p == d or d in p.parents for d in shown) for p in [*layout.readonly, layout.cwd])
                 and all(p in self.layout.writable for p in layout.writable)
                 and env.get("PYTHONPATH") == str(STUBS_DIR))
+
+    def ready(self) -> bool:
+        """Whether it is primed and listening (waiting while it still imports, unless it died)."""
+        deadline = time.monotonic() + READY_WAIT_S
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     def command(self, command: list[str], key_fifo: str | None) -> list[str]:
         """What ansible-runner starts instead of ``command`` (the attach client)."""

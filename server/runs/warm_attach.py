@@ -17,7 +17,7 @@ import sys
 import termios
 import time
 
-CONNECT_WAIT_S = 30  # a warm process still importing Ansible is still sooner than a cold start
+CONNECT_WAIT_S = 5  # the worker saw it listening (warm.Warm.ready)
 
 
 def main() -> int:

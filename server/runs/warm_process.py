@@ -103,6 +103,9 @@ def take_terminal(fds: list[int]) -> None:
         pass
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    from ansible.utils.display import Display
+
+    Display()._set_column_width()  # the terminal's width, as a cold start reads it
 
 
 def relabel(mark: str) -> None:
