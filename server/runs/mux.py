@@ -9,8 +9,8 @@ What: per credential version, the worker keeps a *holder*, a sandbox of its own 
 bubblewrap confinement as a run: nobody, read-only system, fresh /tmp, own PID namespace)
 with an ssh-agent holding that credential's key and a small loop (mux_holder.py) that
 starts ``ssh -M -N -f`` masters on request. A run's ssh clients connect through those
-masters (``ansible_control_path``): only the sockets of the run's own hosts are bound into
-the run, one file each, so a run never sees another credential's connections nor hosts it
+masters (``ansible_control_path``): only the sockets of the run's own hosts are linked into
+the run's private directory (hard links), one file each, so a run never sees another credential's connections nor hosts it
 does not target. The masters end after ``CONTROL_PERSIST_S`` idle, when the credential's
 secret changes (a new version gets a new holder; the old one is closed), or with the worker.
 

@@ -28,7 +28,7 @@ import threading
 import time
 
 MARK_ENV = "TM_EXECUTION_RUN"  # as procs.MARK_ENV
-AGENT_SOCKET = "/tmp/tm-agent.sock"  # the sandbox's own /tmp
+AGENT_SOCKET = "/tmp/ssh-warm/agent.sock"  # in the sandbox's own /tmp, named as ssh-agent names its own
 # Plugins nearly every run loads: imported while waiting (their module code, not their state).
 PRELOAD = (
     "ansible.executor.playbook_executor", "ansible.executor.task_queue_manager", "ansible.executor.task_executor",
@@ -131,6 +131,7 @@ def relabel(mark: str) -> None:
 def add_key(fifo: str) -> None:
     """The run's ssh key, from its fifo into an ssh-agent of this sandbox (as ansible-runner's
     ``ssh-agent sh -c 'ssh-add FIFO && rm -f FIFO && ...'`` does for a cold run)."""
+    os.mkdir(os.path.dirname(AGENT_SOCKET), 0o700)
     subprocess.Popen(["ssh-agent", "-D", "-a", AGENT_SOCKET], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL)
     for _ in range(1000):
