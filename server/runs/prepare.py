@@ -42,10 +42,11 @@ from server.core.models import Credential, Execution, Host, Task
 from server.core.vault import vault
 from server.executions.approvals import DRY_RUN_TRIGGER
 from server.executions.fingerprint import git_project
-from server.runs import hostkeys, inventory, mux, project_checkout, protocols, warm
+from server.runs import hostkeys, inventory, mux, project_checkout, protocols
 
 CONTROL_PERSIST_S = mux.CONTROL_PERSIST_S
 STUBS_DIR = Path(__file__).resolve().parent / "ansible_stubs"
+IDENT = "run"  # ansible-runner's ident, the same for every run: a warm run's sandbox shows its event directories
 ENV_KEEP_PREFIXES = ("ANSIBLE_", "AWX_", "RUNNER_", "ORIGINAL_STDOUT_CALLBACK")
 # Ansible's prompts, anchored to a whole line so command output can never trigger them.
 SSH_PASS_PROMPT = r"^SSH password:\s*$"
@@ -378,7 +379,7 @@ def runner_config(prep: Prepared, ex: Execution, timeout_s: int) -> RunnerConfig
         passwords=dict(prep.passwords),
         settings={},
         forks=prep.forks,
-        ident=warm.IDENT,  # fixed: a warm run's sandbox shows its event directories before the run
+        ident=IDENT,
         suppress_env_files=True,
         suppress_ansible_output=True,
         suppress_output_file=True,

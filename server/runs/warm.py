@@ -40,6 +40,7 @@ from typing import Callable
 
 from server.core.config import Settings
 from server.runs import procs, protocols, sandbox
+from server.runs.prepare import IDENT, STUBS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,6 @@ ENV = "TASKMANAGER_WARM"
 PROCESS_SCRIPT = Path(__file__).resolve().parent / "warm_process.py"
 ATTACH_SCRIPT = Path(__file__).resolve().parent / "warm_attach.py"
 READY_WAIT_S = 10  # a warm process still importing is still sooner than a cold start
-IDENT = "run"  # ansible-runner's ident: the artifact directory is known before the run
-STUBS_DIR = Path(__file__).resolve().parent / "ansible_stubs"  # as prepare.STUBS_DIR
 PATH_KEYS = ("ANSIBLE_LIBRARY", "ANSIBLE_MODULE_UTILS", "ANSIBLE_CONNECTION_PLUGINS", "ANSIBLE_ACTION_PLUGINS",
              "ANSIBLE_ROLES_PATH")
 
