@@ -23,7 +23,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ansible_runner.config.runner import RunnerConfig
 from ansible_runner.runner import Runner
@@ -51,7 +51,13 @@ class SandboxedRunner(Runner):
     uuid that is not a uuid, or a file that is not a regular file, is never opened.
     """
 
+    on_start: Callable[[], None] | None = None  # called at the first event (ansible-playbook is running)
+
     def event_callback(self, event_data: dict[str, Any]) -> None:
+        started = self.on_start
+        if started is not None:
+            self.on_start = None
+            started()
         uuid = str(event_data.get("uuid") or "")
         if "uuid" in event_data:
             path = Path(self.config.artifact_dir) / "job_events" / f"{uuid}-partial.json"
@@ -106,6 +112,8 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
             recorder.on_settled = lambda result: _final_now(session, ex, result)
         runner = SandboxedRunner(config=rc, event_handler=recorder.event_handler,
                                  cancel_callback=recorder.cancel_callback)
+        if warm.refill():  # the next run's warm process imports while this one waits on its hosts
+            runner.on_start = lambda: warm.ready_next(settings)
         spawned = time.monotonic()
         runner.run()
         ended = time.monotonic()
@@ -127,7 +135,7 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
         hostkeys.learn(settings.instance_dir, hosts, private_dir / "ssh" / "known_hosts")
         shutil.rmtree(private_dir, ignore_errors=True)
         if warm.refill():
-            warm.ready_next(settings)  # the next run's, after this one
+            warm.ready_next(settings)  # unless started at this run's first event
 
 
 def _final_now(session: Session, ex: Execution, result: RunResult) -> None:
