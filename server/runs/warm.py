@@ -176,7 +176,8 @@ def _start(settings: Settings) -> Warm:
                "TMPDIR": "/tmp", "USER": "nobody", "LOGNAME": "nobody", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
                # a placeholder as long as any run's marker: the run's is written over it (warm_process.relabel)
                procs.MARK_ENV: procs.marker(0).ljust(64)}
-        argv = sandbox.argv(layout, [sys.executable, "-I", str(PROCESS_SCRIPT), str(private_dir / "tmp" / "warm.sock")])
+        argv = sandbox.argv(layout, [sys.executable, "-I", str(PROCESS_SCRIPT), str(private_dir / "tmp" / "warm.sock"),
+                                         str(STUBS_DIR)])
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
     except BaseException:

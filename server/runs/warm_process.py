@@ -1,6 +1,6 @@
 """The warm process: ansible-playbook imported ahead of its run, inside the run's sandbox.
 
-Started by the worker (warm.py) with ``python -I warm_process.py SOCKET``, in the same
+Started by the worker (warm.py) with ``python -I warm_process.py SOCKET STUBS``, in the same
 bubblewrap sandbox, uid and scrubbed environment as a cold run. It imports Ansible's
 playbook CLI, executor and common plugins, then serves exactly one run on ``SOCKET``:
 the attach client (warm_attach.py) passes the run's terminal (stdin, stdout, stderr), its
@@ -98,7 +98,7 @@ def cache_plugin_docs() -> None:
         plugin_loader = getattr(loader, f"{type_name}_loader")
         for file_name in sorted(os.listdir(os.path.join(base, type_name))):
             name = file_name.removesuffix(".py")
-            if name == file_name or name.startswith("__"):
+            if name == file_name or name.startswith("__") or name == "base":  # base: a deprecated alias
                 continue
             try:
                 module = importlib.import_module(f"ansible.plugins.{type_name}.{name}")
@@ -251,4 +251,5 @@ def serve(path: str) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, sys.argv[2])  # the stand-in pywinrm, as a cold run without WinRM hosts has it
     os._exit(serve(sys.argv[1]))
