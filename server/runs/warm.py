@@ -8,8 +8,9 @@ already imported all that (warm_process.py) and then waits for its run.
 
 What keeps a run's guarantees:
 
-* **one run per process**: a warm process serves one run and exits; the next is a new
-  process, started after the run, off its critical path. No run sees another run's state.
+* **one run per process**: a warm process serves one run and exits; the next run's is a new
+  process, started once this run's ansible-playbook is running (its first event), while it
+  waits on its hosts, so back-to-back runs find it ready. No run sees another run's state.
 * **paths fixed in advance**: the sandbox is made before the run is known, so the run's
   private directory is allocated with it, and the read-only directories it shows are the
   shipped ones (playbooks, roles, plugins, CA directories). A run that needs more (a
