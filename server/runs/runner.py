@@ -112,7 +112,7 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
             recorder.on_settled = lambda result: _final_now(session, ex, result)
         runner = SandboxedRunner(config=rc, event_handler=recorder.event_handler,
                                  cancel_callback=recorder.cancel_callback)
-        if warm.refill():  # the next run's warm process imports while this one waits on its hosts
+        if warm.jobs_waiting():  # the next run's warm process imports while this one waits on its hosts
             runner.on_start = lambda: warm.ready_next(settings)
         spawned = time.monotonic()
         runner.run()
@@ -134,7 +134,7 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
             sandbox.drain_fifo(fifo)
         hostkeys.learn(settings.instance_dir, hosts, private_dir / "ssh" / "known_hosts")
         shutil.rmtree(private_dir, ignore_errors=True)
-        if warm.refill():
+        if warm.keep_ready or warm.jobs_waiting():
             warm.ready_next(settings)  # unless started at this run's first event
 
 

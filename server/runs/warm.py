@@ -9,8 +9,9 @@ already imported all that (warm_process.py) and then waits for its run.
 What keeps a run's guarantees:
 
 * **one run per process**: a warm process serves one run and exits; the next run's is a new
-  process, started once this run's ansible-playbook is running (its first event), while it
-  waits on its hosts, so back-to-back runs find it ready. No run sees another run's state.
+  process, started after the run (its imports then take no CPU from the run), or, when jobs
+  are already waiting, at the run's first event (the next run finds it ready). No run sees
+  another run's state.
 * **paths fixed in advance**: the sandbox is made before the run is known, so the run's
   private directory is allocated with it, and the read-only directories it shows are the
   shipped ones (playbooks, roles, plugins, CA directories). A run that needs more (a
@@ -60,7 +61,10 @@ def _never() -> bool:
     return False
 
 
-refill: Callable[[], bool] = _never  # after a run: start the next warm process? (set by worker.run_worker)
+# Set by worker.run_worker: whether a warm process is kept ready after each run, and whether
+# jobs are waiting (then the next one is started at this run's first event already).
+keep_ready = False
+jobs_waiting: Callable[[], bool] = _never
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from typing import Any
 
 from flask import Flask, current_app, has_app_context
 from sqlalchemy import select, update
@@ -256,6 +257,13 @@ def _after_finish(session: Session, ex: Execution) -> None:
 
 # --------------------------------------------------------------------------- the worker process
 
+def _jobs_waiting(queue: Any) -> bool:
+    try:
+        return bool(queue.count)
+    except Exception:  # noqa: BLE001 - Redis away: a run never fails for warm start's sake
+        return False
+
+
 def run_worker(settings: Settings, burst: bool = False, name: str | None = None) -> None:
     """Run an RQ worker on ``settings.queue_name`` until stopped (or the queue is empty).
 
@@ -281,9 +289,10 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
     queue = Queue(settings.queue_name, connection=conn)
     worker = SimpleWorker([queue], connection=conn, name=name)
     stop_reaper = None if burst else reaper.start_thread(app)
-    # the next run's warm process, started after each run; a burst worker only while jobs are left
-    warm.refill = (lambda: True) if not burst else (lambda: queue.count > 0)
-    if warm.refill():
+    # the next run's warm process (runs/warm.py); a burst worker only while jobs are left
+    warm.keep_ready = not burst
+    warm.jobs_waiting = lambda: _jobs_waiting(queue)
+    if warm.keep_ready or warm.jobs_waiting():
         warm.ready_next(settings)
     try:
         worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
