@@ -217,7 +217,7 @@ class Served:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         self.base = f"http://127.0.0.1:{port}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMANAGER_")}
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMANAGER_") or k == "TASKMANAGER_WARM"}
         self.env.update(TASKMANAGER_INSTANCE_DIR=str(workdir / "served"), TASKMANAGER_BIND=f"127.0.0.1:{port}")
         flask = [str(BIN / "flask"), "--app", "wsgi"]
         subprocess.run(flask + ["db", "upgrade"], cwd=REPO, env=self.env, check=True, capture_output=True)

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 CANARY = f"worker-canary-{uuid.uuid4().hex}"
+WARM_PROBE = "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"  # the command lines of the run's processes
 
 
 @pytest.fixture(scope="module")
@@ -143,29 +144,32 @@ def test_local_commands_are_confined(api, session, run_worker, env, decoy_agent)
     assert api.post("/api/v1/hosts", {"name": "controller", "address": "localhost", "protocol": "local"})[0] == 201
     names = list(found)
     status, task = api.post("/api/v1/tasks", {"name": "evil-local", "kind": "commands", "hosts": ["controller"],
-                                              "commands": [f"{found[n]}; true" for n in names]})
+                                              "commands": [f"{found[n]}; true" for n in names] + [WARM_PROBE]})
     assert status == 201, task
     status, ex = api.post(f"/api/v1/tasks/{task['id']}/executions", {})
     assert status == 202, ex
-    proc = run_worker(extra_env={"TM_WORKER_CANARY": CANARY})
+    # started cold (warm start turned off): the attacks fail the same way as warm (the playbook test)
+    proc = run_worker(extra_env={"TM_WORKER_CANARY": CANARY, "TASKMANAGER_WARM": "0"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     session.expire_all()
     run = session.get(Execution, ex["id"])
     [op] = run.operations
     assert op.status == "succeeded", (op.message, [(s.name, s.stdout, s.stderr) for s in op.steps])
-    assert len(op.steps) == len(names)
-    for name, step in zip(names, op.steps, strict=True):
+    assert len(op.steps) == len(names) + 1
+    for name, step in zip(names, op.steps, strict=False):
         assert "SUCCEEDED" not in (step.stdout or ""), (name, step.stdout, step.stderr)
     assert not escape.exists()
-    # It ran as nobody, in a PID namespace of its own.
+    assert "warm_process.py" not in op.steps[-1].stdout and "ansible-playbook" in op.steps[-1].stdout
+    # It ran as nobody, in a PID namespace of its own; started warm.
     status, task = api.post("/api/v1/tasks", {"name": "whoami", "kind": "commands", "hosts": ["controller"],
-                                              "commands": ["id -u", "ls /proc | grep -c '^[0-9]'"]})
+                                              "commands": ["id -u", "ls /proc | grep -c '^[0-9]'", WARM_PROBE]})
     status, ex = api.post(f"/api/v1/tasks/{task['id']}/executions", {})
     assert run_worker().returncode == 0
     session.expire_all()
     steps = session.execute(select(Execution).where(Execution.id == ex["id"])).scalar_one().operations[0].steps
     assert steps[0].stdout.strip() == "65534"
     assert int(steps[1].stdout.strip()) < 30  # the run's own few processes, not the machine's
+    assert "warm_process.py" in steps[2].stdout  # the run's ansible-playbook is the warm process (warm.py)
 
 
 def test_sandbox_failure_fails_the_run(api, session, run_worker, env, tmp_path):

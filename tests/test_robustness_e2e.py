@@ -155,7 +155,9 @@ def test_cancel_stops_a_sleeping_run_within_5_s(api, session, lab, workers):
     workers.start(1)
     ex_id = start(api, task)
     wait_for(lambda: all_sleeping(session, ex_id, "sleep 60", len(hosts)), 60, "sleep 60 on every host", workers)
-    assert any(p.cmdline.find("ansible-playbook") >= 0 for p in run_processes(ex_id, workers))
+    running = run_processes(ex_id, workers)
+    assert any(p.cmdline.find("ansible-playbook") >= 0 for p in running)
+    assert any("warm_process.py" in p.cmdline for p in running)  # started warm (runs/warm.py), marked as the run
 
     t0 = time.monotonic()
     status, body = api.post(f"/api/v1/executions/{ex_id}/cancel")

@@ -9,8 +9,8 @@ What: per credential version, the worker keeps a *holder*, a sandbox of its own 
 bubblewrap confinement as a run: nobody, read-only system, fresh /tmp, own PID namespace)
 with an ssh-agent holding that credential's key and a small loop (mux_holder.py) that
 starts ``ssh -M -N -f`` masters on request. A run's ssh clients connect through those
-masters (``ansible_control_path``): only the sockets of the run's own hosts are bound into
-the run, one file each, so a run never sees another credential's connections nor hosts it
+masters (``ansible_control_path``): only the sockets of the run's own hosts are linked into
+the run's private directory (hard links), one file each, so a run never sees another credential's connections nor hosts it
 does not target. The masters end after ``CONTROL_PERSIST_S`` idle, when the credential's
 secret changes (a new version gets a new holder; the old one is closed), or with the worker.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shlex
 import shutil
 import socket
@@ -253,12 +254,23 @@ def close_all() -> None:
             _holders.pop(cid).close()
 
 
-def attach(inventory: dict[str, Any], sockets: dict[str, Path]) -> list[Path]:
-    """Point each held host of ``inventory`` at its master; the socket files the run must see."""
+def attach(inventory: dict[str, Any], sockets: dict[str, Path], into: Path) -> list[Path]:
+    """Point each held host of ``inventory`` at its master; the socket files the run must see.
+
+    Each socket is hard-linked into ``into`` (a directory of the run's private directory, so a
+    warm run's sandbox, made before its hosts are known, shows it); one that cannot be linked
+    is returned, to be bound into the sandbox by itself."""
     if not sockets:
         return []
     hosts = inventory["all"]["hosts"]
+    extra: list[Path] = []
     for name, host_name in inventory["_meta"]["names"].items():
         if host_name in sockets:
-            hosts[name]["ansible_control_path"] = str(sockets[host_name])
-    return list(sockets.values())
+            path = sockets[host_name]
+            try:
+                os.link(path, into / f"held-{path.name}")
+                path = into / f"held-{path.name}"
+            except OSError:
+                extra.append(path)
+            hosts[name]["ansible_control_path"] = str(path)
+    return extra

@@ -47,6 +47,7 @@ from server.runs import hostkeys, inventory, mux, project_checkout, protocols
 
 CONTROL_PERSIST_S = mux.CONTROL_PERSIST_S
 STUBS_DIR = Path(__file__).resolve().parent / "ansible_stubs"
+IDENT = "run"  # ansible-runner's ident, the same for every run: a warm run's sandbox shows its event directories
 ENV_KEEP_PREFIXES = ("ANSIBLE_", "AWX_", "RUNNER_", "ORIGINAL_STDOUT_CALLBACK")
 # Ansible's prompts, anchored to a whole line so command output can never trigger them.
 SSH_PASS_PROMPT = r"^SSH password:\s*$"
@@ -149,7 +150,7 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
     if preview:  # before approval: nothing a playbook could read, only the key inside ssh-agent
         password = become_password = None
     inv = inventory.build_inventory(hosts, credential)
-    held = mux.attach(inv, mux.held(credential, hosts, settings))  # connections kept from earlier runs
+    held = mux.attach(inv, mux.held(credential, hosts, settings), private_dir / "cp")  # connections kept from earlier runs
     (private_dir / "inventory").mkdir(mode=0o700)
     (private_dir / "inventory" / "hosts.yml").write_text(inventory.dump_inventory(inv))
     env_dir = private_dir / "env"
@@ -380,7 +381,7 @@ def runner_config(prep: Prepared, ex: Execution, timeout_s: int) -> RunnerConfig
         passwords=dict(prep.passwords),
         settings={},
         forks=prep.forks,
-        ident=f"execution-{ex.id}",
+        ident=IDENT,
         suppress_env_files=True,
         suppress_ansible_output=True,
         suppress_output_file=True,

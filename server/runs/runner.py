@@ -23,7 +23,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ansible_runner.config.runner import RunnerConfig
 from ansible_runner.runner import Runner
@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from server.core.config import Settings
 from server.core.models import Execution, Host, Operation
-from server.runs import hostkeys, procs, sandbox
+from server.runs import hostkeys, procs, sandbox, warm
 from server.runs.prepare import Prepared, prepare, runner_config
 from server.runs.recorder import Recorder, RunResult, by_inventory_name
 
@@ -51,7 +51,13 @@ class SandboxedRunner(Runner):
     uuid that is not a uuid, or a file that is not a regular file, is never opened.
     """
 
+    on_start: Callable[[], None] | None = None  # called at the first event (ansible-playbook is running)
+
     def event_callback(self, event_data: dict[str, Any]) -> None:
+        started = self.on_start
+        if started is not None:
+            self.on_start = None
+            started()
         uuid = str(event_data.get("uuid") or "")
         if "uuid" in event_data:
             path = Path(self.config.artifact_dir) / "job_events" / f"{uuid}-partial.json"
@@ -71,7 +77,8 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
     task = ex.task
     timeout_s = int(timeout_s or task.timeout_s or 3600)
     began = time.monotonic()
-    private_dir = sandbox.new_private_dir()
+    hot = warm.take(settings)  # a sandboxed ansible-playbook already imported (warm.py), or None: cold
+    private_dir = hot.private_dir if hot else sandbox.new_private_dir()
     mark: str | None = None
     fifo: str | None = None
     try:
@@ -86,37 +93,49 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
         rc = runner_config(prep, ex, timeout_s)
         rc.env[procs.MARK_ENV] = mark = procs.marker(ex.id)  # finds this run's processes (procs.py)
         layout = _layout(prep, rc)
+        if hot and not (hot.covers(layout, rc.env) and hot.ready()):
+            hot.end()  # its sandbox cannot show what this run needs; the directory stays the run's
+            hot = None
         try:  # never unconfined: no sandbox, no run
             sandbox.check(layout)
             command = list(rc.command)
             if prep.ssh_key:  # ssh-agent inside the sandbox reads the key from a fifo only it can open
                 fifo = str(private_dir / "agent" / "key")  # set first: drained even if writing fails
                 sandbox.write_key(fifo, prep.ssh_key)
-                command = rc.wrap_args_with_ssh_agent(command, fifo)
-            rc.command = sandbox.argv(layout, command)
+            if hot:
+                rc.command = hot.command(command, fifo)
+            else:
+                rc.command = sandbox.argv(layout, rc.wrap_args_with_ssh_agent(command, fifo) if fifo else command)
         except sandbox.SandboxError as exc:
             return recorder.finish(None, timeout_s, failure=str(exc))
         if all(op.slice is None for op in ops.values()):  # a slice's execution is made final by slicing.close
             recorder.on_settled = lambda result: _final_now(session, ex, result)
         runner = SandboxedRunner(config=rc, event_handler=recorder.event_handler,
                                  cancel_callback=recorder.cancel_callback)
+        if warm.jobs_waiting():  # the next run's warm process imports while this one waits on its hosts
+            runner.on_start = lambda: warm.ready_next(settings)
         spawned = time.monotonic()
         runner.run()
         ended = time.monotonic()
         result = recorder.finish(runner, timeout_s)
         log.info(
-            "execution %s: %s on %d hosts; prepare %.3f s, ansible start to first event %.3f s, run %.3f s, "
+            "execution %s: %s on %d hosts; prepare %.3f s, %s ansible start to first event %.3f s, run %.3f s, "
             "%d events recorded in %.3f s (%d commits)",
-            ex.id, result.status, len(hosts), spawned - began, (recorder.first_event_at or ended) - spawned,
+            ex.id, result.status, len(hosts), spawned - began, "warm" if hot else "cold",
+            (recorder.first_event_at or ended) - spawned,
             ended - spawned, recorder.events, recorder.handler_s, recorder.flushes)
         return result
     finally:
+        if hot:
+            hot.end()
         if mark:
             procs.kill_marked(mark)  # nothing of this run outlives it (exceptions, RQ timeout)
         if fifo:
             sandbox.drain_fifo(fifo)
         hostkeys.learn(settings.instance_dir, hosts, private_dir / "ssh" / "known_hosts")
         shutil.rmtree(private_dir, ignore_errors=True)
+        if warm.keep_ready or warm.jobs_waiting():
+            warm.ready_next(settings)  # unless started at this run's first event
 
 
 def _final_now(session: Session, ex: Execution, result: RunResult) -> None:

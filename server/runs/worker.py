@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from typing import Any
 
 from flask import Flask, current_app, has_app_context
 from sqlalchemy import select, update
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 from server.executions import approvals, concurrency, reaper
 from server.core import audit, db
 from server.reporting import notify
-from server.runs import project_jobs, retries, runner, slicing
+from server.runs import project_jobs, retries, runner, slicing, warm
 from server.runs.heartbeat import Heartbeat
 from server.core.config import Settings
 from server.core.errors import ValidationError
@@ -271,6 +272,13 @@ def _after_finish(session: Session, ex: Execution) -> None:
 
 # --------------------------------------------------------------------------- the worker process
 
+def _jobs_waiting(queue: Any) -> bool:
+    try:
+        return bool(queue.count)
+    except Exception:  # noqa: BLE001 - Redis away: a run never fails for warm start's sake
+        return False
+
+
 def run_worker(settings: Settings, burst: bool = False, name: str | None = None) -> None:
     """Run an RQ worker on ``settings.queue_name`` until stopped (or the queue is empty).
 
@@ -296,8 +304,14 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
     queue = Queue(settings.queue_name, connection=conn)
     worker = SimpleWorker([queue], connection=conn, name=name)
     stop_reaper = None if burst else reaper.start_thread(app)
+    # the next run's warm process (runs/warm.py); a burst worker only while jobs are left
+    warm.keep_ready = not burst
+    warm.jobs_waiting = lambda: _jobs_waiting(queue)
+    if warm.keep_ready or warm.jobs_waiting():
+        warm.ready_next(settings)
     try:
         worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
     finally:
+        warm.close()
         if stop_reaper is not None:
             stop_reaper.set()
