@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from server.core import ca_bundles
 from server.core.config import Settings
 from server.runs import procs, protocols, sandbox
 from server.runs.prepare import IDENT, STUBS_DIR
@@ -163,7 +164,7 @@ def artifact_dirs(private_dir: Path) -> list[Path]:
 def _readonly(settings: Settings) -> list[Path]:
     env = protocols.ansible_env(settings.playbook_dir)
     dirs = [PROCESS_SCRIPT, settings.playbook_dir, settings.playbook_dir.parent / "roles", STUBS_DIR,
-            *protocols.ca_dirs()]
+            *ca_bundles.ca_dirs()]
     dirs += [Path(p) for k in PATH_KEYS for p in env.get(k, "").split(os.pathsep) if p]
     return [p for p in dict.fromkeys(dirs) if p.exists()]
 
