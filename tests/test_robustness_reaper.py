@@ -2,6 +2,7 @@
 lost detection, re-enqueueing after Redis loss, concurrency gating, retention, relaunch."""
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 from rq import Queue
@@ -254,6 +255,22 @@ def test_sweep_once_is_exclusive_across_processes(app, session):
     assert "pruned" not in reaper.sweep_once(app, CFG)  # ...at most every retention_every_s, cluster-wide
     session.expire_all()
     assert session.get(Execution, old.id).operations[0].stdout == reaper.PRUNED_MARKER
+
+
+def test_a_sweeper_killed_mid_sweep_holds_the_others_back_two_intervals_at_most(app, monkeypatch):
+    """kill -9 during a sweep leaves the lock behind: it must expire soon, or the dead worker's
+    own run would be declared lost only when a long lock ran out."""
+    left: list[int] = []
+    real = reaper.sweep
+
+    def sweep_noting_the_lock(*args, **kwargs):
+        left.append(redis().pttl(reaper._lock_name(app)))  # what a holder dying now would leave
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reaper, "sweep", sweep_noting_the_lock)
+    assert reaper.sweep_once(app, replace(CFG, interval_s=1.0)) is not None
+    assert reaper.sweep_once(app, replace(CFG, interval_s=15.0)) is not None
+    assert 0 < left[0] <= 5000 and 5000 < left[1] <= 30000, left
 
 
 # ------------------------------------------------------------------ relaunch

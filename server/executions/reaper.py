@@ -400,10 +400,14 @@ def _lock_name(app: Flask) -> str:
 
 
 def sweep_once(app: Flask, cfg: ReaperConfig | None = None) -> dict[str, int] | None:
-    """Run one sweep if no other process is sweeping right now (None if one is)."""
+    """Run one sweep if no other process is sweeping right now (None if one is).
+
+    The lock only saves duplicate work (sweeps are idempotent), so it expires after two
+    intervals: a worker killed in the middle of its sweep must not hold back the others'
+    detection of its own lost run for longer than that."""
     cfg = cfg or ReaperConfig.from_env()
     with app.app_context():
-        lock = redis().lock(_lock_name(app), timeout=max(60, cfg.interval_s * 4), blocking=False)
+        lock = redis().lock(_lock_name(app), timeout=max(5.0, cfg.interval_s * 2), blocking=False)
         if not lock.acquire(blocking=False):
             return None
         try:
