@@ -62,13 +62,13 @@ def test_page_shows_one_page_of_hosts_fast_and_small(app, big, admin_user):
     html = resp.get_data(as_text=True)
     assert resp.status_code == 200
     assert elapsed < 1.0 and len(html) < 200_000, (elapsed, len(html))
-    assert "Hosts 1–100 of 1200" in html and "n00099" in html and "n00100" not in html
+    assert "Hosts 1–50 of 1200" in html and "n00049" in html and "n00050" not in html
     assert f'data-live-url="/executions/{big}/live/1"' in html
     assert "Only failed (12)" in html
     html = client.get(f"/executions/{big}?page=2").get_data(as_text=True)
-    assert "n00100" in html and "n00099" not in html
+    assert "n00050" in html and "n00049" not in html
     html = client.get(f"/executions/{big}?status=failed").get_data(as_text=True)
     assert "n00007" in html and "n00008" not in html and "Hosts 1–12 of 12 (failed)" in html
     assert client.get(f"/executions/{big}?page=99").status_code == 404
     live = client.get(f"/executions/{big}/live/2").get_json()
-    assert len(live["hosts"]) == 100 and min(h["name"] for h in live["hosts"]) == "n00100" and live["host_count"] == HOSTS
+    assert len(live["hosts"]) == 50 and min(h["name"] for h in live["hosts"]) == "n00050" and live["host_count"] == HOSTS
