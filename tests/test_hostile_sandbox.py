@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -191,3 +194,27 @@ def test_sandbox_failure_fails_the_run(api, session, run_worker, env, tmp_path):
     run = session.get(Execution, ex["id"])
     assert run.status == "failed" and "bubblewrap" in (run.message or ""), run.message
     assert not marker.exists()
+
+
+def test_private_dirs_left_by_a_killed_worker_are_removed():
+    """Only a directory that is old and named by no live process goes; a run's (named by its
+    bubblewrap) and one being prepared (recent) stay."""
+    from server.runs import sandbox
+
+    stale, fresh, running = (sandbox.new_private_dir() for _ in range(3))
+    hours_ago = time.time() - 7200
+    for d in (stale, running):
+        for p in [d, *d.iterdir()]:
+            os.utime(p, (hours_ago, hours_ago))
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(running)])
+    try:
+        while str(running).encode() not in Path(f"/proc/{holder.pid}/cmdline").read_bytes():
+            time.sleep(0.01)  # exec'd
+        removed = sandbox.remove_stale_dirs()
+        assert stale in removed and not stale.exists()
+        assert fresh.exists() and running.exists() and {fresh, running}.isdisjoint(removed)
+    finally:
+        holder.kill()
+        holder.wait()
+        for d in (fresh, running):
+            shutil.rmtree(d, ignore_errors=True)

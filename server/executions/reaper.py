@@ -16,7 +16,8 @@ worker, changes nothing twice. It:
 
 Besides, without the lock, each worker's thread ends the local leftovers of runs whose
 worker process died (``procs.reap_orphans``): an ``ansible-playbook`` orphaned by a
-``kill -9`` must not keep working on hosts after its execution was declared lost.
+``kill -9`` must not keep working on hosts after its execution was declared lost; and
+removes the private directories such a worker left behind (``sandbox.remove_stale_dirs``).
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ from server.executions import approvals, concurrency, jobs
 from server.executions.fingerprint import fingerprint, launch_inputs, project_files, revision_of, target_hosts
 from server.executions.request import request_execution
 from server.reporting import notify
-from server.runs import procs
+from server.runs import procs, sandbox
 
 log = logging.getLogger(__name__)
 
@@ -433,6 +434,7 @@ def start_thread(app: Flask, cfg: ReaperConfig | None = None) -> threading.Event
         while not stop.is_set():
             try:  # local, no lock: leftovers of runs whose worker on THIS machine died
                 procs.reap_orphans()
+                sandbox.remove_stale_dirs()
             except Exception:
                 log.exception("reaper: orphan check failed")
             try:

@@ -89,6 +89,47 @@ def runs_dir() -> Path:
     return base
 
 
+def remove_stale_dirs(max_age_s: float = 3600.0) -> list[Path]:
+    """Remove private directories that a worker killed with ``kill -9`` left behind.
+
+    A directory is stale when no process on this machine names it on its command line (a
+    run's or a warm process's bubblewrap does, for as long as it lives) and nothing in its
+    top three levels changed for ``max_age_s``: a run being prepared is not yet named, and
+    one whose bubblewrap just ended has its status and rc freshly written."""
+    base = runs_dir()
+    now = time.time()
+    candidates = [d for d in base.iterdir() if d.name.startswith("tm-run-") and d.is_dir() and not d.is_symlink()
+                  and now - _newest_change(d) > max_age_s]
+    if not candidates:
+        return []
+    cmdlines = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    cmdlines.append(fh.read())
+            except OSError:
+                pass
+    removed = []
+    for d in candidates:
+        name = str(d).encode()
+        if not any(name in line for line in cmdlines):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def _newest_change(path: Path, depth: int = 3) -> float:
+    newest = path.lstat().st_mtime
+    if depth > 1 and path.is_dir() and not path.is_symlink():
+        try:
+            for entry in path.iterdir():
+                newest = max(newest, _newest_change(entry, depth - 1))
+        except OSError:
+            pass
+    return newest
+
+
 def new_private_dir() -> Path:
     path = Path(tempfile.mkdtemp(prefix="tm-run-", dir=runs_dir()))
     os.chmod(path, 0o755)
