@@ -42,18 +42,6 @@ def host_counts(session: Session, ids: list[int]) -> dict[int, int]:
     return {gid: n for gid, n in rows}
 
 
-def _descendants(group: Group) -> set[Group]:
-    """Every group below ``group`` (iterative: a stored cycle cannot loop forever)."""
-    seen: set[Group] = set()
-    stack = list(group.children)
-    while stack:
-        kid = stack.pop()
-        if kid not in seen:
-            seen.add(kid)
-            stack.extend(kid.children)
-    return seen
-
-
 def check_group(session: Session, data: Any, group: Group | None = None, *, actor: str | None = None) -> dict[str, Any]:
     """Validated values for a new group (``group`` None) or the changed fields of ``group``;
     ``children`` comes back as rows.
@@ -86,7 +74,7 @@ def check_group(session: Session, data: Any, group: Group | None = None, *, acto
                                   f"{', '.join(missing)} (add them first)", field="children")
         own = {name, group.name if group is not None else None} - {None}
         for kid in (rows[n] for n in names):
-            if kid.name in own or (group is not None and group in _descendants(kid)):
+            if kid.name in own or (group is not None and group in kid.subtree()):
                 raise ValidationError(f"'children' may not contain {kid.name!r}: a group cannot be its own "
                                       "descendant", field="children")
         added = [kid for kid in rows.values() if group is None or kid not in group.children]

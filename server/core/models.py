@@ -266,14 +266,11 @@ class Group(Base):
     def subtree(self) -> list["Group"]:
         """This group and every group below it, each once (as Ansible's ``hosts: <group>``
         reaches the hosts of its children); safe on a cyclic tree the checks should forbid."""
-        seen: dict[int, Group] = {}
-        todo = [self]
-        while todo:
-            group = todo.pop()
-            if group.id not in seen:
-                seen[group.id] = group
-                todo.extend(group.children)
-        return list(seen.values())
+        return self._closure("children")
+
+    def lineage(self) -> list["Group"]:
+        """This group and every group above it, each once (a host in ``east`` is in ``usa``)."""
+        return self._closure("parents")
 
     def member_hosts(self) -> list["Host"]:
         """The hosts of this group and of every group below it, each once."""
@@ -283,15 +280,14 @@ class Group(Base):
                 found.setdefault(host.id, host)
         return list(found.values())
 
-    def lineage(self) -> list["Group"]:
-        """This group and every group above it, each once (a host in ``east`` is in ``usa``)."""
+    def _closure(self, edge: str) -> list["Group"]:
         seen: dict[int, Group] = {}
         todo = [self]
         while todo:
             group = todo.pop()
             if group.id not in seen:
                 seen[group.id] = group
-                todo.extend(group.parents)
+                todo.extend(getattr(group, edge))
         return list(seen.values())
 
 
