@@ -171,3 +171,9 @@ def test_a_group_reaches_the_hosts_of_the_groups_below_it(api, api_as):
     assert author.patch(f"/api/v1/groups/{usa['id']}", {"children": ["east"]})[0] == 200  # no local host below
     status, body = api.patch(f"/api/v1/groups/{usa['id']}", {"children": ["controller", "east"]})
     assert status == 200 and body["children"] == ["controller", "east"]  # the admin may
+
+    assert api.post("/api/v1/policies", {"name": "p2", "users": ["op"], "tasks": ["usa-restart"],
+                                         "permissions": ["view", "execute", "edit"]})[0] == 201
+    assert error(operator.patch(f"/api/v1/tasks/{t['id']}", {"groups": ["eu"]}))[:2] == (403, "groups")
+    status, body = operator.patch(f"/api/v1/tasks/{t['id']}", {"groups": ["east"]})  # below usa: his already
+    assert status == 200 and body["groups"] == ["east"], body

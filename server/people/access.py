@@ -136,11 +136,17 @@ def visible_host_ids(session: Session, user: User) -> set[int] | None:
         return None
     if not task_ids:
         return set()
-    direct = select(task_hosts.c.host_id).where(task_hosts.c.task_id.in_(task_ids))
-    groups = subtree_ids(session, set(session.execute(
+    return task_targets(session, task_ids)[0]
+
+
+def task_targets(session: Session, task_ids: set[int]) -> tuple[set[int], set[int]]:
+    """(host ids, group ids) the tasks reach: their hosts, their groups and every group below
+    those, and the hosts of all these groups (as Ansible's ``hosts: <group>`` does)."""
+    group_ids = subtree_ids(session, set(session.execute(
         select(task_groups.c.group_id).where(task_groups.c.task_id.in_(task_ids))).scalars()))
-    via_groups = select(host_groups.c.host_id).where(host_groups.c.group_id.in_(groups))
-    return set(session.execute(union(direct, via_groups)).scalars())
+    direct = select(task_hosts.c.host_id).where(task_hosts.c.task_id.in_(task_ids))
+    via_groups = select(host_groups.c.host_id).where(host_groups.c.group_id.in_(group_ids))
+    return set(session.execute(union(direct, via_groups)).scalars()), group_ids
 
 
 def subtree_ids(session: Session, group_ids: set[int]) -> set[int]:
@@ -161,12 +167,12 @@ def subtree_ids(session: Session, group_ids: set[int]) -> set[int]:
 def visible_group_ids(session: Session, user: User) -> set[int] | None:
     """Group ids the user may see; None means all. Whoever sees only some hosts sees the
     groups his visible tasks target and the groups of the hosts he sees."""
-    host_ids = visible_host_ids(session, user)
-    if host_ids is None:
+    if user.role in ("admin", "author", "auditor"):
         return None
-    task_ids = visible_task_ids(session, user) or set()
-    targeted = subtree_ids(session, set(session.execute(
-        select(task_groups.c.group_id).where(task_groups.c.task_id.in_(task_ids))).scalars()))
+    task_ids = visible_task_ids(session, user)
+    if task_ids is None:
+        return None
+    host_ids, targeted = task_targets(session, task_ids)
     holding = select(host_groups.c.group_id).where(host_groups.c.host_id.in_(host_ids))
     return targeted | set(session.execute(holding).scalars())
 
@@ -412,21 +418,10 @@ def usable_targets(session: Session, user: User) -> Usable:
         return Usable()
     if not ids:
         return Usable(set(), set(), set(), set())
-    direct = select(task_hosts.c.host_id).where(task_hosts.c.task_id.in_(ids))
-    via_groups = (
-        select(host_groups.c.host_id)
-        .join(task_groups, task_groups.c.group_id == host_groups.c.group_id)
-        .where(task_groups.c.task_id.in_(ids))
-    )
-    groups = select(task_groups.c.group_id).where(task_groups.c.task_id.in_(ids))
+    host_ids, group_ids = task_targets(session, ids)
     creds = select(Task.credential_id).where(Task.id.in_(ids), Task.credential_id.is_not(None))
     vaults = select(Task.vault_credential_id).where(Task.id.in_(ids), Task.vault_credential_id.is_not(None))
-    return Usable(
-        set(session.execute(union(direct, via_groups)).scalars()),
-        set(session.execute(groups).scalars()),
-        set(session.execute(creds).scalars()),
-        set(session.execute(vaults).scalars()),
-    )
+    return Usable(host_ids, group_ids, set(session.execute(creds).scalars()), set(session.execute(vaults).scalars()))
 
 
 def visible_credential_ids(session: Session, user: User) -> set[int] | None:

@@ -110,14 +110,7 @@ def connection_vars(host: Host, credential: Credential | None) -> dict[str, Any]
 
 def _ancestors(groups: Iterable[Group]) -> set[Group]:
     """The groups and every group above them (the tree may share subtrees)."""
-    seen: set[Group] = set()
-    stack = list(groups)
-    while stack:
-        group = stack.pop()
-        if group not in seen:
-            seen.add(group)
-            stack.extend(group.parents)
-    return seen
+    return {above for group in groups for above in group.lineage()}
 
 
 def group_tree(groups: Iterable[Group], members: dict[Group, list[str]]) -> dict[str, Any]:

@@ -10,8 +10,9 @@ Plays on ``hosts: localhost`` (Ansible's implicit localhost: no target of the ru
 inventory name) run on the controller, inside the run's sandbox. Their steps go to one more
 operation, ``CONTROLLER``, made at its first event: a name no host can have (host names
 allow no space), so it is never taken for a real host called localhost; ``outcome`` counts
-it apart from the hosts (its failure fails the run) and it is not in ``hosts_done``. A task delegated to the controller stays on the host it ran for (Ansible
-counts its result there), its step named so that it says where it ran.
+it apart from the hosts (its failure fails the run) and it is not in ``hosts_done``. A task
+delegated to the controller stays on the host it ran for (Ansible counts its result there),
+its step named so that it says where it ran.
 """
 from __future__ import annotations
 
