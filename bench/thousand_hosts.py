@@ -130,7 +130,7 @@ def main() -> None:
             session.add(task)
             session.commit()
 
-        env = {**os.environ, "TASKMANAGER_SLICE_HOSTS": str(args.slice_hosts)}
+        env = {**os.environ, "TASKMANAGER_SLICE_HOSTS": str(args.slice_hosts), "TASKMANAGER_LOG_LEVEL": "INFO"}
         flask = [str(REPO / ".venv" / "bin" / "flask"), "--app", "wsgi", "worker"]
         burst = args.workers == 1
         workers = [subprocess.Popen(flask + (["--burst"] if burst else ["--name", f"bench-{i}-{os.getpid()}"]),
@@ -174,6 +174,9 @@ def main() -> None:
             print(outs[0][-5000:])
             raise SystemExit(f"a worker exited with {[w.returncode for w in workers]}")
         sampler = max(samplers, key=lambda smp: smp.peak_pss)
+        for line in "".join(outs).splitlines():  # the worker's own account of each run (runs/runner.py)
+            if "events recorded" in line:
+                print("  worker:", line[line.find("execution"):], flush=True)
 
         with app.app_context():
             session = db.session()

@@ -185,7 +185,7 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         if hidden:
             play[0]["vars_prompt"] = secret_prompts(list(hidden))
         for p in play:
-            p["strategy"] = "free"  # each host runs its commands as fast as it can
+            p["strategy"] = "tm_threads"  # free, each host on a thread (plugins/strategy/tm_threads.py)
             rolling(p, task)
         playbook = project / "commands.yml"
         playbook.write_text(inventory.dump(play))
@@ -288,7 +288,7 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         envvars["ANSIBLE_COLLECTIONS_PATH"] = collections
     readonly = [Path(project_dir), settings.playbook_dir, STUBS_DIR, *ca_bundles.ca_dirs()]
     readonly += [Path(p) for k in ("ANSIBLE_ROLES_PATH", "ANSIBLE_LIBRARY", "ANSIBLE_MODULE_UTILS",
-                                   "ANSIBLE_CONNECTION_PLUGINS", "ANSIBLE_ACTION_PLUGINS",
+                                   "ANSIBLE_CONNECTION_PLUGINS", "ANSIBLE_ACTION_PLUGINS", "ANSIBLE_STRATEGY_PLUGINS",
                                    "ANSIBLE_COLLECTIONS_PATH")
                  for p in envvars.get(k, "").split(os.pathsep) if p]
     return Prepared(

@@ -93,6 +93,7 @@ def ansible_env(playbook_dir: Path | None = None, hosts: Iterable[Host] | None =
         "ANSIBLE_MODULE_UTILS": str(PLUGIN_DIR / "module_utils"),
         "ANSIBLE_CONNECTION_PLUGINS": str(PLUGIN_DIR / "connection"),
         "ANSIBLE_ACTION_PLUGINS": str(PLUGIN_DIR / "action"),  # tm_commands
+        "ANSIBLE_STRATEGY_PLUGINS": str(PLUGIN_DIR / "strategy"),  # tm_threads, for commands plays
     }
     names = {h.protocol or "ssh" for h in hosts} if hosts is not None else set(PROTOCOLS)
     for name in sorted(names):

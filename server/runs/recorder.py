@@ -186,6 +186,7 @@ class Recorder:
     # Set by runner.run: called once with the outcome when every host has its final result
     # (a commands task's last host, a playbook's stats), before ansible-playbook exits.
     on_settled: Callable[[RunResult], None] | None = None
+    settled_at: float | None = None  # monotonic time the execution was made final at its last result
     settled = False
 
     def __init__(self, session: Session, ex: Execution, ops: dict[str, Operation], names: dict[str, str],
@@ -554,6 +555,7 @@ class Recorder:
                 st.unreachable or st.op.status == "unreachable" or name in dark for name, st in self.hosts.items()):
             return  # retries.py runs the unreachable hosts again once ansible-playbook has exited
         self.settled = True
+        self.settled_at = time.monotonic()
         result = self.finish(None, int(self.ex.task.timeout_s or 3600))
         for st in self.hosts.values():
             st.final = True  # what ansible-playbook's exit brings changes nothing any more

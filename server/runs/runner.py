@@ -120,10 +120,11 @@ def run(session: Session, ex: Execution, hosts: list[Host], ops: dict[str, Opera
         result = recorder.finish(runner, timeout_s)
         log.info(
             "execution %s: %s on %d hosts; prepare %.3f s, %s ansible start to first event %.3f s, run %.3f s, "
-            "%d events recorded in %.3f s (%d commits)",
+            "%d events recorded in %.3f s (%d commits)%s",
             ex.id, result.status, len(hosts), spawned - began, "warm" if hot else "cold",
             (recorder.first_event_at or ended) - spawned,
-            ended - spawned, recorder.events, recorder.handler_s, recorder.flushes)
+            ended - spawned, recorder.events, recorder.handler_s, recorder.flushes,
+            f"; final {ended - recorder.settled_at:.3f} s before ansible-playbook's exit" if recorder.settled_at else "")
         return result
     finally:
         if hot:

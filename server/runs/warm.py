@@ -52,7 +52,7 @@ PROCESS_SCRIPT = Path(__file__).resolve().parent / "warm_process.py"
 ATTACH_SCRIPT = Path(__file__).resolve().parent / "warm_attach.py"
 READY_WAIT_S = 10  # a warm process still importing is still sooner than a cold start
 PATH_KEYS = ("ANSIBLE_LIBRARY", "ANSIBLE_MODULE_UTILS", "ANSIBLE_CONNECTION_PLUGINS", "ANSIBLE_ACTION_PLUGINS",
-             "ANSIBLE_ROLES_PATH")
+             "ANSIBLE_STRATEGY_PLUGINS", "ANSIBLE_ROLES_PATH")
 
 _lock = threading.Lock()
 _next: Warm | None = None

@@ -272,6 +272,9 @@ def _after_finish(session: Session, ex: Execution) -> None:
 
 # --------------------------------------------------------------------------- the worker process
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def _jobs_waiting(queue: Any) -> bool:
     try:
         return bool(queue.count)
@@ -298,6 +301,9 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
 
     from server.core.redis_conn import redis
 
+    level = os.environ.get("TASKMANAGER_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(level=level if level in LOG_LEVELS else "WARNING",
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = _get_app()
     _after_fork()
     conn = redis()
