@@ -43,7 +43,7 @@ def test_connections_reused_across_runs_never_across_credentials(api, lab, run_w
     a1 = add_task(api, name="a1", kind="commands", hosts=hosts, credential="key-a", commands=conn)
     a2 = add_task(api, name="a2", kind="commands", hosts=hosts, credential="key-a", commands=conn)
     b = add_task(api, name="b", kind="commands", hosts=[hosts[0], "controller"], credential="key-b",
-                 commands=["echo $SSH_CONNECTION; for f in $(find /tmp 2>/dev/null); do [ -S $f ] && echo $f; done; true"])
+                 commands=["echo $SSH_CONNECTION; for f in $(find /tmp /dev/shm 2>/dev/null); do [ -S $f ] && echo $f; done; true"])
     ids = [start(api, a1), start(api, a2), start(api, b)]
     drained(run_worker)  # one worker process runs the three, one after the other
 

@@ -57,6 +57,7 @@ SECRET_PREFIX = "tm_secret__"
 MASK = "********"
 LIVE_EVERY_S = 0.3
 LIVE_AFTER_S = 0.5
+SWEEP_EVERY_S = 0.1
 BECOME_MARKER = re.compile(rb"^BECOME-SUCCESS-[a-z]+\r?\n", re.MULTILINE)
 
 
@@ -172,13 +173,14 @@ class _Progress:
         self.held: list[str] = []
         self.live = self.closed = False
         self.lock = threading.Lock()
-        self.timer = threading.Timer(LIVE_AFTER_S, self.go_live)
-        self.timer.daemon = True
-        self.timer.start()
+        self.deadline = time.monotonic() + LIVE_AFTER_S
+        _sweeper.watch(self)
 
     def emit(self, data: dict) -> None:
         line = f"{self.prefix} {json.dumps(dict(data, host=self.host))}"
         with self.lock:
+            if not self.live and not self.closed and time.monotonic() >= self.deadline:
+                self._go_live()
             if self.live:
                 display.display(line)
             elif not self.closed:
@@ -186,17 +188,54 @@ class _Progress:
 
     def go_live(self) -> None:
         with self.lock:
-            if self.closed:
-                return
-            self.live = True
-            for line in self.held:
-                display.display(line)
-            self.held = []
+            if not self.closed and not self.live:
+                self._go_live()
+
+    def _go_live(self) -> None:
+        self.live = True
+        for line in self.held:
+            display.display(line)
+        self.held = []
 
     def close(self) -> None:
-        self.timer.cancel()
+        _sweeper.forget(self)
         with self.lock:
             self.closed, self.live, self.held = True, False, []
+
+
+class _Sweeper:
+    """Sends the held lines of every host that reached its deadline while a command still runs:
+    one thread per process, started with the first host (a timer thread per host cost more
+    CPU than the lines it saves)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.waiting: set[_Progress] = set()
+        self.thread: threading.Thread | None = None
+
+    def watch(self, progress: _Progress) -> None:
+        with self.lock:
+            self.waiting.add(progress)
+            if self.thread is None or not self.thread.is_alive():  # none yet, or not in this forked worker
+                self.thread = threading.Thread(target=self._run, name="tm-progress", daemon=True)
+                self.thread.start()
+
+    def forget(self, progress: _Progress) -> None:
+        with self.lock:
+            self.waiting.discard(progress)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(SWEEP_EVERY_S)
+            now = time.monotonic()
+            with self.lock:
+                due = [p for p in self.waiting if p.deadline <= now]
+                self.waiting.difference_update(due)
+            for progress in due:
+                progress.go_live()
+
+
+_sweeper = _Sweeper()
 
 
 @contextmanager

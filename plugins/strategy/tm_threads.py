@@ -1,12 +1,14 @@
-"""Task Manager's strategy for ``commands`` plays: ``free``, with ``tm_commands`` run on threads.
+"""Task Manager's strategy for ``commands`` plays: ``linear``, with ``tm_commands`` run on threads.
 
 Stock Ansible forks ansible-playbook once per host and task. For a ``commands`` task that
 fork is most of the cost: measured over 1,000 ``local`` hosts, 32 ms of CPU per host with
 forks against 10 ms with threads, nearly all of the difference being the kernel copying
 the page tables and then, page by page, the memory that parent and child both write
 (reference counts make every read a write). Here the ``tm_commands`` task runs on a
-thread of ansible-playbook instead; everything else about the play is ``free``'s (each host
-runs its commands as fast as it can).
+thread of ansible-playbook instead; everything else about the play is ``linear``'s. A
+``commands`` play has one task, so each host still runs its lines as fast as it can, as
+under ``free``, which would announce the task once per host (an event per host for
+nothing).
 
 Only ``tm_commands`` (plugins/action/tm_commands.py) is run on threads: it is written for
 it (no process-wide state, its live-output tee is per thread). Every other action of a
@@ -28,7 +30,7 @@ from ansible._internal._errors import _error_utils
 from ansible.executor.task_executor import TaskExecutor
 from ansible.executor.task_result import _RawTaskResult
 from ansible.plugins import strategy as base
-from ansible.plugins.strategy.free import StrategyModule as FreeStrategy
+from ansible.plugins.strategy.linear import StrategyModule as LinearStrategy
 
 THREADED_ACTIONS = frozenset(("tm_commands",))
 
@@ -68,7 +70,7 @@ class ThreadWorker(threading.Thread):
         """A thread cannot be killed: cancel and timeout end the whole run's process tree."""
 
 
-class StrategyModule(FreeStrategy):
+class StrategyModule(LinearStrategy):
     def run(self, iterator, play_context):
         gc.collect()
         gc.freeze()

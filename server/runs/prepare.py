@@ -18,9 +18,10 @@ command lines are written as ``!unsafe`` YAML so Jinja never evaluates them.
 Speed: ssh ControlMaster connections persist (per credential version) between runs in a
 connection holder outside the run's sandbox (mux.py), a
 ``commands`` task runs all its lines in one ``tm_commands`` task per host (each line still
-its own shell and step, without Ansible's per-task CPU for every line), with the ``free``
-strategy and one fork per host, pipelining is on, only the YAML inventory plugin is
-enabled, and runs without WinRM hosts skip importing pywinrm.
+its own shell and step, without Ansible's per-task CPU for every line), with the
+``tm_threads`` strategy (each host on a thread of ansible-playbook rather than a forked
+process), pipelining is on, only the YAML inventory plugin is enabled, and runs
+without WinRM hosts skip importing pywinrm.
 """
 from __future__ import annotations
 
@@ -185,7 +186,7 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         if hidden:
             play[0]["vars_prompt"] = secret_prompts(list(hidden))
         for p in play:
-            p["strategy"] = "tm_threads"  # free, each host on a thread (plugins/strategy/tm_threads.py)
+            p["strategy"] = "tm_threads"  # each host on a thread (plugins/strategy/tm_threads.py)
             rolling(p, task)
         playbook = project / "commands.yml"
         playbook.write_text(inventory.dump(play))
@@ -272,6 +273,10 @@ def prepare(private_dir: Path, ex: Execution, task: Task, hosts: list[Host], set
         "ANSIBLE_GATHER_TIMEOUT": "30",
         "ANSIBLE_ROLES_PATH": ":".join(roles_path),
     }
+    if commands is not None:
+        # no facts in a commands play: without this Ansible cleans each host's (empty) facts for
+        # injection, listing the connection plugin directories once per host
+        envvars["ANSIBLE_INJECT_FACT_VARS"] = "False"
     if not any((h.protocol or "ssh") == "winrm" for h in hosts):
         # no pywinrm import at ansible-playbook start-up (see ansible_stubs/winrm)
         envvars["PYTHONPATH"] = str(STUBS_DIR)

@@ -70,13 +70,25 @@ def _privileged() -> bool:
     return os.geteuid() == 0
 
 
+def _runs_parent() -> Path:
+    """Memory (``/dev/shm``) when the machine has it, else the temporary directory.
+
+    A run's event files are written there: ansible-runner's callback creates one per event
+    inside the sandbox, and the worker reads, rewrites and deletes it. On ext4, creating
+    them cost ansible-playbook about 2 ms of CPU per host of a 1,000-host run."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and not shm.is_symlink() and os.access(shm, os.W_OK | os.X_OK):
+        return shm
+    return Path(tempfile.gettempdir())
+
+
 def runs_dir() -> Path:
     """A 0700 directory owned by the worker for the runs' private directories.
 
     Inside it a private directory can be 0755 (the sandbox's uid must read it) without any
     other local user reaching it. A squatted or widened directory is refused.
     """
-    base = Path(tempfile.gettempdir()) / f"tm-runs-{os.geteuid()}"
+    base = _runs_parent() / f"tm-runs-{os.geteuid()}"
     try:
         base.mkdir(mode=0o700)
     except FileExistsError:
