@@ -306,7 +306,10 @@ def test_second_run_waits_for_the_first(api, session, lab, workers):
     task = add_task(api, name="exclusive", hosts=hosts, credential=cred, commands=["sleep 2"])
     workers.start(2)  # a free worker must not start the second run early
     a, b = start(api, task), start(api, task)
-    wait_for(lambda: all(execution(session, x).status == "succeeded" for x in (a, b)), 90, "both runs", workers, 0.1)
+    try:
+        wait_for(lambda: all(execution(session, x).status == "succeeded" for x in (a, b)), 90, "both runs", workers, 0.1)
+    except AssertionError:
+        raise AssertionError(f"statuses {[(x, execution(session, x).status) for x in (a, b)]}") from None
     ea, eb = execution(session, a), execution(session, b)
     first, second = sorted([ea, eb], key=lambda e: e.started_at)
     assert second.started_at >= first.finished_at  # never at the same time

@@ -27,6 +27,7 @@ import threading
 
 from ansible._internal import _task
 from ansible._internal._errors import _error_utils
+from ansible.errors import AnsibleError
 from ansible.executor.task_executor import TaskExecutor
 from ansible.executor.task_result import _RawTaskResult
 from ansible.plugins import strategy as base
@@ -60,8 +61,13 @@ class ThreadWorker(threading.Thread):
                                       self._shared_loader_obj, self._final_q, self._variable_manager).run()
         except BaseException as ex:  # the strategy waits for one result per queued task, whatever happens
             result = _error_utils.result_dict_from_exception(ex)
-        self._final_q.send_task_result(_RawTaskResult(host=self._host, task=self._task, return_data=result,
-                                                      task_fields=self._task.dump_attrs()))
+        try:
+            self._final_q.send_task_result(_RawTaskResult(host=self._host, task=self._task, return_data=result,
+                                                          task_fields=self._task.dump_attrs()))
+        except Exception as ex:  # as WorkerProcess does: a result that cannot be sent becomes an error that can
+            self._final_q.send_task_result(_RawTaskResult(
+                host=self._host, task=self._task, task_fields={},
+                return_data=_error_utils.result_dict_from_exception(AnsibleError(f"task result not sent: {ex}"))))
 
     def close(self) -> None:
         """Nothing to release: the thread has ended when the strategy closes it."""
