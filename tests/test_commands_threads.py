@@ -44,7 +44,7 @@ def test_every_host_runs_on_a_thread_of_one_ansible_playbook(api, run_worker):
     assert len(parents) == 1 and parents.pop().isdigit()
 
 
-def test_a_finished_step_shows_while_a_long_one_runs(api, env):
+def test_a_finished_step_shows_while_a_long_one_runs(api, env):  # noqa: F811 (the imported fixture)
     hosts = _local_hosts(api, 2)
     task = add_task(api, name="held", kind="commands", hosts=hosts, commands=["echo first", "sleep 4", "echo last"])
     ex_id = start(api, task)

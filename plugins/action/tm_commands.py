@@ -13,10 +13,10 @@ Every finished command is reported with a one-line progress message (a JSON obje
 ``progress`` + a space, shown through Ansible's display, which ansible-runner turns into a
 ``verbose`` event), so the execution page shows each step as it ends and a cancel or
 timeout keeps the output of the steps already done. A host whose commands all end within
-``LIVE_AFTER_S`` sends none: its task result, a moment later, says the same, and each
-event costs ansible-playbook, ansible-runner and the recorder about 1.5 ms of CPU (a third
-of a 1,000-host run's events were such lines). From ``LIVE_AFTER_S`` on, the lines held
-back go out, then every line at once. The task's result lists every command's outcome
+``LIVE_AFTER_S`` sends none: its task result, a moment later, says the same, and every
+event costs ansible-playbook, ansible-runner and the recorder (1,000 local hosts with two
+quick commands each: 2,004 events instead of 4,004, the run 11.4 s instead of 12.7 s).
+From ``LIVE_AFTER_S`` on, the lines held back go out, then every line at once. The task's result lists every command's outcome
 under ``tm_steps``: that is the authoritative record.
 
 Launch values: a line may hold ``[#NAME#]``. ``values`` maps names to their text, already

@@ -2,9 +2,9 @@
 
 Stock Ansible forks ansible-playbook once per host and task. For a ``commands`` task that
 fork is most of the cost: measured over 1,000 ``local`` hosts, 32 ms of CPU per host with
-forks against 10 ms with threads, nearly all of the difference being the kernel copying
-the page tables and then, page by page, the memory that parent and child both write
-(reference counts make every read a write). Here the ``tm_commands`` task runs on a
+forks against 12 ms with threads (10 ms with the freeze below), nearly all of the
+difference being the kernel copying the page tables and then, page by page, the memory
+that parent and child both write (reference counts make every read a write). Here the ``tm_commands`` task runs on a
 thread of ansible-playbook instead; everything else about the play is ``linear``'s. A
 ``commands`` play has one task, so each host still runs its lines as fast as it can, as
 under ``free``, which would announce the task once per host (an event per host for
