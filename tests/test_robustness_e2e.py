@@ -26,6 +26,7 @@ FAST = {  # seconds, so that the tests stay short
     "TASKMANAGER_LOST_AFTER_S": "4",
     "TASKMANAGER_REAPER_INTERVAL_S": "1",
     "TASKMANAGER_REQUEUE_GRACE_S": "1",
+    "TASKMANAGER_LOG_LEVEL": "INFO",  # each run's account in the worker logs a failure shows
 }
 
 
@@ -308,8 +309,8 @@ def test_second_run_waits_for_the_first(api, session, lab, workers):
     a, b = start(api, task), start(api, task)
     try:
         wait_for(lambda: all(execution(session, x).status == "succeeded" for x in (a, b)), 90, "both runs", workers, 0.1)
-    except AssertionError:
-        raise AssertionError(f"statuses {[(x, execution(session, x).status) for x in (a, b)]}") from None
+    except AssertionError as exc:
+        raise AssertionError(f"statuses {[(x, execution(session, x).status) for x in (a, b)]}; {exc}") from None
     ea, eb = execution(session, a), execution(session, b)
     first, second = sorted([ea, eb], key=lambda e: e.started_at)
     assert second.started_at >= first.finished_at  # never at the same time
