@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -218,15 +219,18 @@ class Served:
             port = sock.getsockname()[1]
         self.base = f"http://127.0.0.1:{port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMANAGER_") or k == "TASKMANAGER_WARM"}
-        self.env.update(TASKMANAGER_INSTANCE_DIR=str(workdir / "served"), TASKMANAGER_BIND=f"127.0.0.1:{port}")
+        self.env.update(TASKMANAGER_INSTANCE_DIR=str(workdir / "served"), TASKMANAGER_BIND=f"127.0.0.1:{port}",
+                        TASKMANAGER_LOG_LEVEL="INFO")  # the worker's account of each run (runs/runner.py)
+        self.log = workdir / "serve.log"
         flask = [str(BIN / "flask"), "--app", "wsgi"]
         subprocess.run(flask + ["db", "upgrade"], cwd=REPO, env=self.env, check=True, capture_output=True)
         subprocess.run(flask + ["users", "create", "bench", "--role", "admin", "--password-stdin"], cwd=REPO,
                        env=self.env, input="bench-password-1\n", text=True, check=True, capture_output=True)
         self.token = subprocess.run(flask + ["users", "token", "bench"], cwd=REPO, env=self.env, check=True,
                                     capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        self.proc = subprocess.Popen(flask + ["serve"], cwd=REPO, env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(flask + ["serve"], cwd=REPO, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -314,7 +318,22 @@ def interleaved(lab, served: Served, runs: int) -> dict:
     runs = served.timings[1:]  # without the warm-up run
     out["d_breakdown"] = {k: round(statistics.median(t[k] for t in runs), 3) for k in runs[0]}
     print("    (d) breakdown: " + ", ".join(f"{k} {v}" for k, v in out["d_breakdown"].items()), flush=True)
+    worker = worker_account(served.log.read_text(errors="replace"))[1:]  # without the warm-up run
+    if worker:
+        out["d_worker"] = {k: round(statistics.median(w[k] for w in worker), 3) for k in worker[0]}
+        print("    (d) the worker's account: " + ", ".join(f"{k} {v} s" for k, v in out["d_worker"].items()), flush=True)
     return out
+
+
+def worker_account(log: str) -> list[dict[str, float]]:
+    """Per run, what the worker logs of it (runs/runner.py): prepare, ansible start to first
+    event, the run, recording, and how long before ansible-playbook's exit it was final."""
+    found = []
+    for m in re.finditer(r"prepare ([0-9.]+) s, \w+ ansible start to first event ([0-9.]+) s, run ([0-9.]+) s, "
+                         r"\d+ events recorded in ([0-9.]+) s \(\d+ commits\)(?:; final ([0-9.]+) s before)?", log):
+        found.append({"prepare": float(m[1]), "start_to_first_event": float(m[2]), "run": float(m[3]),
+                      "recording": float(m[4]), "final_before_exit": float(m[5] or 0)})
+    return found
 
 
 # --------------------------------------------------------------------------- (w) RQ worker class

@@ -302,8 +302,9 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
     from server.core.redis_conn import redis
 
     level = os.environ.get("TASKMANAGER_LOG_LEVEL", "WARNING").upper()
-    logging.basicConfig(level=level if level in LOG_LEVELS else "WARNING",
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    level = level if level in LOG_LEVELS else "WARNING"
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")  # unless `serve` set one up
+    logging.getLogger("server").setLevel(level)
     app = _get_app()
     _after_fork()
     conn = redis()
