@@ -187,7 +187,6 @@ class Recorder:
     # (a commands task's last host, a playbook's stats), before ansible-playbook exits.
     on_settled: Callable[[RunResult], None] | None = None
     settled_at: float | None = None  # monotonic time the execution was made final at its last result
-    settled = False
 
     def __init__(self, session: Session, ex: Execution, ops: dict[str, Operation], names: dict[str, str],
                  commands: list[str] | None = None, progress: str | None = None, attempt: int = 1,
@@ -548,13 +547,12 @@ class Recorder:
         the exit), nor twice. ``finish`` without a runner gives the hosts not yet final
         (a playbook's, at its stats) the status the stats say.
         """
-        if self.on_settled is None or self.settled or self.attempt > 1:
+        if self.on_settled is None or self.settled_at is not None or self.attempt > 1:
             return
         dark = (self.stats or {}).get("dark") or {}
         if int(self.ex.task.retry_attempts or 1) > 1 and any(
                 st.unreachable or st.op.status == "unreachable" or name in dark for name, st in self.hosts.items()):
             return  # retries.py runs the unreachable hosts again once ansible-playbook has exited
-        self.settled = True
         self.settled_at = time.monotonic()
         result = self.finish(None, int(self.ex.task.timeout_s or 3600))
         for st in self.hosts.values():
