@@ -73,6 +73,18 @@ def _pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
+def command_lines() -> list[bytes]:
+    """The raw command line (NUL-separated arguments) of every local process that is readable."""
+    lines = []
+    for pid in _pids():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                lines.append(fh.read())
+        except OSError:
+            pass
+    return lines
+
+
 def marker(execution_id: int) -> str:
     """The environment marker for a run of ``execution_id`` by this process."""
     me = os.getpid()

@@ -36,6 +36,8 @@ from pathlib import Path
 
 from ansible_runner.utils import open_fifo_write
 
+from server.runs import procs
+
 SANDBOX_UID = 65534  # nobody
 SANDBOX_GID = 65534  # nogroup
 # Sub-directories of a run's private directory that Ansible (inside) writes.
@@ -114,14 +116,7 @@ def remove_stale_dirs(max_age_s: float = 3600.0) -> list[Path]:
                   and now - _newest_change(d) > max_age_s]
     if not candidates:
         return []
-    cmdlines = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                    cmdlines.append(fh.read())
-            except OSError:
-                pass
+    cmdlines = procs.command_lines()
     removed = []
     for d in candidates:
         name = str(d).encode()
